@@ -1,0 +1,78 @@
+"""FLOP counts of dense training steps, and the machine's sgemm peak.
+
+Counting rule (the same for every implementation, so GFLOP/s figures compare):
+a GEMM of (N, D) by (D, M) costs 2*N*D*M. One training step of a dense layer
+D -> M on a batch of N runs three GEMMs: forward Z = A_prev @ W, weight
+gradient dW = A_prev.T @ dZ and input gradient dA_prev = dZ @ W.T. The first
+layer needs no input gradient, so a step of an L-layer net counts 3L - 1
+GEMMs. Bias adds, activations, the loss and the update are elementwise and
+not counted (they are O(N*M), the GEMMs O(N*D*M)).
+
+Shape vocabulary: N batch, D inputs of a layer, M outputs of a layer;
+`sizes` lists the widths [D_0, M_0 = D_1, ..., M_last].
+"""
+import time
+
+import numpy as np
+
+COUNT_RULE = ("2*N*D*M per GEMM; per dense layer forward X@W and dW = A.T@dZ, "
+              "plus dA = dZ@W.T except for the first layer; elementwise ops not counted")
+
+
+def gemm_flops(n, d, m):
+    # (N, D) @ (D, M)
+    return 2 * n * d * m
+
+
+def forward_flops(sizes, n):
+    # forward pass of the whole net on N samples
+    return sum(gemm_flops(n, d, m) for d, m in zip(sizes[:-1], sizes[1:]))
+
+
+def train_step_flops(sizes, n):
+    """FLOPs of one training step (forward + backward) on a batch of N samples."""
+    total = 0
+    for layer, (d, m) in enumerate(zip(sizes[:-1], sizes[1:])):
+        total += gemm_flops(n, d, m)          # Z = A_prev @ W
+        total += gemm_flops(n, d, m)          # dW = A_prev.T @ dZ
+        if layer > 0:
+            total += gemm_flops(n, d, m)      # dA_prev = dZ @ W.T
+    return total
+
+
+def sgemm_peak(n=2048, repeats=10, seed=0):
+    """Best GFLOP/s of an n^3 float32 NumPy matmul over `repeats` runs.
+
+    Returns (best_gflops, list of every run's GFLOP/s). The first product is
+    an untimed warm-up (thread pool start, page faults of the output)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=c)
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        runs.append(gemm_flops(n, n, n) / (time.perf_counter() - t0) / 1e9)
+    return max(runs), runs
+
+
+def sgemm_peak_torch_cuda(n=2048, repeats=10):
+    """Best GFLOP/s of an n^3 float32 matmul on the GPU through PyTorch.
+
+    TF32 is switched off so that the peak matches plain float32 GEMMs."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.randn(n, n, device="cuda")
+    b = torch.randn(n, n, device="cuda")
+    c = a @ b
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            torch.matmul(a, b, out=c)
+        torch.cuda.synchronize()
+        runs.append(10 * gemm_flops(n, n, n) / (time.perf_counter() - t0) / 1e9)
+    return max(runs), runs

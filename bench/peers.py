@@ -1,0 +1,86 @@
+"""Side-by-side peers runner: fastmlp against a NumPy from-scratch MLP and PyTorch.
+
+    python bench/peers.py --quick                  # every workload, fewer reps and sizes
+    python bench/peers.py --workload p1            # cat / non-cat only
+    python bench/peers.py --workload p2,batch --threads 2 --json peers.json
+
+Workloads (float32):
+  p1     cat / non-cat, full batch 209 x 12288, [12288, 20, 7, 5, 1], ReLU,
+         sigmoid/BCE, SGD lr 0.0075
+  p2     784-256-256-10, softmax cross-entropy, SGD lr 0.1, batch 64, 128 and
+         256, on the first 8,000 MNIST t10k images
+  width  784-W-W-10, W = 64 ... 4096, batch 128, SGD lr 0.01
+  batch  the p2 network, batch 1 ... 4096, SGD lr 0.01
+(The sweeps use lr 0.01 so that batch 1 and W 4096 stay finite; the learning
+rate does not change the work of a step.)
+
+Every implementation first takes one step from the same weights and is
+checked against the NumPy float64 reference; then each warms up, and the
+timed runs are interleaved (fastmlp, numpy, torch, fastmlp, ...) so that the
+drifts of a shared machine hit all alike; medians are reported. The last line
+printed is machine-readable key=value pairs.
+
+This file only parses the command line and limits the threads; the work is in
+peer_runner.py (checks and timing) and peer_report.py (tables, JSON).
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+WORKLOADS = ("p1", "p2", "width", "batch")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "NUMBA_NUM_THREADS")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python bench/peers.py",
+        description="Time fastmlp against a NumPy from-scratch MLP and PyTorch, side by side.")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repetitions and sweep sizes (under ten minutes on 2 cores)")
+    p.add_argument("--workload", default=",".join(WORKLOADS),
+                   help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="threads for BLAS, Numba and torch alike (default: all cores)")
+    p.add_argument("--data", metavar="DIR",
+                   help="data folder (default: $FASTMLP_DATA, else ../shared/data)")
+    p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    p.add_argument("--reps", type=int,
+                   help="timed runs per implementation (default: 3 with --quick, else 5)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="device of fastmlp and torch; the NumPy peer always runs on the CPU")
+    args = p.parse_args(argv)
+    args.workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown or not args.workloads:
+        p.error(f"--workload expects a subset of {','.join(WORKLOADS)}, got {args.workload!r}")
+    if args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
+    if args.reps is not None and args.reps < 1:
+        p.error(f"--reps must be at least 1, got {args.reps}")
+    return args
+
+
+def limit_threads(n):
+    # OpenBLAS, MKL and Numba read these once, when they load: this must run
+    # before numpy, numba or torch is imported (torch gets set_num_threads too).
+    if "numpy" in sys.modules:
+        print(f"note: numpy was imported before --threads {n} could apply to it")
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    limit_threads(args.threads)
+    for path in (BENCH_DIR.parent, BENCH_DIR):   # bench/ first, then the checkout
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    from peer_runner import run  # imported only now: numpy must see the thread limits
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""fastmlp: an autograd-free MLP engine with hand-written kernels.
+
+Every layer has a hand-written forward and backward; the fused parts run as
+Numba kernels on the CPU and CUDA C kernels (through CuPy) on NVIDIA GPUs.
+"""
+from .backend import devices
+from .callbacks import Callback, EarlyStopping, History, NonFiniteLossError, TerminateOnNaN
+from .gradcheck import gradcheck, gradcheck_layer
+from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
+from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
+from .model import Sequential
+from .optimizers import SGD, Adam
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sequential", "Dense", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "activation",
+    "BinaryCrossEntropy", "SoftmaxCrossEntropy", "MeanSquaredError", "SGD", "Adam",
+    "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
+    "gradcheck", "gradcheck_layer", "devices", "__version__",
+]

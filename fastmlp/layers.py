@@ -1,0 +1,224 @@
+"""Dense layers and activations, each forward directly above its backward.
+
+A layer is built once by its model (shapes checked, backend and dtype
+attached), then bound to views into the model's flat parameter and gradient
+buffers. ``forward(x, training)`` keeps what ``backward(dy)`` needs and
+returns a workspace array owned by the layer; ``backward`` writes the
+parameter gradients into the bound views and returns dx (None when the layer
+is the first, whose input needs no gradient).
+
+Shapes: N batch, D input features, M output features.
+"""
+from dataclasses import dataclass
+
+from .backend.reference import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
+from .initializers import check_init, initialize
+
+
+@dataclass
+class ParamSpec:
+    name: str          # "W", "b", "gamma", ...
+    shape: tuple
+    l1: float = 0.0
+    l2: float = 0.0
+
+
+def _check_size(name, value, owner):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: expected {name} to be a positive int, got {value!r}")
+    return value
+
+
+def _check_coef(name, value, owner):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or value != value or value == float("inf"):
+        raise ValueError(f"{owner}: expected {name} to be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class Layer:
+    """Base class. Subclasses set ``params`` specs in ``build``."""
+    trainable = False
+
+    def __init__(self):
+        self.be = None           # backend module, set by build
+        self.dtype = None
+        self.needs_dx = True     # False for the first layer: no input gradient
+        self.input_shape = None  # per-sample shapes (no N)
+        self.output_shape = None
+        self.params = []         # bound parameter views, in ParamSpec order
+        self.grads = []
+        self._ws = {}
+
+    # -- set-up -----------------------------------------------------------------
+    def build(self, input_shape, be, dtype):
+        """Check the per-sample input shape, return the output shape."""
+        self.be, self.dtype = be, dtype
+        self.input_shape = tuple(input_shape)
+        self.output_shape = self.compute_output_shape(self.input_shape)
+        return self.output_shape
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def param_specs(self):
+        return []
+
+    def init_params(self, rng, legacy_rng):
+        """Initial float64 values for each ParamSpec, in order."""
+        return []
+
+    def bind(self, params, grads):
+        self.params, self.grads = params, grads
+
+    def workspace(self, name, shape, dtype=None):
+        """A buffer reused across steps of the same batch size (no per-step allocation)."""
+        key = (name, shape)
+        buf = self._ws.get(key)
+        if buf is None:
+            buf = self._ws[key] = self.be.empty(shape, dtype or self.dtype)
+        return buf
+
+    def release_workspaces(self):
+        self._ws = {}
+
+    # -- description --------------------------------------------------------------
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Dense(Layer):
+    """y = act(x @ W + b); W is (D, M) (the Keras layout), b is (M,).
+
+    When the model finds an activation layer right after a Dense, it fuses it
+    here (``act_code``) so that one kernel adds the bias and applies it."""
+    trainable = True
+
+    def __init__(self, in_features, out_features, init="glorot", l1=0.0, l2=0.0):
+        super().__init__()
+        self.in_features = _check_size("in_features", in_features, "Dense")
+        self.out_features = _check_size("out_features", out_features, "Dense")
+        self.init = check_init(init)
+        self.l1 = _check_coef("l1", l1, "Dense")
+        self.l2 = _check_coef("l2", l2, "Dense")
+        self.act_code, self.alpha = IDENTITY, 0.0
+
+    def compute_output_shape(self, input_shape):
+        if input_shape != (self.in_features,):
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.in_features}), "
+                             f"got (N, {', '.join(map(str, input_shape))})")
+        return (self.out_features,)
+
+    def param_specs(self):
+        return [ParamSpec("W", (self.in_features, self.out_features), self.l1, self.l2),
+                ParamSpec("b", (self.out_features,))]
+
+    def init_params(self, rng, legacy_rng):
+        import numpy as np
+        w = initialize(self.init, (self.in_features, self.out_features),
+                       self.in_features, self.out_features, rng, legacy_rng)
+        return [w, np.zeros(self.out_features)]
+
+    def forward(self, x, training):
+        # x is (N, D); keeps x and the output a (N, M) for backward
+        W, b = self.params
+        a = self.workspace("a", (x.shape[0], self.out_features))
+        self.be.matmul(a, x, W)
+        self.be.bias_act_forward(a, b, self.act_code, self.alpha)
+        self.x, self.a = x, a
+        return a
+
+    def backward(self, da):
+        # da is (N, M), overwritten with dz; returns dx (N, D) or None
+        W, _ = self.params
+        dW, db = self.grads
+        be = self.be
+        be.act_backward_bias_grad(da, db, da, self.a, self.act_code, self.alpha)
+        be.matmul(dW, self.x.T, da)
+        if not self.needs_dx:
+            return None
+        dx = self.workspace("dx", self.x.shape)
+        be.matmul(dx, da, W.T)
+        return dx
+
+    def get_config(self):
+        cfg = {"in_features": self.in_features, "out_features": self.out_features,
+               "init": self.init if isinstance(self.init, str) else "glorot",
+               "l1": self.l1, "l2": self.l2}
+        return cfg
+
+
+class Activation(Layer):
+    """An element-wise activation; fused into a preceding Dense by the model."""
+    code = IDENTITY
+
+    def __init__(self):
+        super().__init__()
+        self.alpha = 0.0
+        self.fused = False
+
+    def forward(self, x, training):
+        if self.fused:
+            return x
+        y = self.workspace("y", x.shape)
+        self.be.act_forward(y, x, self.code, self.alpha)
+        self.y = y
+        return y
+
+    def backward(self, dy):
+        if self.fused:
+            return dy
+        if not self.needs_dx:
+            return None
+        dx = self.workspace("dx", dy.shape)
+        self.be.act_backward(dx, dy, self.y, self.code, self.alpha)
+        return dx
+
+
+class ReLU(Activation):
+    """max(x, 0); subgradient 0 at x = 0."""
+    code = RELU
+
+
+class LeakyReLU(Activation):
+    """x for x > 0 else alpha * x; subgradient alpha at x = 0."""
+    code = LEAKY_RELU
+
+    def __init__(self, alpha=0.01):
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+            # The backward reads the slope from the sign of the output: needs alpha >= 0.
+            raise ValueError(f"LeakyReLU: expected alpha in [0, 1), got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+
+class Tanh(Activation):
+    code = TANH
+
+
+class Sigmoid(Activation):
+    """1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2: no overflow."""
+    code = SIGMOID
+
+
+ACTIVATIONS = {"identity": None, "linear": None, "relu": ReLU, "leaky_relu": LeakyReLU,
+               "tanh": Tanh, "sigmoid": Sigmoid}
+
+
+def activation(name):
+    """An activation layer from its name ("relu", "leaky_relu", "tanh", "sigmoid")."""
+    if not isinstance(name, str) or name.lower() not in ACTIVATIONS or ACTIVATIONS[name.lower()] is None:
+        names = [k for k, v in ACTIVATIONS.items() if v is not None]
+        raise ValueError(f"expected an activation name in {names}, got {name!r}")
+    return ACTIVATIONS[name.lower()]()

@@ -1,0 +1,86 @@
+"""Optimizers: one kernel launch updates the whole flat parameter buffer.
+
+The update rules are those of ``torch.optim.SGD`` (dampening 0) and
+``torch.optim.Adam``, with the L1/L2 gradient of each parameter's segment
+added to its gradient inside the same kernel.
+"""
+
+
+def _positive(name, value, owner, allow_zero=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and value != float("inf") and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{owner}: expected {name} to be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    state_names = ()
+
+    def state_dict(self):
+        return {"step": self.t}
+
+    def load_state_dict(self, d):
+        self.t = int(d.get("step", 0))
+
+
+class SGD(Optimizer):
+    """p -= lr * g, or with momentum: buf = momentum * buf + g; p -= lr * (buf or g + momentum * buf)."""
+    state_names = ("momentum_buffer",)
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
+        self.lr = _positive("lr", lr, "SGD")
+        self.momentum = _positive("momentum", momentum, "SGD", allow_zero=True)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"SGD: expected nesterov to be a bool, got {nesterov!r}")
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("SGD: expected momentum > 0 with nesterov=True, got momentum=0")
+        self.nesterov = nesterov
+        self.t = 0
+
+    def step(self, be, params, prev, bad, grads, state, seg):
+        self.t += 1
+        be.sgd_update(params, prev, state[0], bad, grads, seg[0], seg[1], seg[2],
+                      self.lr, self.momentum, self.nesterov)
+
+    def get_config(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
+
+    def __repr__(self):
+        return f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov})"
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam: bias-corrected first and second moments."""
+    state_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.lr = _positive("lr", lr, "Adam")
+        for name, b in (("beta1", beta1), ("beta2", beta2)):
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
+                raise ValueError(f"Adam: expected {name} in [0, 1), got {b!r}")
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.eps = _positive("eps", eps, "Adam", allow_zero=True)
+        self.t = 0
+
+    def step(self, be, params, prev, bad, grads, state, seg):
+        self.t += 1
+        be.adam_update(params, prev, state[0], state[1], bad, grads, seg[0], seg[1], seg[2],
+                       self.lr, self.beta1, self.beta2, self.eps, self.t)
+
+    def get_config(self):
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+    def __repr__(self):
+        return f"Adam(lr={self.lr}, beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def get_optimizer(opt):
+    if isinstance(opt, Optimizer):
+        return opt
+    if isinstance(opt, str) and opt.lower() in OPTIMIZERS:
+        return OPTIMIZERS[opt.lower()]()
+    raise ValueError(f"expected an Optimizer instance or one of {sorted(OPTIMIZERS)}, got {opt!r}")

@@ -1,0 +1,64 @@
+"""Input checks shared by the public entry points: "expected ..., got ..."."""
+import numbers
+
+import numpy as np
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def check_dtype(dtype):
+    key = np.dtype(dtype).name if not isinstance(dtype, str) and dtype in (np.float32, np.float64) else dtype
+    if key not in DTYPES:
+        raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
+    return DTYPES[key]
+
+
+def check_features(X, input_shape, what="X"):
+    """A host array of per-sample shape ``input_shape``, numeric, non-empty, finite.
+
+    Flat input to a layer that wants images (or the reverse) is reshaped
+    when the sizes agree, as Keras users expect from a Flatten-first model."""
+    if hasattr(X, "get") and not isinstance(X, np.ndarray) and hasattr(X, "__cuda_array_interface__"):
+        X = X.get()
+    try:
+        X = np.asarray(X)
+    except Exception as e:
+        raise TypeError(f"expected {what} as an array-like of numbers, got {type(X).__name__}: {e}") from e
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise TypeError(f"expected {what} with a numeric dtype, got dtype {X.dtype}")
+    if np.iscomplexobj(X):
+        raise TypeError(f"expected {what} with a real dtype, got {X.dtype}")
+    if X.ndim < 2:
+        raise ValueError(f"expected {what} of shape (N, {', '.join(map(str, input_shape))}), got {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"expected a non-empty {what}, got {X.shape[0]} samples")
+    if input_shape is not None and X.shape[1:] != tuple(input_shape):
+        if int(np.prod(X.shape[1:])) == int(np.prod(input_shape)) and (X.ndim == 2 or len(input_shape) == 1):
+            X = X.reshape((X.shape[0],) + tuple(input_shape))
+        else:
+            raise ValueError(f"expected {what} of shape (N, {', '.join(map(str, input_shape))}), "
+                             f"got {X.shape}")
+    if np.issubdtype(X.dtype, np.floating) and not np.all(np.isfinite(X)):
+        raise ValueError(f"expected finite values in {what}, got NaN or Inf")
+    return X
+
+
+def check_same_length(X, y, what="y"):
+    ny = np.shape(y)[0] if np.ndim(y) else None
+    if ny != X.shape[0]:
+        raise ValueError(f"expected {what} with {X.shape[0]} samples (len(X)), got "
+                         f"{'a scalar' if ny is None else ny}")
+
+
+def check_batch_size(batch_size):
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"expected batch_size to be an int >= 1 or None (full batch), got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_count(name, value, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"expected {name} to be an int >= {minimum}, got {value!r}")
+    return int(value)
