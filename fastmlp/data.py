@@ -8,6 +8,7 @@ loader never decides how the data will be normalised.
 Shape vocabulary: N images, H x W pixels, C channels, K classes.
 """
 import gzip
+import math
 import os
 import re
 import secrets
@@ -78,7 +79,12 @@ def _h5_datasets(f):
     import h5py
 
     found = {}
-    f.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+
+    def collect(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj
+
+    f.visititems(collect)  # datasets inside groups count too: "train/x"
     return found
 
 
@@ -224,8 +230,9 @@ def _read_image_files(paths, size):
 
 def _resize_array(images, size):
     Image, _ = _require_pillow()
-    return np.stack([_pil_to_array(Image.fromarray(a.squeeze(-1) if a.ndim == 3 and a.shape[-1] == 1 else a),
-                                   Image, size) for a in images])
+    if images.ndim == 4 and images.shape[-1] == 1:  # Pillow has no (H, W, 1) mode
+        return _resize_array(images[..., 0], size)[..., None]
+    return np.stack([_pil_to_array(Image.fromarray(a), Image, size) for a in images])
 
 
 def _is_path_list(images):
@@ -244,7 +251,7 @@ def save_images_to_h5(path, images, labels, *, x_key="x", y_key="y", classes=Non
 
     The file is written under a temporary name in the same folder and moved
     into place with ``os.replace``, so a crash or a bad argument never leaves
-    a half-written file and never clobbers an existing one.
+    a half-written file and never clobbers an existing one. Returns the path.
     """
     import h5py
 
@@ -265,7 +272,8 @@ def save_images_to_h5(path, images, labels, *, x_key="x", y_key="y", classes=Non
         raise ValueError(f"expected integer labels, got dtype {y.dtype}")
     y = y.astype(np.int64)
     if x_key == y_key or any(k in _CLASS_KEYS for k in (x_key, y_key)):
-        raise ValueError(f"expected distinct x_key and y_key other than {_CLASS_KEYS}, got {x_key!r}, {y_key!r}")
+        raise ValueError(f"expected distinct x_key and y_key other than {_CLASS_KEYS}, "
+                         f"got {x_key!r}, {y_key!r}")
     if classes is not None:
         classes = [str(c) for c in classes]
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
@@ -318,13 +326,14 @@ def _idx_array(path, magic, ndim):
     """Parse one IDX file: big-endian magic, ``ndim`` int32 sizes, then uint8 data."""
     data = _read_maybe_gzip(path)
     header = 4 * (1 + ndim)
+    # Magic first: a swapped images/labels pair should say so, not "too short".
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found != magic:
+        raise ValueError(f"expected IDX magic number {magic}, got {found} in {path}")
     if len(data) < header:
         raise ValueError(f"expected an IDX header of {header} bytes, got a {len(data)}-byte file: {path}")
-    fields = np.frombuffer(data, dtype=">u4", count=1 + ndim)
-    if int(fields[0]) != magic:
-        raise ValueError(f"expected IDX magic number {magic}, got {int(fields[0])} in {path}")
-    dims = tuple(int(d) for d in fields[1:])
-    expected = header + int(np.prod(dims))
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = header + math.prod(dims)  # Python ints: a corrupt header cannot overflow
     if len(data) != expected:
         raise ValueError(f"expected {expected} bytes for dims {dims}, got {len(data)} in {path}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()

@@ -116,7 +116,8 @@ class Standardizer:
 
     def transform(self, X):
         if self.mean_ is None:
-            raise ValueError("expected a fitted Standardizer, got one never fitted: call fit(X_train) first")
+            raise ValueError("expected a fitted Standardizer, got one never fitted: "
+                             "call fit(X_train) first")
         X = _as_array(X)
         if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
             raise TypeError(f"expected a numeric X, got dtype {X.dtype}")
@@ -149,7 +150,8 @@ class Standardizer:
         else:
             s.mean_, s.std_ = np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64)
             if s.mean_.shape != s.std_.shape:
-                raise ValueError(f"expected mean and std of one shape, got {s.mean_.shape} and {s.std_.shape}")
+                raise ValueError(f"expected mean and std of one shape, "
+                                 f"got {s.mean_.shape} and {s.std_.shape}")
         return s
 
     def __repr__(self):

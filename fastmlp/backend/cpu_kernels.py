@@ -17,7 +17,7 @@ from numba import njit, prange
 from .reference import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 
 # Below this many elements a kernel runs serially (measured in bench/).
-PARALLEL_MIN_WORK = 1 << 15
+PARALLEL_MIN_WORK = 1 << 20
 
 
 def _cache_dir_is_writable():

@@ -1,0 +1,411 @@
+"""Checks and timings of the peers runner (the CLI is peers.py).
+
+For each workload: the same initial weights go to every implementation; each
+takes one step and is compared with the NumPy float64 reference; then each
+warms up and the timed runs are interleaved. An implementation that fails
+(import, build, check or fit) is reported and left out; the others go on.
+
+Shape vocabulary: N samples, B batch, D inputs of a layer, M outputs.
+"""
+import gc
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import flops
+import peer_report
+from numpy_peer import NumpyMLP
+from peer_data import load_catvnoncat, load_mnist_t10k, resolve_data_dir
+from torch_peer import TorchMLP, load_torch
+
+CHECK_TOL = 1e-4      # relative error allowed on loss and weights after one step
+CHECK_BATCH = 64      # samples of the one-step check for mini-batch workloads
+P2_SIZES = [784, 256, 256, 10]
+P2_TRAIN = 8000       # the first 8,000 MNIST t10k images are the training split
+
+
+@dataclass
+class Plan:
+    reps: int
+    target_s: float       # aim of one timed run of one implementation
+    peak_repeats: int
+    widths: tuple
+    batches: tuple
+    min_steps: int = 3
+    max_steps: int = 5000
+
+
+QUICK = Plan(reps=3, target_s=0.25, peak_repeats=5,
+             widths=(64, 256, 1024, 4096), batches=(1, 8, 64, 512, 4096))
+FULL = Plan(reps=5, target_s=1.0, peak_repeats=10,
+            widths=tuple(2 ** k for k in range(6, 13)), batches=tuple(2 ** k for k in range(13)))
+
+
+@dataclass
+class Workload:
+    key: str              # names its figures: "p1", "p2_128", "w1024", "b64"
+    title: str
+    sizes: list           # layer widths [D_0, ..., M_last]
+    loss: str             # "bce" or "softmax_xent"
+    lr: float
+    X: np.ndarray         # (N, D_0) float32
+    y: np.ndarray         # (N, 1) float32 of 0/1, or (N,) int64 labels
+    batch_size: object    # int, or None for the full batch
+    epochs: int           # per timed run
+
+    @property
+    def n(self):
+        return len(self.X)
+
+    @property
+    def steps_per_epoch(self):
+        return 1 if self.batch_size is None else math.ceil(self.n / self.batch_size)
+
+    @property
+    def steps(self):
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def samples(self):
+        return self.epochs * self.n
+
+    @property
+    def flops_per_sample(self):
+        return flops.train_step_flops(self.sizes, 1)   # the count is linear in N
+
+
+def init_weights(sizes, seed=0):
+    """He-normal W (D, M) and zero b (M,), float32: given to every implementation."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for d, m in zip(sizes[:-1], sizes[1:]):
+        weights.append((rng.standard_normal((d, m)) * np.sqrt(2.0 / d)).astype(np.float32))
+        weights.append(np.zeros(m, dtype=np.float32))
+    return weights
+
+
+def planned_steps(sizes, batch, plan, peak_gflops):
+    # enough steps for about plan.target_s, guessing 30 % of the sgemm peak
+    # plus 0.1 ms of Python per step
+    guess_s = flops.train_step_flops(sizes, batch) / (0.3 * peak_gflops * 1e9) + 1e-4
+    return int(min(plan.max_steps, max(plan.min_steps, round(plan.target_s / guess_s))))
+
+
+def make_workloads(names, plan, peak_gflops, data_dir):
+    """The workloads selected by name, and notes on the data they use."""
+    out, notes = [], []
+    if "p1" in names:
+        X, y, note = load_catvnoncat(data_dir)
+        notes.append(note)
+        sizes = [12288, 20, 7, 5, 1]
+        steps = planned_steps(sizes, len(X), plan, peak_gflops)
+        out.append(Workload("p1", f"P1 cat/non-cat, full batch {len(X)} x {X.shape[1]}",
+                            sizes, "bce", 0.0075, X, y, None, steps))
+    if not {"p2", "width", "batch"} & set(names):
+        return out, notes
+    X, y, note = load_mnist_t10k(data_dir)
+    notes.append(note)
+    X, y = X[:P2_TRAIN], y[:P2_TRAIN]
+    if "p2" in names:
+        for b in (64, 128, 256):
+            steps = planned_steps(P2_SIZES, b, plan, peak_gflops)
+            epochs = max(1, round(steps / math.ceil(len(X) / b)))
+            out.append(Workload(f"p2_{b}", f"P2 784-256-256-10, batch {b}, {len(X)} images",
+                                P2_SIZES, "softmax_xent", 0.1, X, y, b, epochs))
+    sweeps = []
+    if "width" in names:
+        sweeps += [(f"w{w}", f"width sweep 784-{w}-{w}-10, batch 128", [784, w, w, 10], 128)
+                   for w in plan.widths]
+    if "batch" in names:
+        sweeps += [(f"b{b}", f"batch sweep 784-256-256-10, batch {b}", P2_SIZES, b)
+                   for b in plan.batches]
+    for key, title, sizes, b in sweeps:
+        # N = B * (steps per epoch), so that every batch is full
+        steps = planned_steps(sizes, b, plan, peak_gflops)
+        per_epoch = min(steps, max(1, len(X) // b))
+        n = b * per_epoch
+        out.append(Workload(key, title, sizes, "softmax_xent", 0.01, X[:n], y[:n], b,
+                            max(1, round(steps / per_epoch))))
+    return out, notes
+
+
+# ---------------------------------------------------------------- the contestants
+
+def build_fastmlp(fm, sizes, loss, lr, device):
+    layers = []
+    for d, m in zip(sizes[:-1], sizes[1:]):
+        layers += [fm.Dense(d, m), fm.ReLU()]
+    loss_obj = fm.BinaryCrossEntropy() if loss == "bce" else fm.SoftmaxCrossEntropy()
+    return fm.Sequential(layers[:-1], loss=loss_obj, optimizer=fm.SGD(lr=lr),
+                         device=device, dtype="float32", seed=0)
+
+
+class FastmlpImpl:
+    name = "fastmlp"
+
+    def __init__(self, ctx, w, weights):
+        self.w = w
+        self.device = ctx.device
+        self.model = build_fastmlp(ctx.fm, w.sizes, w.loss, w.lr, ctx.device)
+        self.model.set_weights(weights)
+
+    def fit(self, epochs):
+        self.model.fit(self.w.X, self.w.y, epochs=epochs, batch_size=self.w.batch_size,
+                       shuffle=True, verbose=0)
+
+    def one_step(self, X, y):
+        loss = float(self.model.loss_and_grads(X, y)[0])
+        self.model.fit(X, y, epochs=1, batch_size=None, shuffle=False, verbose=0)
+        return loss, [np.asarray(a) for a in self.model.get_weights()]
+
+
+class NumpyImpl:
+    name = "numpy"
+    device = "cpu"
+
+    def __init__(self, ctx, w, weights, dtype=np.float32):
+        self.w = w
+        self.peer = NumpyMLP(weights, w.loss, w.lr, dtype)
+        self.rng = np.random.default_rng(0)
+
+    def fit(self, epochs):
+        self.peer.fit(self.w.X, self.w.y, epochs, self.w.batch_size, self.rng)
+
+    def one_step(self, X, y):
+        return self.peer.step(X, y), self.peer.get_weights()
+
+
+class TorchImpl:
+    name = "torch"
+
+    def __init__(self, ctx, w, weights, dtype="float32"):
+        self.w = w
+        self.device = ctx.device
+        self.peer = TorchMLP(ctx.torch, weights, w.loss, w.lr, dtype, ctx.device)
+        self.x, self.t = self.peer.to_tensors(w.X, w.y)
+        self.generator = ctx.torch.Generator().manual_seed(0)
+
+    def fit(self, epochs):
+        self.peer.fit(self.x, self.t, epochs, self.w.batch_size, self.generator)
+
+    def one_step(self, X, y):
+        x, t = self.peer.to_tensors(X, y)
+        return self.peer.step(x, t).item(), self.peer.get_weights()
+
+
+@dataclass
+class Context:
+    fm: object            # the fastmlp module, or None
+    torch: object         # the torch module, or None
+    device: str
+    skipped: dict         # implementation name -> why it does not run
+
+    def makers(self):
+        """(name, constructor) of every implementation that can run."""
+        out = []
+        if self.fm is not None:
+            out.append(("fastmlp", FastmlpImpl))
+        out.append(("numpy", NumpyImpl))
+        if self.torch is not None:
+            out.append(("torch", TorchImpl))
+        return out
+
+
+# ---------------------------------------------------------------- check, then time
+
+def rel_err(a, ref):
+    # norm-wise relative error; the floor keeps all-zero references finite
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(a - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def check_one_step(ctx, w, weights):
+    """One SGD step of each implementation from `weights` against the NumPy
+    float64 reference: relative errors of the loss, of the weights after the
+    step, and of the update (weights after minus before, which shows a wrong
+    gradient that a small lr would hide in the weights). torch float64 is an
+    independent check of the reference itself."""
+    n = w.n if w.batch_size is None else min(CHECK_BATCH, w.n)
+    X, y = w.X[:n], w.y[:n]
+    y64 = y.astype(np.float64) if w.loss == "bce" else y
+    ref = NumpyMLP(weights, w.loss, w.lr, np.float64)
+    ref_loss = ref.step(X.astype(np.float64), y64)
+    ref_weights = ref.get_weights()
+    candidates = [(name, lambda m=maker: m(ctx, w, weights)) for name, maker in ctx.makers()]
+    if ctx.torch is not None:
+        candidates.append(("torch float64",
+                           lambda: TorchImpl(ctx, w, weights, dtype="float64")))
+    results = {}
+    for name, make in candidates:
+        try:
+            loss, after = make().one_step(X, y64 if name.endswith("float64") else y)
+        except Exception as exc:
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        loss_rel = abs(loss - ref_loss) / max(abs(ref_loss), 1e-30)
+        weights_rel = max(rel_err(a, r) for a, r in zip(after, ref_weights))
+        update_rel = max(rel_err(np.asarray(a, np.float64) - w0, r - w0)
+                         for a, r, w0 in zip(after, ref_weights, weights))
+        results[name] = {"loss_rel": loss_rel, "weights_rel": weights_rel,
+                         "update_rel": update_rel,
+                         "ok": bool(loss_rel <= CHECK_TOL and weights_rel <= CHECK_TOL)}
+    return {"n": n, "ref_loss": ref_loss, "tol": CHECK_TOL, "results": results}
+
+
+def timed(fn):
+    """Seconds that fn() takes, with the garbage collector held off."""
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    finally:
+        gc.enable()
+
+
+def warmup_epochs(w):
+    # one epoch (a few steps for the full batch): JIT compiles, workspaces,
+    # BLAS thread start
+    return min(w.epochs, 3) if w.batch_size is None else 1
+
+
+def run_workload(ctx, w, weights, reps, errors):
+    """Warm up, then time every implementation interleaved. Returns
+    {name: [seconds of each timed run]}; failures go to errors[name]."""
+    impls = []
+    for name, maker in ctx.makers():
+        try:
+            impl = maker(ctx, w, weights)
+            impl.fit(warmup_epochs(w))
+            impls.append(impl)
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    times = {impl.name: [] for impl in impls}
+    for _ in range(reps):
+        for impl in list(impls):
+            try:
+                times[impl.name].append(timed(lambda: impl.fit(w.epochs)))
+            except Exception as exc:
+                errors[impl.name] = f"{type(exc).__name__}: {exc}"
+                impls.remove(impl)
+                del times[impl.name]
+    return times
+
+
+def figures(w, seconds, peak_gflops):
+    """Median figures of one implementation on one workload."""
+    med = statistics.median(seconds)
+    gflops = w.flops_per_sample * w.samples / med / 1e9
+    return {"times_s": seconds, "median_s": med, "ms_per_step": 1e3 * med / w.steps,
+            "samples_per_s": w.samples / med, "gflops": gflops,
+            "frac_peak": gflops / peak_gflops}
+
+
+def describe(w):
+    return {"key": w.key, "title": w.title, "sizes": w.sizes, "loss": w.loss, "lr": w.lr,
+            "n": w.n, "batch_size": w.batch_size, "epochs": w.epochs, "steps": w.steps,
+            "samples": w.samples, "flops_per_sample": w.flops_per_sample,
+            "flops_per_step": w.flops_per_sample * w.samples / w.steps}
+
+
+# ---------------------------------------------------------------- the whole run
+
+def open_contestants(args):
+    """Import fastmlp and torch; whichever fails is skipped with its reason."""
+    skipped = {}
+    try:
+        import fastmlp as fm
+        if not hasattr(fm, "Sequential"):   # e.g. a checkout without fastmlp/__init__.py
+            raise ImportError(f"fastmlp at {list(fm.__path__)} has no Sequential")
+    except Exception as exc:
+        fm = None
+        skipped["fastmlp"] = f"not importable: {type(exc).__name__}: {exc}"
+        print(f"fastmlp: not importable: {exc}")
+    torch, why = load_torch(args.threads)
+    if torch is None:
+        skipped["torch"] = why
+        print(f"torch: {why}")
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        skipped["torch"] = "skipped: torch has no CUDA device"
+        print("torch: skipped: torch has no CUDA device")
+        torch = None
+    return Context(fm, torch, args.device, skipped)
+
+
+def machine_info(args, ctx):
+    info = {"python": platform.python_version(), "numpy": np.__version__,
+            "cpu": peer_report.cpu_name(), "cores": peer_report.core_count(),
+            "threads": args.threads, "device": args.device, "quick": args.quick,
+            "blas": peer_report.blas_name(), "flop_count_rule": flops.COUNT_RULE}
+    if ctx.torch is not None:
+        info["torch"] = ctx.torch.__version__
+    if ctx.fm is not None:
+        info["fastmlp"] = getattr(ctx.fm, "__version__", "unknown")
+    return info
+
+
+def run(args):
+    plan = QUICK if args.quick else FULL
+    reps = args.reps or plan.reps
+    ctx = open_contestants(args)
+    info = machine_info(args, ctx)
+    peer_report.print_header(info, ctx.skipped)
+
+    peak, peak_runs = flops.sgemm_peak(2048, plan.peak_repeats)
+    peaks = {"cpu": peak}
+    print(f"sgemm peak, 2048^3 float32, best of {plan.peak_repeats}: {peak:.1f} GFLOP/s "
+          f"(runs {', '.join(f'{g:.0f}' for g in peak_runs)})")
+    if args.device == "cuda" and ctx.torch is not None:
+        peaks["cuda"], _ = flops.sgemm_peak_torch_cuda(2048, plan.peak_repeats)
+        print(f"GPU sgemm peak (torch, TF32 off): {peaks['cuda']:.1f} GFLOP/s")
+
+    data_dir, source = resolve_data_dir(args.data)
+    print(f"data: {data_dir} ({source})" if data_dir else f"note: {source}; random data")
+    workloads, notes = make_workloads(args.workloads, plan, peak, data_dir)
+    for note in notes:
+        print(("note: " if "random" in note else "data: ") + note)
+    print(f"FLOP count: {flops.COUNT_RULE}")
+
+    results, checked = [], {}
+    for w in workloads:
+        weights = init_weights(w.sizes)
+        arch = (tuple(w.sizes), w.loss, w.lr, w.batch_size is None)
+        if arch not in checked:
+            checked[arch] = check_one_step(ctx, w, weights)
+            peer_report.print_check(w, checked[arch])
+        check = checked[arch]
+        errors = {}
+        times = run_workload(ctx, w, weights, reps, errors)
+        impls = {name: figures(w, secs, peaks[impl_device(name, args.device)])
+                 for name, secs in times.items()}
+        result = describe(w) | {"reps": reps, "impls": impls, "errors": errors,
+                                "check": check, "speedup": speedups(impls)}
+        results.append(result)
+        peer_report.print_workload(result)
+
+    peer_report.print_summary(results)
+    if args.json:
+        peer_report.write_json(args.json, info | {"peaks_gflops": peaks,
+                                                  "peak_runs_gflops": peak_runs,
+                                                  "skipped": ctx.skipped, "data": notes},
+                               results)
+        print(f"wrote {args.json}")
+    print(peer_report.key_values(results, peak, args.threads))
+    return 0
+
+
+def impl_device(name, device):
+    return "cpu" if name == "numpy" else device
+
+
+def speedups(impls):
+    """fastmlp's speed-up over each peer: peer time / fastmlp time."""
+    if "fastmlp" not in impls:
+        return {}
+    ours = impls["fastmlp"]["median_s"]
+    return {name: f["median_s"] / ours for name, f in impls.items() if name != "fastmlp"}

@@ -1,0 +1,334 @@
+"""The CUDA backend: CuPy arrays, cuBLAS GEMMs through CuPy, the kernels of ``kernels/*.cu``.
+
+Exports the names of ``cpu.py`` with the same signatures. Each family of
+kernels is compiled once per process (NVRTC through ``cupy.RawModule``, with
+the source, options and name expressions of ``cuda_source``) on first use;
+the instantiation is picked by dtype. Every op launches on the current stream
+and never synchronises with the host: scalars travel as kernel arguments,
+``stats`` and ``bad`` stay on the device. Imported only by
+``get_backend("cuda")`` once CuPy and a GPU are known to be there.
+
+Reductions (bias gradient, loss sums) are two fixed-order passes through a
+float64 workspace cached per (device, stream), with grid sizes that depend on
+the shape only: results are bitwise reproducible, and a step allocates
+nothing once the workspace has grown to the largest shape seen.
+"""
+import numpy as np
+import cupy
+
+from . import cuda_source as src
+
+name = "cuda"
+xp = cupy
+
+_THREADS = 256
+_MAX_BLOCKS = 1 << 16            # grid-stride loops cover the rest
+_MAX_REDUCE_BLOCKS = 1024        # partial sums per loss (a fixed cap keeps results reproducible)
+_FLOAT = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_INDEX = {np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
+_GATHER_BITS = {1: "unsigned char", 2: "unsigned short", 4: "unsigned int", 8: "unsigned long long"}
+
+_modules = {}     # family -> cupy.RawModule
+_kernels = {}     # name expression -> cupy.RawKernel (compiled per device by CuPy)
+_workspaces = {}  # (device id, stream ptr) -> float64 cupy array
+
+
+def _kernel(family, expression):
+    k = _kernels.get(expression)
+    if k is None:
+        mod = _modules.get(family)
+        if mod is None:
+            mod = _modules[family] = cupy.RawModule(
+                code=src.source(family), options=src.options(family),
+                name_expressions=src.name_expressions(family))
+        k = _kernels[expression] = mod.get_function(expression)
+    return k
+
+
+def _workspace(count):
+    """A float64 scratch array of ``count`` elements for this device and stream."""
+    key = (cupy.cuda.runtime.getDevice(), cupy.cuda.get_current_stream().ptr)
+    buf = _workspaces.get(key)
+    if buf is None or buf.size < count:
+        size = 1 << max(10, (count - 1).bit_length())
+        buf = _workspaces[key] = cupy.empty(size, dtype=cupy.float64)
+    return buf[:count]
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _blocks(work):
+    return min(max(1, _cdiv(work, _THREADS)), _MAX_BLOCKS)
+
+
+def _ftype(*arrays):
+    """The kernel type name for arrays that must share one float dtype and be C-contiguous."""
+    dt = arrays[0].dtype
+    t = _FLOAT.get(dt)
+    if t is None:
+        raise TypeError(f"expected float32 or float64 arrays, got {dt}")
+    for a in arrays:
+        if a.dtype != dt:
+            raise TypeError(f"expected all arrays of dtype {dt}, got {a.dtype}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"expected C-contiguous arrays, got strides {a.strides} for shape {a.shape}")
+    return t
+
+
+def _itype(a, what):
+    t = _INDEX.get(a.dtype)
+    if t is None:
+        raise TypeError(f"expected {what} of dtype int32 or int64, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"expected {what} C-contiguous, got strides {a.strides}")
+    return t
+
+
+def _same_shape(what, a, shape):
+    if a.shape != shape:
+        raise ValueError(f"expected {what} of shape {shape}, got {a.shape}")
+
+
+def _check_stats(stats):
+    if stats.dtype != np.float64 or stats.size != 2:
+        raise TypeError(f"expected stats as a float64 device array of 2, got {stats.dtype} {stats.shape}")
+
+
+def empty(shape, dtype):
+    return cupy.empty(shape, dtype=dtype)
+
+
+def zeros(shape, dtype):
+    return cupy.zeros(shape, dtype=dtype)
+
+
+def to_device(host, dtype=None):
+    """A C-contiguous array of ``dtype`` on this device (no copy when it already is one)."""
+    a = cupy.asarray(host, dtype=dtype)
+    return a if a.flags.c_contiguous else cupy.ascontiguousarray(a)
+
+
+def to_host(a):
+    return cupy.asnumpy(a)
+
+
+def synchronize():
+    cupy.cuda.Device().synchronize()
+
+
+# --- GEMM: out = a @ b (a, b may be transposed views) ---------------------------
+
+def matmul(out, a, b):
+    cupy.matmul(a, b, out=out)
+
+
+# --- dense: bias + activation, activation backward + bias gradient ------------
+
+def bias_act_forward(z, b, code, alpha):
+    # z (N, M) in place; b (M,)
+    n, m = z.shape
+    _same_shape("b", b, (m,))
+    t = _ftype(z, b)
+    if z.size == 0:
+        return
+    _kernel("dense", src.expr("bias_act_forward", t))(
+        (_blocks(z.size),), (_THREADS,),
+        (z, b, np.int64(n), np.int64(m), np.int32(code), np.float64(alpha)))
+
+
+def act_backward_bias_grad(dz, db, da, a, code, alpha):
+    # dz, da, a (N, M); db (M,)
+    n, m = dz.shape
+    _same_shape("da", da, (n, m))
+    _same_shape("a", a, (n, m))
+    _same_shape("db", db, (m,))
+    t = _ftype(dz, db, da, a)
+    if m == 0:
+        return
+    bx = min(32, 1 << (m - 1).bit_length())   # a warp spans whole rows when M < 32
+    by = _THREADS // bx
+    tiles = _cdiv(m, bx)
+    g = max(1, min(_cdiv(n, 4 * by), 2048 // tiles))  # >= 4 rows a thread, ~2048 blocks
+    partial = _workspace(g * m)
+    _kernel("dense", src.expr("act_backward_bias_grad", t))(
+        (tiles, g), (bx, by),
+        (dz, partial, da, a, np.int64(n), np.int64(m), np.int32(code), np.float64(alpha)))
+    _kernel("dense", src.expr("bias_grad_reduce", t))(
+        (m,), (_THREADS,), (db, partial, np.int64(g), np.int64(m)))
+
+
+def act_forward(y, x, code, alpha):
+    _same_shape("y", y, x.shape)
+    t = _ftype(y, x)
+    if x.size == 0:
+        return
+    _kernel("dense", src.expr("act_forward", t))(
+        (_blocks(x.size),), (_THREADS,),
+        (y, x, np.int64(x.size), np.int32(code), np.float64(alpha)))
+
+
+def act_backward(dx, dy, y, code, alpha):
+    _same_shape("dy", dy, dx.shape)
+    _same_shape("y", y, dx.shape)
+    t = _ftype(dx, dy, y)
+    if dx.size == 0:
+        return
+    _kernel("dense", src.expr("act_backward", t))(
+        (_blocks(dx.size),), (_THREADS,),
+        (dx, dy, y, np.int64(dx.size), np.int32(code), np.float64(alpha)))
+
+
+# --- losses, each fused with its gradient --------------------------------------
+
+_ROWS_PER_BLOCK = _THREADS // 32   # softmax: one warp a row
+
+
+def _finish_stats(stats, g, loss_div, correct_div, partial):
+    _kernel("loss", "loss_stats_finish")(
+        (1,), (_THREADS,),
+        (stats, partial, np.int64(g), np.float64(loss_div), np.float64(correct_div)))
+
+
+def softmax_forward(p, logits):
+    n, c = logits.shape
+    _same_shape("p", p, (n, c))
+    t = _ftype(p, logits)
+    if logits.size == 0:
+        return
+    g = min(_cdiv(n, _ROWS_PER_BLOCK), _MAX_BLOCKS)
+    _kernel("loss", src.expr("softmax_forward", t))(
+        (g,), (_THREADS,), (p, logits, np.int64(n), np.int64(c)))
+
+
+def softmax_xent(dlogits, stats, logits, labels, scale):
+    n, c = logits.shape
+    _same_shape("dlogits", dlogits, (n, c))
+    _same_shape("labels", labels, (n,))
+    _check_stats(stats)
+    t = _ftype(dlogits, logits)
+    lt = _itype(labels, "labels")
+    if logits.size == 0:
+        return
+    g = min(_cdiv(n, _ROWS_PER_BLOCK), _MAX_REDUCE_BLOCKS)
+    partial = _workspace(2 * g)
+    _kernel("loss", src.expr("softmax_xent", t, lt))(
+        (g,), (_THREADS,),
+        (dlogits, partial, logits, labels, np.int64(n), np.int64(c), np.float64(scale)))
+    _finish_stats(stats, g, 1.0, 1.0, partial)
+
+
+def bce_logits(dlogits, stats, logits, targets, scale):
+    n, k = logits.shape
+    _same_shape("dlogits", dlogits, (n, k))
+    _same_shape("targets", targets, (n, k))
+    _check_stats(stats)
+    t = _ftype(dlogits, logits, targets)
+    if logits.size == 0:
+        return
+    g = min(_cdiv(logits.size, 4 * _THREADS), _MAX_REDUCE_BLOCKS)
+    partial = _workspace(2 * g)
+    _kernel("loss", src.expr("bce_logits", t))(
+        (g,), (_THREADS,),
+        (dlogits, partial, logits, targets, np.int64(logits.size), np.int64(k), np.float64(scale)))
+    _finish_stats(stats, g, k, k, partial)
+
+
+def mse(dout, stats, out, targets, scale):
+    n, m = out.shape
+    _same_shape("dout", dout, (n, m))
+    _same_shape("targets", targets, (n, m))
+    _check_stats(stats)
+    t = _ftype(dout, out, targets)
+    if out.size == 0:
+        return
+    g = min(_cdiv(n, _THREADS), _MAX_REDUCE_BLOCKS)
+    partial = _workspace(2 * g)
+    _kernel("loss", src.expr("mse", t))(
+        (g,), (_THREADS,),
+        (dout, partial, out, targets, np.int64(n), np.int64(m), np.float64(scale)))
+    _finish_stats(stats, g, m, 1.0, partial)
+
+
+# --- optimizers over the flat parameter buffer ----------------------------------
+
+def _segments(seg_start, seg_l1, seg_l2):
+    s = seg_l1.size
+    if seg_start.dtype != np.int64 or seg_start.size != s + 1:
+        raise TypeError(f"expected seg_start int64 of shape ({s + 1},), got {seg_start.dtype} {seg_start.shape}")
+    for what, a in (("seg_l1", seg_l1), ("seg_l2", seg_l2)):
+        if a.dtype != np.float64 or a.size != s:
+            raise TypeError(f"expected {what} float64 of shape ({s},), got {a.dtype} {a.shape}")
+    return np.int64(s)
+
+
+def _bad_type(bad):
+    return _itype(bad, "bad")
+
+
+def sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
+               lr, momentum, nesterov):
+    if momentum != 0.0 and buf is None:
+        raise ValueError("expected a momentum buffer buf of shape (P,) when momentum != 0, got None")
+    t = _ftype(*((params, prev, grads) if buf is None else (params, prev, buf, grads)))
+    for what, a in zip(("prev", "buf", "grads"), (prev, buf, grads)):
+        if a is not None:
+            _same_shape(what, a, params.shape)
+    s = _segments(seg_start, seg_l1, seg_l2)
+    bt = _bad_type(bad)
+    if params.size == 0:
+        return
+    _kernel("optim", src.expr("sgd_update", t, bt))(
+        (_blocks(params.size),), (_THREADS,),
+        (params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2, np.int64(params.size), s,
+         np.float64(lr), np.float64(momentum), np.int32(bool(nesterov))))
+
+
+def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
+                lr, beta1, beta2, eps, step):
+    t = _ftype(params, prev, m, v, grads)
+    for what, a in zip(("prev", "m", "v", "grads"), (prev, m, v, grads)):
+        _same_shape(what, a, params.shape)
+    s = _segments(seg_start, seg_l1, seg_l2)
+    bt = _bad_type(bad)
+    if params.size == 0:
+        return
+    _kernel("optim", src.expr("adam_update", t, bt))(
+        (_blocks(params.size),), (_THREADS,),
+        (params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2, np.int64(params.size), s,
+         np.float64(lr), np.float64(beta1), np.float64(beta2), np.float64(eps), np.int64(step)))
+
+
+def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
+    t = _ftype(grads, params)
+    _same_shape("params", params, grads.shape)
+    s = _segments(seg_start, seg_l1, seg_l2)
+    if params.size == 0:
+        return
+    _kernel("optim", src.expr("add_reg_grad", t))(
+        (_blocks(params.size),), (_THREADS,),
+        (grads, params, seg_start, seg_l1, seg_l2, np.int64(params.size), s))
+
+
+# --- data ----------------------------------------------------------------------
+
+def gather_rows(out, x, idx):
+    # out (B, ...) = x[idx]; rows are flattened for the kernel
+    b = out.shape[0]
+    _same_shape("idx", idx, (b,))
+    if x.dtype != out.dtype:
+        raise TypeError(f"expected x of dtype {out.dtype} (as out), got {x.dtype}")
+    if out.shape[1:] != x.shape[1:]:
+        raise ValueError(f"expected x rows of shape {out.shape[1:]} (as out), got {x.shape[1:]}")
+    if not (out.flags.c_contiguous and x.flags.c_contiguous):
+        raise ValueError("expected out and x C-contiguous")
+    it = _itype(idx, "idx")
+    if out.size == 0:
+        return
+    et = _FLOAT.get(out.dtype) or _GATHER_BITS.get(out.dtype.itemsize)
+    if et is None:
+        raise TypeError(f"expected rows of 1, 2, 4 or 8-byte elements, got {out.dtype}")
+    _kernel("data", src.expr("gather_rows", et, it))(
+        (_blocks(out.size),), (_THREADS,),
+        (out, x, idx, np.int64(b), np.int64(out.size // b)))

@@ -1,0 +1,41 @@
+"""Shared fixtures: a seeded rng, the real-data folder, the devices to run on.
+
+Tests that run on every device take the ``device`` fixture (or parametrise
+over ``DEVICES`` themselves); the "cuda" case is marked ``gpu`` and skips with
+the reason ``fastmlp.backend.cuda_available()`` gives where no GPU is usable.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastmlp.backend import cuda_available
+
+_CUDA_OK, _CUDA_WHY = cuda_available()
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu,
+                                pytest.mark.skipif(not _CUDA_OK, reason=f"no CUDA device: {_CUDA_WHY}")]),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """``$FASTMLP_DATA``, else ``../shared/data`` beside the repository; skips when absent."""
+    env = os.environ.get("FASTMLP_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"data folder {path} not found (set FASTMLP_DATA to the folder holding catvnoncat/)")
+    return path

@@ -1,0 +1,628 @@
+"""The CUDA backend against the NumPy float64 reference, and its host-side contract.
+
+GPU tests (marked ``gpu``) run every op of ``fastmlp.backend.cuda`` on a GPU and
+compare it with ``reference.py`` (float64 to 1e-12, float32 to 1e-5, relative to
+the largest reference value); they skip with the reason of ``cuda_available()``
+where there is no GPU. The host-side tests run everywhere:
+- cuda.py exports the names of cpu.py with the same signatures;
+- get_backend("cuda") without CuPy names the extra to install;
+- cuda_source finds every family, in a checkout and in a wheel layout;
+- every launch cuda.py makes (recorded through a stand-in CuPy) passes
+  arguments whose types match the kernel's C++ parameters, with a block of the
+  256 threads the kernels assume, and no op synchronises with the host.
+"""
+import ast
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import shutil
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from fastmlp.backend import cuda_available, cuda_source, get_backend
+from fastmlp.backend import cpu as cpu_backend
+from fastmlp.backend import reference as ref
+
+BACKEND_DIR = os.path.dirname(cpu_backend.__file__)
+CUDA_PY = os.path.join(BACKEND_DIR, "cuda.py")
+CPU_PY = os.path.join(BACKEND_DIR, "cpu.py")
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+DTYPES = (np.float32, np.float64)
+ACTS = [(ref.IDENTITY, 0.0), (ref.RELU, 0.0), (ref.LEAKY_RELU, 0.1), (ref.TANH, 0.0), (ref.SIGMOID, 0.0)]
+
+
+def rel_err(got, want):
+    """max |got - want| / max |want| (0 for empty arrays)."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if want.size == 0:
+        return 0.0
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-300))
+
+
+def assert_close(what, got, want, dtype):
+    err = rel_err(got, want)
+    print(f"{what} [{np.dtype(dtype).name}]: relative error {err:.2e}")
+    assert err <= TOL[dtype], f"{what}: relative error {err:.2e} > {TOL[dtype]:.0e}"
+
+
+def test_rel_err_catches_a_planted_error():
+    want = np.linspace(-1.0, 1.0, 101)
+    got = want.copy()
+    got[17] += 1e-4
+    assert rel_err(want, want) == 0.0
+    with pytest.raises(AssertionError):
+        assert_close("planted", got, want, np.float32)
+
+
+# --- host side: the module contract ------------------------------------------------
+
+def _public_functions_ast(path):
+    """{name: ast.dump of its arguments} for the public top-level functions of a file."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    return {n.name: ast.dump(n.args) for n in tree.body
+            if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
+
+
+def _module_constants_ast(path):
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    out = {}
+    for n in tree.body:
+        if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
+            out[n.targets[0].id] = n.value
+    return out
+
+
+def _public_functions(module):
+    return {k: inspect.signature(v) for k, v in vars(module).items()
+            if inspect.isfunction(v) and v.__module__ == module.__name__ and not k.startswith("_")}
+
+
+def test_cuda_exports_the_cpu_names_with_the_same_signatures():
+    cpu_fns = _public_functions_ast(CPU_PY)
+    cuda_fns = _public_functions_ast(CUDA_PY)
+    assert sorted(cuda_fns) == sorted(cpu_fns)
+    for fn, args in cpu_fns.items():
+        assert cuda_fns[fn] == args, f"cuda.{fn} and cpu.{fn} differ in their arguments"
+    consts = _module_constants_ast(CUDA_PY)
+    assert ast.literal_eval(consts["name"]) == "cuda"
+    assert isinstance(consts["xp"], ast.Name) and consts["xp"].id == "cupy"
+    if importlib.util.find_spec("cupy") is not None:   # the live module, through inspect
+        import fastmlp.backend.cuda as cuda
+        assert _public_functions(cuda) == _public_functions(cpu_backend)
+        assert cuda.name == "cuda" and cuda.xp.__name__ == "cupy"
+
+
+def test_get_backend_cuda_without_cupy_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)   # makes `import cupy` raise ImportError
+    with pytest.raises(ImportError, match=r"fastmlp\[cuda1[23]\]"):
+        get_backend("cuda")
+    ok, why = cuda_available()
+    assert not ok and "fastmlp[cuda" in why
+
+
+def test_cuda_source_lists_every_family_for_float_and_double():
+    d = cuda_source.kernels_dir()
+    assert sorted(f[:-3] for f in os.listdir(d) if f.endswith(".cu")) == sorted(cuda_source.FAMILIES)
+    for family in cuda_source.FAMILIES:
+        code = cuda_source.source(family)
+        assert code.lstrip().startswith("// kernels/" + family + ".cu"), "each .cu opens with its header"
+        assert "reference.py" in code.split("\n\n")[0], "the header names the reference op"
+        assert not re.search(r"#include\s*<", code), "NVRTC has no host headers"
+        assert isinstance(cuda_source.options(family), tuple)
+        exprs = cuda_source.name_expressions(family)
+        assert len(set(exprs)) == len(exprs)
+        for kernel, tparams, _ in _kernel_decls(family):
+            mine = [e for e in exprs if e.split("<")[0] == kernel]
+            assert mine, f"{family}.cu: kernel {kernel} has no name expression"
+            if tparams:
+                firsts = {e.split("<")[1].split(",")[0].rstrip(">") for e in mine}
+                assert {"float", "double"} <= firsts, f"{kernel}: expected float and double, got {mine}"
+    with pytest.raises(ValueError, match="expected a kernel family"):
+        cuda_source.source("nope")
+
+
+def test_cuda_source_finds_kernels_in_a_wheel_layout(tmp_path):
+    # the wheel ships kernels/ as fastmlp/_kernels (pyproject force-include)
+    site = tmp_path / "site"
+    (site / "fastmlp" / "backend").mkdir(parents=True)
+    shutil.copy(cuda_source.__file__, site / "fastmlp" / "backend" / "cuda_source.py")
+    shutil.copytree(cuda_source.kernels_dir(), site / "fastmlp" / "_kernels")
+    spec = importlib.util.spec_from_file_location("_wheel_cuda_source",
+                                                  site / "fastmlp" / "backend" / "cuda_source.py")
+    wheel_src = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wheel_src)
+    assert wheel_src.kernels_dir() == str(site / "fastmlp" / "_kernels")
+    assert wheel_src.source("dense") == cuda_source.source("dense")
+    shutil.rmtree(site / "fastmlp" / "_kernels")
+    with pytest.raises(FileNotFoundError, match="dense.cu"):
+        wheel_src.kernels_dir()
+
+
+# --- host side: every launch, recorded through a stand-in CuPy -----------------------
+
+_KERNEL_RE = re.compile(r"(?:template\s*<([^>]*)>\s*)?__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
+
+
+def _kernel_decls(family):
+    """[(kernel, template parameter names, [parameter types])] parsed from the .cu source."""
+    out = []
+    for tparams, kernel, params in _KERNEL_RE.findall(cuda_source.source(family)):
+        tnames = [t.split()[-1] for t in tparams.split(",")] if tparams.strip() else []
+        ptypes = [re.match(r"^(.*?)\s*\w+$", " ".join(p.split())).group(1) for p in params.split(",")]
+        out.append((kernel, tnames, ptypes))
+    return out
+
+
+def _param_types(family, expression):
+    """The C++ parameter types of one instantiation: "mse<float>" -> ["float*", ...]."""
+    kernel, _, targs = expression.partition("<")
+    targs = [a.strip() for a in targs.rstrip(">").split(",")] if targs else []
+    for name, tnames, ptypes in _kernel_decls(family):
+        if name == kernel:
+            subst = dict(zip(tnames, targs))
+            return [re.sub(r"\b(\w+)\b", lambda m: subst.get(m.group(1), m.group(1)), t) for t in ptypes]
+    raise AssertionError(f"{expression} is not a kernel of {family}.cu")
+
+
+_POINTEE = {"float": np.dtype(np.float32), "double": np.dtype(np.float64),
+            "int": np.dtype(np.int32), "long long": np.dtype(np.int64)}
+_SCALAR = {"long long": np.int64, "int": np.int32, "double": np.float64}
+
+
+def _check_arg(ctype, arg):
+    ctype = ctype.replace("const ", "").strip()
+    if ctype.endswith("*"):
+        if arg is None:
+            return True       # NULL: only for buffers the kernel leaves alone (sgd buf without momentum)
+        base = ctype[:-1].strip()
+        if not isinstance(arg, np.ndarray):
+            return False
+        if base in _POINTEE:
+            return arg.dtype == _POINTEE[base]
+        widths = {"unsigned char": 1, "unsigned short": 2, "unsigned int": 4, "unsigned long long": 8}
+        return arg.dtype.itemsize == widths[base]
+    return type(arg) is _SCALAR[ctype]
+
+
+class _FakeCupy(types.ModuleType):
+    """Just enough of CuPy for cuda.py, with NumPy arrays standing in for device arrays."""
+
+    def __init__(self):
+        super().__init__("cupy")
+        self.launches, self.host_syncs, self.modules = [], [], []
+        fake = self
+
+        class RawModule:
+            def __init__(self, *, code, options, name_expressions):
+                self.code, self.options, self.name_expressions = code, options, name_expressions
+                fake.modules.append(self)
+
+            def get_function(self, expression):
+                assert expression in self.name_expressions, f"{expression} not among the name expressions"
+                family = next(f for f in cuda_source.FAMILIES if cuda_source.source(f) == self.code)
+
+                def launch(grid, block, args, **kw):
+                    fake.launches.append((family, expression, grid, block, args, kw))
+                return launch
+
+        self.RawModule = RawModule
+        self.float64 = np.float64
+        self.empty = lambda shape, dtype=np.float64: np.empty(shape, dtype=dtype)
+        self.zeros = lambda shape, dtype=np.float64: np.zeros(shape, dtype=dtype)
+        self.asarray = lambda a, dtype=None: np.asarray(a, dtype=dtype)
+        self.ascontiguousarray = np.ascontiguousarray
+        self.matmul = np.matmul
+        self.asnumpy = lambda a: (self.host_syncs.append("asnumpy"), np.asarray(a))[1]
+        stream = types.SimpleNamespace(ptr=0, synchronize=lambda: self.host_syncs.append("stream"))
+        self.cuda = types.SimpleNamespace(
+            runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceCount=lambda: 1),
+            get_current_stream=lambda: stream,
+            Device=lambda *a: types.SimpleNamespace(synchronize=lambda: self.host_syncs.append("device")))
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """cuda.py loaded against a stand-in CuPy (under a private name: the real module is untouched)."""
+    fake = _FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    spec = importlib.util.spec_from_file_location("fastmlp.backend._cuda_on_fake_cupy", CUDA_PY)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, fake
+
+
+def _run_every_op(be, dtype, idx_dtype, n, m):
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s).astype(dtype)  # noqa: E731
+    be.bias_act_forward(f(n, m), f(m), ref.TANH, 0.0)
+    be.act_backward_bias_grad(f(n, m), f(m), f(n, m), f(n, m), ref.RELU, 0.0)
+    be.act_forward(f(n, m, 3), f(n, m, 3), ref.SIGMOID, 0.0)
+    be.act_backward(f(n, 2), f(n, 2), f(n, 2), ref.LEAKY_RELU, 0.2)
+    be.softmax_forward(f(n, m), f(n, m))
+    stats = np.zeros(2)
+    be.softmax_xent(f(n, m), stats, f(n, m), rng.integers(0, m, n).astype(idx_dtype), 1.0 / max(n, 1))
+    be.bce_logits(f(n, m), stats, f(n, m), (f(n, m) > 0).astype(dtype), 0.5)
+    be.mse(f(n, m), stats, f(n, m), f(n, m), 0.5)
+    p = 3 * m + 5
+    seg = (np.array([0, m, 3 * m, p], dtype=np.int64), np.array([0.0, 1e-3, 0.0]), np.array([0.1, 0.0, 0.0]))
+    bad = np.zeros(1, dtype=idx_dtype)
+    be.sgd_update(f(p), f(p), f(p), bad, f(p), *seg, 0.1, 0.9, True)
+    be.sgd_update(f(p), f(p), None, bad, f(p), *seg, 0.1, 0.0, False)
+    be.adam_update(f(p), f(p), f(p), np.abs(f(p)), bad, f(p), *seg, 1e-3, 0.9, 0.999, 1e-8, 3)
+    be.add_reg_grad(f(p), f(p), *seg)
+    be.gather_rows(f(n, 2, 3), f(n + 4, 2, 3), rng.integers(0, n + 4, n).astype(idx_dtype))
+    be.gather_rows(np.empty(n, np.int64), np.arange(n + 4), rng.integers(0, n + 4, n).astype(idx_dtype))
+    be.gather_rows(np.empty((n, 5), np.uint8), np.zeros((n + 4, 5), np.uint8),
+                   rng.integers(0, n + 4, n).astype(idx_dtype))
+
+
+def _launch_problems(launches):
+    """What is wrong with recorded launches: argument types against the kernel's C++
+    parameters, and the launch shape (the kernels assume 256-thread blocks)."""
+    problems = []
+    for family, expression, grid, block, args, kw in launches:
+        ptypes = _param_types(family, expression)
+        if len(args) != len(ptypes):
+            problems.append(f"{expression}: {len(args)} arguments for {ptypes}")
+        for i, (t, a) in enumerate(zip(ptypes, args)):
+            if not _check_arg(t, a):
+                got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+                problems.append(f"{expression}: argument {i} is {got}, the kernel takes {t}")
+        if kw:
+            problems.append(f"{expression}: unexpected launch options {kw}")
+        if not all(isinstance(d, int) and d >= 1 for d in grid + block):
+            problems.append(f"{expression}: grid {grid} block {block}")
+        elif np.prod(block) != 256:
+            problems.append(f"{expression}: block {block}, the kernels assume 256 threads")
+        elif not (grid[0] < 2**31 and all(d <= 65535 for d in grid[1:])):
+            problems.append(f"{expression}: grid {grid} out of range")
+    return problems
+
+
+@pytest.mark.parametrize("n, m", [(1, 1), (7, 5), (2053, 33), (300, 4099)])
+@pytest.mark.parametrize("idx_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_launch_matches_its_kernel_signature(fake_cuda, dtype, idx_dtype, n, m):
+    be, fake = fake_cuda
+    _run_every_op(be, dtype, idx_dtype, n, m)
+    assert not fake.host_syncs, f"ops synchronised with the host: {fake.host_syncs}"
+    for mod in fake.modules:
+        family = next(f for f in cuda_source.FAMILIES if cuda_source.source(f) == mod.code)
+        assert mod.options == cuda_source.options(family)
+        assert tuple(mod.name_expressions) == cuda_source.name_expressions(family)
+    assert len(fake.modules) == len({id(m) for m in fake.modules}) == len(cuda_source.FAMILIES)
+    assert not _launch_problems(fake.launches), "\n".join(_launch_problems(fake.launches))
+    seen = {expression.split("<")[0] for _, expression, *_ in fake.launches}
+    expected = {e.split("<")[0] for f in cuda_source.FAMILIES for e in cuda_source.name_expressions(f)}
+    assert seen == expected, f"kernels never launched: {expected - seen}"
+
+
+def test_launch_check_catches_planted_mistakes():
+    good = ("dense", "act_forward<float>", (1,), (256,),
+            (np.zeros(3, np.float32), np.zeros(3, np.float32), np.int64(3), np.int32(1), np.float64(0.0)), {})
+    assert _launch_problems([good]) == []
+    planted = [
+        good[:4] + (good[4][:3] + (np.int64(1),) + good[4][4:], {}),                  # int64 where int
+        good[:4] + ((np.zeros(3, np.float64),) + good[4][1:], {}),                   # double* where float*
+        good[:4] + (good[4][:4], {}),                                                # an argument short
+        good[:3] + ((128,), good[4], {}),                                            # 128 threads
+        ("dense", "act_forward<float>", (0,), (256,), good[4], {}),                  # empty grid
+    ]
+    for launch in planted:
+        assert _launch_problems([launch]), f"not caught: {launch[2:4]} {launch[4]}"
+
+
+def test_reductions_pass_their_partial_sums_along(fake_cuda):
+    be, fake = fake_cuda
+    rng = np.random.default_rng(1)
+    n, m = 5000, 20
+    dz, da, a = (rng.standard_normal((n, m)) for _ in range(3))
+    db = np.zeros(m)
+    be.act_backward_bias_grad(dz, db, da, a, ref.RELU, 0.0)
+    (_, e1, grid1, block1, args1, _), (_, e2, grid2, _, args2, _) = fake.launches
+    assert (e1, e2) == ("act_backward_bias_grad<double>", "bias_grad_reduce<double>")
+    g = grid1[1]
+    assert args1[1] is not None and args1[1].size >= g * m and args2[1] is args1[1]
+    assert int(args2[2]) == g and grid2 == (m,) and grid1[0] * block1[0] >= m
+    fake.launches.clear()
+    stats = np.zeros(2)
+    be.mse(np.zeros((n, 3)), stats, np.zeros((n, 3)), np.zeros((n, 3)), 1.0)
+    (_, _, grid1, _, args1, _), (_, e2, grid2, _, args2, _) = fake.launches
+    assert e2 == "loss_stats_finish" and grid2 == (1,)
+    assert args2[0] is stats and args2[1] is args1[1] and int(args2[2]) == grid1[0]
+    assert args1[1].size >= 2 * grid1[0] and float(args2[3]) == 3.0 and float(args2[4]) == 1.0
+
+
+def test_bad_inputs_are_refused_before_any_launch(fake_cuda):
+    be, fake = fake_cuda
+    z = np.zeros((4, 3), np.float32)
+    with pytest.raises(TypeError, match="float64"):
+        be.bias_act_forward(z, np.zeros(3, np.float64), ref.RELU, 0.0)
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        be.bias_act_forward(z, np.zeros(4, np.float32), ref.RELU, 0.0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        be.act_forward(np.zeros((3, 4), np.float32).T, z, ref.RELU, 0.0)
+    with pytest.raises(TypeError, match="labels"):
+        be.softmax_xent(z, np.zeros(2), z, np.zeros(4, np.float32), 1.0)
+    with pytest.raises(TypeError, match="stats"):
+        be.mse(z, np.zeros(2, np.float32), z, z, 1.0)
+    with pytest.raises(TypeError, match="seg_start"):
+        be.add_reg_grad(np.zeros(5), np.zeros(5), np.array([0, 5], np.int32), np.zeros(1), np.zeros(1))
+    assert not fake.launches
+
+
+# --- GPU: every op against the reference ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def cuda():
+    ok, why = cuda_available()
+    if not ok:
+        pytest.skip(f"no usable CUDA GPU: {why}")
+    return get_backend("cuda")
+
+
+def _rand(rng, shape, dtype, zeros=0.0):
+    x = rng.standard_normal(shape).astype(dtype)
+    if zeros:
+        x[rng.random(shape) < zeros] = 0   # exact zeros exercise the ReLU/LeakyReLU subgradients
+    return x
+
+
+SHAPES = [(1, 1), (7, 3), (131, 33), (2053, 5), (1000, 257)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("code, alpha", ACTS)
+@pytest.mark.parametrize("n, m", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_act_forward(cuda, dtype, n, m, code, alpha):
+    rng = np.random.default_rng(n * 1000 + m)
+    z, b = _rand(rng, (n, m), dtype, 0.1), _rand(rng, (m,), dtype)
+    want = z.astype(np.float64)
+    ref.bias_act_forward(want, b.astype(np.float64), code, alpha)
+    zd = cuda.to_device(z)
+    cuda.bias_act_forward(zd, cuda.to_device(b), code, alpha)
+    assert_close(f"bias_act_forward code={code}", cuda.to_host(zd), want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("code, alpha", ACTS)
+@pytest.mark.parametrize("n, m", SHAPES + [(4099, 1), (3, 4096), (20000, 20)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_act_backward_bias_grad(cuda, dtype, n, m, code, alpha):
+    rng = np.random.default_rng(n * 7 + m)
+    a = ref.act(_rand(rng, (n, m), np.float64, 0.1), code, alpha).astype(dtype)
+    da = _rand(rng, (n, m), dtype)
+    dz_want, db_want = np.empty((n, m)), np.empty(m)
+    ref.act_backward_bias_grad(dz_want, db_want, da.astype(np.float64), a.astype(np.float64), code, alpha)
+    dz, db = cuda.empty((n, m), dtype), cuda.empty((m,), dtype)
+    ad, dad = cuda.to_device(a), cuda.to_device(da)
+    cuda.act_backward_bias_grad(dz, db, dad, ad, code, alpha)
+    assert_close(f"act_backward_bias_grad dz code={code}", cuda.to_host(dz), dz_want, dtype)
+    assert_close(f"act_backward_bias_grad db code={code}", cuda.to_host(db), db_want, dtype)
+    first = cuda.to_host(db).copy()
+    cuda.act_backward_bias_grad(dz, db, dad, ad, code, alpha)
+    assert np.array_equal(cuda.to_host(db), first), "the bias gradient is not reproducible"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("code, alpha", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_act_forward_and_backward(cuda, dtype, code, alpha):
+    rng = np.random.default_rng(code)
+    x = _rand(rng, (3, 5, 7, 11), dtype, 0.1)
+    y_want = np.empty(x.shape)
+    ref.act_forward(y_want, x.astype(np.float64), code, alpha)
+    xd = cuda.to_device(x)
+    yd = cuda.empty(x.shape, dtype)
+    cuda.act_forward(yd, xd, code, alpha)
+    assert_close(f"act_forward code={code}", cuda.to_host(yd), y_want, dtype)
+    cuda.act_forward(xd, xd, code, alpha)   # in place
+    assert np.array_equal(cuda.to_host(xd), cuda.to_host(yd))
+    y = cuda.to_host(yd)
+    dy = _rand(rng, x.shape, dtype)
+    dx_want = np.empty(x.shape)
+    ref.act_backward(dx_want, dy.astype(np.float64), y.astype(np.float64), code, alpha)
+    dxd = cuda.empty(x.shape, dtype)
+    cuda.act_backward(dxd, cuda.to_device(dy), yd, code, alpha)
+    assert_close(f"act_backward code={code}", cuda.to_host(dxd), dx_want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n, c", [(1, 1), (5, 3), (131, 10), (2053, 1000), (3000, 7)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_forward(cuda, dtype, n, c):
+    logits = (3 * _rand(np.random.default_rng(c), (n, c), dtype))
+    want = np.empty((n, c))
+    ref.softmax_forward(want, logits.astype(np.float64))
+    p = cuda.empty((n, c), dtype)
+    cuda.softmax_forward(p, cuda.to_device(logits))
+    assert_close("softmax_forward", cuda.to_host(p), want, dtype)
+
+
+def _check_stats(what, got, want, dtype):
+    assert_close(f"{what} loss sum", got[0], want[0], dtype)
+    assert got[1] == pytest.approx(want[1], rel=1e-12), f"{what} correct count {got[1]} != {want[1]}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("n, c", [(1, 1), (5, 3), (131, 10), (2053, 1000), (9000, 7)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent(cuda, dtype, n, c, label_dtype):
+    rng = np.random.default_rng(n + c)
+    logits = 3 * _rand(rng, (n, c), dtype)
+    labels = rng.integers(0, c, n).astype(label_dtype)
+    scale = 1.0 / n
+    d_want, s_want = np.empty((n, c)), np.array([1.5, 2.0])
+    ref.softmax_xent(d_want, s_want, logits.astype(np.float64), labels, scale)
+    d, stats = cuda.empty((n, c), dtype), cuda.to_device(np.array([1.5, 2.0]))
+    ld, lab = cuda.to_device(logits), cuda.to_device(labels)
+    cuda.softmax_xent(d, stats, ld, lab, scale)
+    assert_close("softmax_xent dlogits", cuda.to_host(d), d_want, dtype)
+    _check_stats("softmax_xent", cuda.to_host(stats), s_want, dtype)
+    again = [cuda.zeros((2,), np.float64) for _ in range(2)]
+    for s in again:
+        cuda.softmax_xent(d, s, ld, lab, scale)
+    assert np.array_equal(cuda.to_host(again[0]), cuda.to_host(again[1])), "loss sums not reproducible"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n, k", [(1, 1), (7, 1), (209, 1), (131, 3), (50000, 2)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_logits(cuda, dtype, n, k):
+    rng = np.random.default_rng(n * k)
+    logits = 4 * _rand(rng, (n, k), dtype)
+    targets = (rng.random((n, k)) < 0.5).astype(dtype)
+    d_want, s_want = np.empty((n, k)), np.array([0.25, 1.0])
+    ref.bce_logits(d_want, s_want, logits.astype(np.float64), targets.astype(np.float64), 1.0 / n)
+    d, stats = cuda.empty((n, k), dtype), cuda.to_device(np.array([0.25, 1.0]))
+    cuda.bce_logits(d, stats, cuda.to_device(logits), cuda.to_device(targets), 1.0 / n)
+    assert_close("bce_logits dlogits", cuda.to_host(d), d_want, dtype)
+    _check_stats("bce_logits", cuda.to_host(stats), s_want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n, m", [(1, 1), (7, 1), (131, 4), (2053, 10), (40000, 1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse(cuda, dtype, n, m):
+    rng = np.random.default_rng(n + 3 * m)
+    out, targets = _rand(rng, (n, m), dtype), _rand(rng, (n, m), dtype)
+    d_want, s_want = np.empty((n, m)), np.zeros(2)
+    ref.mse(d_want, s_want, out.astype(np.float64), targets.astype(np.float64), 0.5)
+    d, stats = cuda.empty((n, m), dtype), cuda.zeros((2,), np.float64)
+    cuda.mse(d, stats, cuda.to_device(out), cuda.to_device(targets), 0.5)
+    assert_close("mse dout", cuda.to_host(d), d_want, dtype)
+    _check_stats("mse", cuda.to_host(stats), s_want, dtype)
+
+
+def _segments(p, cover_all):
+    # a few segments with mixed L1/L2; cover_all=False leaves elements outside every segment
+    cuts = [0, p // 5, p // 2, p // 2, p - 3 if p > 3 else p, p]
+    start = np.array(cuts if cover_all else [1] + cuts[1:-1] + [max(p - 2, 1)], dtype=np.int64)
+    s = len(start) - 1
+    l1 = np.array([1e-2, 0.0, 0.5, 0.0, 3e-3][:s])
+    l2 = np.array([0.0, 1e-2, 0.1, 0.0, 2e-2][:s])
+    return start, l1, l2
+
+
+def _opt_inputs(rng, p, dtype, planted_bad):
+    params = _rand(rng, (p,), dtype, 0.05)  # exact zeros: sign(0) = 0 in the L1 term
+    grads = _rand(rng, (p,), dtype)
+    if planted_bad:
+        grads[p // 3] = np.inf
+        grads[p // 2] = np.nan
+    return params, grads
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+@pytest.mark.parametrize("bad_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("p, cover_all, planted_bad", [(1, True, False), (1001, True, False),
+                                                       (70001, False, False), (5003, True, True)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_update(cuda, dtype, p, cover_all, planted_bad, bad_dtype, momentum, nesterov):
+    rng = np.random.default_rng(p)
+    params, grads = _opt_inputs(rng, p, dtype, planted_bad)
+    buf = _rand(rng, (p,), dtype)
+    seg = _segments(p, cover_all)
+    want = {"params": params.astype(np.float64), "prev": np.empty(p), "buf": buf.astype(np.float64)}
+    bad_want = np.array([2], dtype=bad_dtype)
+    for _ in range(2):   # two steps: the momentum buffer carries over
+        ref.sgd_update(want["params"], want["prev"], want["buf"], bad_want, grads.astype(np.float64),
+                       *seg, 0.1, momentum, nesterov)
+    got = {"params": cuda.to_device(params), "prev": cuda.empty((p,), dtype), "buf": cuda.to_device(buf)}
+    bad = cuda.to_device(np.array([2], dtype=bad_dtype))
+    segd = [cuda.to_device(s) for s in seg]
+    for _ in range(2):
+        cuda.sgd_update(got["params"], got["prev"], got["buf"], bad, cuda.to_device(grads), *segd,
+                        0.1, momentum, nesterov)
+    finite = np.isfinite(want["params"])
+    for k in want:
+        g = cuda.to_host(got[k]).astype(np.float64)
+        assert np.array_equal(np.isfinite(g), np.isfinite(want[k])), f"sgd {k}: non-finite entries differ"
+        assert_close(f"sgd_update {k}", g[finite], want[k][finite], dtype)
+    assert int(cuda.to_host(bad)[0]) == int(bad_want[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bad_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("p, cover_all, planted_bad", [(1, True, False), (1001, True, False),
+                                                       (70001, False, False), (5003, True, True)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_update(cuda, dtype, p, cover_all, planted_bad, bad_dtype):
+    rng = np.random.default_rng(p + 1)
+    params, grads = _opt_inputs(rng, p, dtype, planted_bad)
+    seg = _segments(p, cover_all)
+    hyper = (0.1, 0.9, 0.999, 1e-8)
+    want = {"params": params.astype(np.float64), "prev": np.empty(p), "m": np.zeros(p), "v": np.zeros(p)}
+    bad_want = np.zeros(1, dtype=bad_dtype)
+    got = {"params": cuda.to_device(params), "prev": cuda.empty((p,), dtype),
+           "m": cuda.zeros((p,), dtype), "v": cuda.zeros((p,), dtype)}
+    bad = cuda.zeros((1,), bad_dtype)
+    segd = [cuda.to_device(s) for s in seg]
+    for step in (1, 2, 3):
+        g = grads * step if not planted_bad else grads
+        ref.adam_update(want["params"], want["prev"], want["m"], want["v"], bad_want,
+                        g.astype(np.float64), *seg, *hyper, step)
+        cuda.adam_update(got["params"], got["prev"], got["m"], got["v"], bad, cuda.to_device(g.astype(dtype)),
+                         *segd, *hyper, step)
+    finite = np.isfinite(want["params"])
+    for k in want:
+        g = cuda.to_host(got[k]).astype(np.float64)
+        assert np.array_equal(np.isfinite(g), np.isfinite(want[k])), f"adam {k}: non-finite entries differ"
+        keep = finite & np.isfinite(want[k])
+        assert_close(f"adam_update {k}", g[keep], want[k][keep], dtype)
+    assert int(cuda.to_host(bad)[0]) == int(bad_want[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("p, cover_all", [(1, True), (1001, True), (70001, False)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_reg_grad(cuda, dtype, p, cover_all):
+    rng = np.random.default_rng(p + 2)
+    params, grads = _opt_inputs(rng, p, dtype, False)
+    seg = _segments(p, cover_all)
+    want = grads.astype(np.float64)
+    ref.add_reg_grad(want, params.astype(np.float64), *seg)
+    gd = cuda.to_device(grads)
+    cuda.add_reg_grad(gd, cuda.to_device(params), *[cuda.to_device(s) for s in seg])
+    assert_close("add_reg_grad", cuda.to_host(gd), want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("idx_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int32, np.uint8, np.float16])
+@pytest.mark.parametrize("shape, b", [((1, 1), 1), ((50, 3, 5, 5), 17), ((1000, 12288), 209), ((9, 7), 0)])
+def test_gather_rows(cuda, dtype, idx_dtype, shape, b):
+    rng = np.random.default_rng(b)
+    x = np.abs(100 * rng.standard_normal(shape)).astype(dtype)
+    idx = rng.integers(0, shape[0], b).astype(idx_dtype)
+    want = np.empty((b,) + shape[1:], dtype)
+    ref.gather_rows(want, x, idx)
+    out = cuda.empty((b,) + shape[1:], dtype)
+    cuda.gather_rows(out, cuda.to_device(x), cuda.to_device(idx))
+    assert np.array_equal(cuda.to_host(out), want)   # a gather moves bits: exact
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_and_transfers(cuda, dtype):
+    rng = np.random.default_rng(5)
+    a, b = _rand(rng, (37, 19), dtype), _rand(rng, (37, 23), dtype)
+    ad, bd = cuda.to_device(a), cuda.to_device(b)
+    assert cuda.to_device(ad) is ad   # already a C-contiguous device array of that dtype: no copy
+    out = cuda.empty((19, 23), dtype)
+    cuda.matmul(out, ad.T, bd)        # transposed views, as Dense backward passes them
+    cuda.synchronize()
+    assert_close("matmul", cuda.to_host(out), a.astype(np.float64).T @ b.astype(np.float64),
+                 dtype if dtype == np.float64 else np.float32)
+    t = cuda.to_device(np.asfortranarray(a), dtype=np.float64)
+    assert t.flags.c_contiguous and t.dtype == np.float64
+    assert isinstance(cuda.to_host(t), np.ndarray)
