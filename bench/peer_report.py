@@ -47,6 +47,17 @@ def print_header(info, skipped):
             print(f"note: {var}={os.environ[var]} is set; it may slow NumPy's BLAS")
     for name, why in skipped.items():
         print(f"{name}: {why}")
+    print_load(info["cores"])
+
+
+def print_load(cores):
+    """Warn when other processes compete for the cores: a BLAS thread that
+    loses its core stalls the whole GEMM, so timings swing by tens of times."""
+    load = os.getloadavg()[0]
+    if load > 0.5 * cores:
+        print(f"note: load average {load:.1f} on {cores} cores: other processes are running; "
+              f"multi-threaded timings are unreliable until they stop")
+    return load
 
 
 def print_check(w, check):
@@ -67,7 +78,7 @@ def print_workload(result):
     batch = "full" if r["batch_size"] is None else r["batch_size"]
     print(f"\n{r['key']}: {r['title']}; {r['sizes']}, {r['loss']}, lr {r['lr']}, batch {batch}")
     print(f"  {r['flops_per_step'] / 1e6:.1f} MFLOP/step, {r['flops_per_sample'] / 1e6:.3f} "
-          f"MFLOP/sample; {r['steps']} steps ({r['epochs']} epochs of {r['n']}) x {r['reps']} "
+          f"MFLOP/sample; {r['steps']} steps ({r['epochs']} epoch(s) of {r['n']}) x {r['reps']} "
           f"timed runs, medians")
     print(f"  {'impl':8s} {'ms/step':>9s} {'samples/s':>11s} {'GFLOP/s':>8s} {'% peak':>7s}"
           f" {'fastmlp speed-up':>17s}")

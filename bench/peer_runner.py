@@ -9,6 +9,7 @@ Shape vocabulary: N samples, B batch, D inputs of a layer, M outputs.
 """
 import gc
 import math
+import os
 import platform
 import statistics
 import time
@@ -325,14 +326,11 @@ def open_contestants(args):
     except Exception as exc:
         fm = None
         skipped["fastmlp"] = f"not importable: {type(exc).__name__}: {exc}"
-        print(f"fastmlp: not importable: {exc}")
     torch, why = load_torch(args.threads)
     if torch is None:
         skipped["torch"] = why
-        print(f"torch: {why}")
     elif args.device == "cuda" and not torch.cuda.is_available():
         skipped["torch"] = "skipped: torch has no CUDA device"
-        print("torch: skipped: torch has no CUDA device")
         torch = None
     return Context(fm, torch, args.device, skipped)
 
@@ -341,7 +339,8 @@ def machine_info(args, ctx):
     info = {"python": platform.python_version(), "numpy": np.__version__,
             "cpu": peer_report.cpu_name(), "cores": peer_report.core_count(),
             "threads": args.threads, "device": args.device, "quick": args.quick,
-            "blas": peer_report.blas_name(), "flop_count_rule": flops.COUNT_RULE}
+            "blas": peer_report.blas_name(), "flop_count_rule": flops.COUNT_RULE,
+            "load_average_start": os.getloadavg()[0]}
     if ctx.torch is not None:
         info["torch"] = ctx.torch.__version__
     if ctx.fm is not None:
@@ -381,7 +380,7 @@ def run(args):
         check = checked[arch]
         errors = {}
         times = run_workload(ctx, w, weights, reps, errors)
-        impls = {name: figures(w, secs, peaks[impl_device(name, args.device)])
+        impls = {name: figures(w, secs, peaks.get(impl_device(name, args.device), math.nan))
                  for name, secs in times.items()}
         result = describe(w) | {"reps": reps, "impls": impls, "errors": errors,
                                 "check": check, "speedup": speedups(impls)}
@@ -389,6 +388,7 @@ def run(args):
         peer_report.print_workload(result)
 
     peer_report.print_summary(results)
+    info["load_average_end"] = peer_report.print_load(info["cores"])
     if args.json:
         peer_report.write_json(args.json, info | {"peaks_gflops": peaks,
                                                   "peak_runs_gflops": peak_runs,

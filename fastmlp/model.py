@@ -272,17 +272,26 @@ class Sequential:
         bad = int(self.be.to_host(self._bad)[0])
         if bad:
             # the last update produced non-finite parameters: undo it
-            self._params[...] = self._prev
-            self._bad[...] = 0
+            self._undo_last_update()
             raise NonFiniteLossError(f"training diverged at epoch {epoch}, step {step}: the update made "
                                      f"{bad} parameter(s) NaN or Inf; the weights before that update "
                                      "were kept (lower the learning rate?)", epoch, step)
         if not math.isfinite(loss_value):
             # the loss was computed before this step's update; undo the update
-            self._params[...] = self._prev
+            self._undo_last_update()
             raise NonFiniteLossError(f"training diverged at epoch {epoch}, step {step}: the loss is "
-                                     f"{loss_value}; the weights of the last finite step were kept "
+                                     f"{loss_value}; the weights it was computed with (those after the last step "
+                                     "with a finite loss) were kept "
                                      "(lower the learning rate?)", epoch, step)
+
+    def _undo_last_update(self):
+        """Back to the parameters before the last update. The optimizer state may
+        hold NaN by now, so it restarts from zero (as a fresh optimizer would)."""
+        self._params[...] = self._prev
+        self._bad[...] = 0
+        for buf in self._state:
+            buf[...] = 0
+        self.optimizer.t = 0
 
     @staticmethod
     def _pair(data, what):

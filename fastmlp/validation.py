@@ -7,8 +7,12 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 def check_dtype(dtype):
-    key = np.dtype(dtype).name if not isinstance(dtype, str) and dtype in (np.float32, np.float64) else dtype
-    if key not in DTYPES:
+    try:
+        key = np.dtype(dtype).name if not isinstance(dtype, str) and dtype in (np.float32, np.float64) else dtype
+        known = key in DTYPES
+    except TypeError:  # unhashable or not a dtype at all
+        known = False
+    if not known:
         raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
     return DTYPES[key]
 
@@ -28,8 +32,9 @@ def check_features(X, input_shape, what="X"):
         raise TypeError(f"expected {what} with a numeric dtype, got dtype {X.dtype}")
     if np.iscomplexobj(X):
         raise TypeError(f"expected {what} with a real dtype, got {X.dtype}")
+    expected = "..." if input_shape is None else ", ".join(map(str, input_shape))
     if X.ndim < 2:
-        raise ValueError(f"expected {what} of shape (N, {', '.join(map(str, input_shape))}), got {X.shape}")
+        raise ValueError(f"expected {what} of shape (N, {expected}), got {X.shape}")
     if X.shape[0] == 0:
         raise ValueError(f"expected a non-empty {what}, got {X.shape[0]} samples")
     if input_shape is not None and X.shape[1:] != tuple(input_shape):

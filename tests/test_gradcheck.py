@@ -14,8 +14,6 @@ from fastmlp.backend import cpu
 from fastmlp.backend.reference import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 from fastmlp.gradcheck import gradcheck, gradcheck_layer, rel_error
 
-from conftest import DEVICES
-
 TOL = 1e-6
 MARGIN = 0.02          # |pre-activation| or |w| at least this far from a kink
 SMOOTH = {"tanh": fm.Tanh, "sigmoid": fm.Sigmoid}
@@ -140,7 +138,6 @@ LOSS_CASES = [("bce", 1), ("bce", 3), ("softmax_int", 2), ("softmax_int", 4),
               ("softmax_onehot", 3), ("mse", 1), ("mse", 3)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("loss,k", LOSS_CASES)
 @pytest.mark.parametrize("n", [1, 6])
 def test_loss_gradients(loss, k, n, device, rng):
@@ -152,7 +149,6 @@ def test_loss_gradients(loss, k, n, device, rng):
     assert err <= TOL
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("act", sorted(ACTS))
 @pytest.mark.parametrize("loss,k", [("bce", 1), ("softmax_int", 3), ("mse", 2)])
 @pytest.mark.parametrize("width", [1, 5])
@@ -169,7 +165,6 @@ def test_two_layer_model(act, loss, k, width, device, rng):
     assert err <= TOL
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_deep_model_standalone_activation(device, rng):
     # Dense, Tanh (fused), Sigmoid (standalone: follows an activation), Dense, Tanh, Dense
     model = fm.Sequential([fm.Dense(4, 6), fm.Tanh(), fm.Sigmoid(), fm.Dense(6, 3), fm.Tanh(),
@@ -182,7 +177,6 @@ def test_deep_model_standalone_activation(device, rng):
     assert err <= TOL
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_l2_gradient(device, rng):
     model = fm.Sequential([fm.Dense(4, 5, l2=0.3), fm.Tanh(), fm.Dense(5, 2, l2=0.05)],
                           loss="mse", device=device, dtype="float64", seed=5)
@@ -201,7 +195,6 @@ def test_l2_gradient(device, rng):
     assert diff == pytest.approx(expect, rel=1e-12)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_l1_gradient_away_from_zero(device, rng):
     model = fm.Sequential([fm.Dense(4, 5, l1=0.2), fm.Sigmoid(), fm.Dense(5, 1, l1=0.05, l2=0.1)],
                           loss="bce", device=device, dtype="float64", seed=6)

@@ -24,6 +24,9 @@ from fastmlp.backend import cuda_source
 
 ARCHS = (80, 90)
 FAMILIES = cuda_source.FAMILIES
+# What cupy.RawModule appends to our options before NVRTC sees them (CuPy 13/14,
+# cupy/cuda/compiler.py), besides the -arch of the device.
+CUPY_ADDS = ("-ftz=true", "--device-as-default-execution-space")
 
 
 # --- NVRTC helper ----------------------------------------------------------------
@@ -87,7 +90,7 @@ def nvrtc_compile(nvrtc, code, filename, options, name_expressions, arch):
 
 def _compile_family(nvrtc, family, arch):
     return nvrtc_compile(nvrtc, cuda_source.source(family), family + ".cu",
-                         cuda_source.options(family), cuda_source.name_expressions(family), arch)
+                         cuda_source.options(family) + CUPY_ADDS, cuda_source.name_expressions(family), arch)
 
 
 def _entries(ptx):

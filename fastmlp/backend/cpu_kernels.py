@@ -134,7 +134,7 @@ def _softmax_xent(dlogits, stats, logits, labels, scale):
     losses = np.empty(n, dtype=np.float64)
     correct = np.empty(n, dtype=np.float64)
     for i in prange(n):
-        mx = logits[i, 0]
+        mx = np.float64(logits[i, 0])
         arg = 0
         for j in range(1, c):
             if logits[i, j] > mx:
@@ -142,14 +142,14 @@ def _softmax_xent(dlogits, stats, logits, labels, scale):
                 arg = j
         s = 0.0
         for j in range(c):
-            s += math.exp(float(logits[i, j]) - mx)
+            s += math.exp(np.float64(logits[i, j]) - mx)
         lse = math.log(s)
         y = labels[i]
-        losses[i] = lse - (float(logits[i, y]) - mx)
+        losses[i] = lse - (np.float64(logits[i, y]) - mx)
         correct[i] = 1.0 if arg == y else 0.0
         inv = 1.0 / s
         for j in range(c):
-            pj = math.exp(float(logits[i, j]) - mx) * inv
+            pj = math.exp(np.float64(logits[i, j]) - mx) * inv
             if j == y:
                 pj -= 1.0
             dlogits[i, j] = pj * scale
@@ -167,8 +167,8 @@ def _bce_logits(dlogits, stats, logits, targets, scale):
         ls = 0.0
         cs = 0.0
         for j in range(k):
-            x = float(logits[i, j])
-            y = float(targets[i, j])
+            x = np.float64(logits[i, j])
+            y = np.float64(targets[i, j])
             ls += max(x, 0.0) - x * y + math.log1p(math.exp(-abs(x)))
             dlogits[i, j] = (0.5 * (1.0 + math.tanh(0.5 * x)) - y) * sk
             if (x > 0) == (y > 0.5):
@@ -190,7 +190,7 @@ def _mse(dout, stats, out, targets, scale):
         ao = 0
         at = 0
         for j in range(m):
-            d = float(out[i, j]) - float(targets[i, j])
+            d = np.float64(out[i, j]) - np.float64(targets[i, j])
             ls += d * d
             dout[i, j] = d * sm
             if out[i, j] > out[i, ao]:
@@ -199,7 +199,7 @@ def _mse(dout, stats, out, targets, scale):
                 at = j
         losses[i] = ls / m
         if m == 1:
-            correct[i] = 1.0 if abs(float(out[i, 0]) - float(targets[i, 0])) < 0.5 else 0.0
+            correct[i] = 1.0 if abs(np.float64(out[i, 0]) - np.float64(targets[i, 0])) < 0.5 else 0.0
         else:
             correct[i] = 1.0 if ao == at else 0.0
     stats[0] += losses.sum()
@@ -233,7 +233,7 @@ def _sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
             wn = w - lr * g
             prev[i] = w
             params[i] = wn
-            if not math.isfinite(wn):
+            if not math.isfinite(params[i]):  # the stored value: float32 may overflow
                 nbad += 1
     bad[0] += nbad
 
@@ -257,7 +257,7 @@ def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
             wn = w - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
             prev[i] = w
             params[i] = wn
-            if not math.isfinite(wn):
+            if not math.isfinite(params[i]):  # the stored value: float32 may overflow
                 nbad += 1
     bad[0] += nbad
 
