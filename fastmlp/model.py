@@ -106,6 +106,7 @@ class Sequential:
             k += n
         self._specs = specs
         self._stats = be.zeros(2, np.float64)
+        self._penalty_buf = be.zeros(1, np.float64)
         self.built = True
         return self
 
@@ -300,15 +301,9 @@ class Sequential:
         return data
 
     def _penalty(self):
-        """Keras L1/L2: sum over regularised weights of l1*|w| + l2*w^2 (host float)."""
-        total = 0.0
-        xp = self.be.xp
-        for view, (_, s) in zip(self._param_views, self._specs):
-            if s.l1:
-                total += s.l1 * float(xp.abs(view).sum())
-            if s.l2:
-                total += s.l2 * float((view * view).sum())
-        return total
+        """Keras L1/L2: sum over regularised weights of l1*|w| + l2*w^2 (a host float)."""
+        self.be.reg_penalty(self._penalty_buf, self._params, *self._seg)
+        return float(self.be.to_host(self._penalty_buf)[0])
 
     # ------------------------------------------------------------------ inference
     def _evaluate(self, X, T, batch_size=None):

@@ -2,6 +2,7 @@
 import numbers
 
 import numpy as np
+from numba import njit
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -15,6 +16,23 @@ def check_dtype(dtype):
     if not known:
         raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
     return DTYPES[key]
+
+
+@njit(cache=True, nogil=True)
+def _all_finite(flat):
+    # no temporary boolean array the size of X, and it stops at the first NaN
+    for i in range(flat.size):
+        if not np.isfinite(flat[i]):
+            return False
+    return True
+
+
+def all_finite(X):
+    if not np.issubdtype(X.dtype, np.floating):
+        return True
+    if X.dtype not in (np.float32, np.float64):
+        return bool(np.all(np.isfinite(X)))
+    return _all_finite(X.reshape(-1) if X.flags.c_contiguous else np.ravel(X, order="K"))
 
 
 def check_features(X, input_shape, what="X"):
@@ -43,7 +61,7 @@ def check_features(X, input_shape, what="X"):
         else:
             raise ValueError(f"expected {what} of shape (N, {', '.join(map(str, input_shape))}), "
                              f"got {X.shape}")
-    if np.issubdtype(X.dtype, np.floating) and not np.all(np.isfinite(X)):
+    if not all_finite(X):
         raise ValueError(f"expected finite values in {what}, got NaN or Inf")
     return X
 

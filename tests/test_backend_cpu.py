@@ -30,9 +30,18 @@ def rel(got, ref):
     return float(num / den) if den > 0 else float(num)
 
 
+def _with_scratch(kernel):
+    # the raw bias-gradient kernels take their float64 scratch after db
+    def call(dz, db, da, a, code, alpha):
+        kernel(dz, db, np.full((K.BIAS_GRAD_BLOCKS, dz.shape[1]), np.nan), da, a, code, alpha)
+    return call
+
+
 def impls(name):
     """(label, callable) for the dispatcher and both twins of one op."""
     serial, parallel = getattr(K, name)
+    if name == "act_backward_bias_grad":
+        serial, parallel = _with_scratch(serial), _with_scratch(parallel)
     return [("cpu", getattr(cpu, name)), ("serial", serial), ("parallel", parallel)]
 
 
@@ -364,6 +373,18 @@ def test_add_reg_grad_partial_cover(which, rng):
     np.testing.assert_array_equal(got[:3], grads[:3])
     np.testing.assert_array_equal(got[10:], grads[10:])
     check(f"add_reg_grad partial {which}", got, ref, np.float64)
+
+
+@pytest.mark.parametrize("which", IMPL_IDS)
+@pytest.mark.parametrize("segs", list(SEG_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reg_penalty(segs, dtype, which, rng):
+    seg = _segments(*SEG_CASES[segs])
+    params = _opt_state(seg, dtype, rng)
+    ref, got = np.zeros(1), np.full(1, np.nan)
+    R.reg_penalty(ref, params.astype(np.float64), *seg)
+    _pick("reg_penalty", which)(got, params, *seg)
+    check(f"reg_penalty {segs} {which} {dtype.__name__}", got, ref, dtype)
 
 
 # --------------------------------------------------------------------------- data

@@ -204,7 +204,7 @@ class _FakeCupy(types.ModuleType):
                 fake.modules.append(self)
 
             def get_function(self, expression):
-                assert expression in self.name_expressions, f"{expression} not among the name expressions"
+                assert expression in self.name_expressions, f"{expression}: not a name expression"
                 family = next(f for f in cuda_source.FAMILIES if cuda_source.source(f) == self.code)
 
                 def launch(grid, block, args, **kw):
@@ -223,7 +223,8 @@ class _FakeCupy(types.ModuleType):
         self.cuda = types.SimpleNamespace(
             runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceCount=lambda: 1),
             get_current_stream=lambda: stream,
-            Device=lambda *a: types.SimpleNamespace(synchronize=lambda: self.host_syncs.append("device")))
+            Device=lambda *a: types.SimpleNamespace(
+                synchronize=lambda: self.host_syncs.append("device")))
 
 
 @pytest.fixture
@@ -250,7 +251,8 @@ def _run_every_op(be, dtype, idx_dtype, n, m):
     be.bce_logits(f(n, m), stats, f(n, m), (f(n, m) > 0).astype(dtype), 0.5)
     be.mse(f(n, m), stats, f(n, m), f(n, m), 0.5)
     p = 3 * m + 5
-    seg = (np.array([0, m, 3 * m, p], dtype=np.int64), np.array([0.0, 1e-3, 0.0]), np.array([0.1, 0.0, 0.0]))
+    seg = (np.array([0, m, 3 * m, p], dtype=np.int64),
+           np.array([0.0, 1e-3, 0.0]), np.array([0.1, 0.0, 0.0]))
     bad = np.zeros(1, dtype=idx_dtype)
     be.sgd_update(f(p), f(p), f(p), bad, f(p), *seg, 0.1, 0.9, True)
     be.sgd_update(f(p), f(p), None, bad, f(p), *seg, 0.1, 0.0, False)
@@ -304,12 +306,13 @@ def test_every_launch_matches_its_kernel_signature(fake_cuda, dtype, idx_dtype, 
 
 
 def test_launch_check_catches_planted_mistakes():
+    x = np.zeros(3, np.float32)
     good = ("dense", "act_forward<float>", (1,), (256,),
-            (np.zeros(3, np.float32), np.zeros(3, np.float32), np.int64(3), np.int32(1), np.float64(0.0)), {})
+            (x, x, np.int64(3), np.int32(1), np.float64(0.0)), {})
     assert _launch_problems([good]) == []
     planted = [
         good[:4] + (good[4][:3] + (np.int64(1),) + good[4][4:], {}),                  # int64 where int
-        good[:4] + ((np.zeros(3, np.float64),) + good[4][1:], {}),                   # double* where float*
+        good[:4] + ((np.zeros(3, np.float64),) + good[4][1:], {}),                   # double* for float*
         good[:4] + (good[4][:4], {}),                                                # an argument short
         good[:3] + ((128,), good[4], {}),                                            # 128 threads
         ("dense", "act_forward<float>", (0,), (256,), good[4], {}),                  # empty grid
@@ -400,7 +403,8 @@ def test_act_backward_bias_grad(cuda, dtype, n, m, code, alpha):
     a = ref.act(_rand(rng, (n, m), np.float64, 0.1), code, alpha).astype(dtype)
     da = _rand(rng, (n, m), dtype)
     dz_want, db_want = np.empty((n, m)), np.empty(m)
-    ref.act_backward_bias_grad(dz_want, db_want, da.astype(np.float64), a.astype(np.float64), code, alpha)
+    ref.act_backward_bias_grad(dz_want, db_want, da.astype(np.float64), a.astype(np.float64),
+                               code, alpha)
     dz, db = cuda.empty((n, m), dtype), cuda.empty((m,), dtype)
     ad, dad = cuda.to_device(a), cuda.to_device(da)
     cuda.act_backward_bias_grad(dz, db, dad, ad, code, alpha)
@@ -546,7 +550,7 @@ def test_sgd_update(cuda, dtype, p, cover_all, planted_bad, bad_dtype, momentum,
     finite = np.isfinite(want["params"])
     for k in want:
         g = cuda.to_host(got[k]).astype(np.float64)
-        assert np.array_equal(np.isfinite(g), np.isfinite(want[k])), f"sgd {k}: non-finite entries differ"
+        assert np.array_equal(np.isfinite(g), np.isfinite(want[k])), f"sgd {k}: non-finite differ"
         assert_close(f"sgd_update {k}", g[finite], want[k][finite], dtype)
     assert int(cuda.to_host(bad)[0]) == int(bad_want[0])
 
@@ -571,12 +575,12 @@ def test_adam_update(cuda, dtype, p, cover_all, planted_bad, bad_dtype):
         g = grads * step if not planted_bad else grads
         ref.adam_update(want["params"], want["prev"], want["m"], want["v"], bad_want,
                         g.astype(np.float64), *seg, *hyper, step)
-        cuda.adam_update(got["params"], got["prev"], got["m"], got["v"], bad, cuda.to_device(g.astype(dtype)),
-                         *segd, *hyper, step)
+        cuda.adam_update(got["params"], got["prev"], got["m"], got["v"], bad,
+                         cuda.to_device(g.astype(dtype)), *segd, *hyper, step)
     finite = np.isfinite(want["params"])
     for k in want:
         g = cuda.to_host(got[k]).astype(np.float64)
-        assert np.array_equal(np.isfinite(g), np.isfinite(want[k])), f"adam {k}: non-finite entries differ"
+        assert np.array_equal(np.isfinite(g), np.isfinite(want[k])), f"adam {k}: non-finite differ"
         keep = finite & np.isfinite(want[k])
         assert_close(f"adam_update {k}", g[keep], want[k][keep], dtype)
     assert int(cuda.to_host(bad)[0]) == int(bad_want[0])
@@ -599,7 +603,8 @@ def test_add_reg_grad(cuda, dtype, p, cover_all):
 @pytest.mark.gpu
 @pytest.mark.parametrize("idx_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int32, np.uint8, np.float16])
-@pytest.mark.parametrize("shape, b", [((1, 1), 1), ((50, 3, 5, 5), 17), ((1000, 12288), 209), ((9, 7), 0)])
+@pytest.mark.parametrize("shape, b", [((1, 1), 1), ((50, 3, 5, 5), 17), ((1000, 12288), 209),
+                                      ((9, 7), 0)])
 def test_gather_rows(cuda, dtype, idx_dtype, shape, b):
     rng = np.random.default_rng(b)
     x = np.abs(100 * rng.standard_normal(shape)).astype(dtype)

@@ -90,7 +90,8 @@ def nvrtc_compile(nvrtc, code, filename, options, name_expressions, arch):
 
 def _compile_family(nvrtc, family, arch):
     return nvrtc_compile(nvrtc, cuda_source.source(family), family + ".cu",
-                         cuda_source.options(family) + CUPY_ADDS, cuda_source.name_expressions(family), arch)
+                         cuda_source.options(family) + CUPY_ADDS,
+                         cuda_source.name_expressions(family), arch)
 
 
 def _entries(ptx):
@@ -144,8 +145,8 @@ def test_nvrtc_helper_reports_a_planted_syntax_error():
 def test_nvrtc_helper_reports_a_missing_instantiation():
     # a name expression the source cannot instantiate fails too (a renamed kernel)
     nvrtc = _nvrtc()
-    ok, log, _, _ = nvrtc_compile(nvrtc, cuda_source.source("data"), "data.cu", cuda_source.options("data"),
-                                  ["gather_rows_renamed<float, int>"], 80)
+    ok, log, _, _ = nvrtc_compile(nvrtc, cuda_source.source("data"), "data.cu",
+                                  cuda_source.options("data"), ["gather_rows_renamed<float, int>"], 80)
     print(log)
     assert not ok
 
@@ -155,7 +156,8 @@ def test_nvrtc_helper_reports_a_missing_instantiation():
 def _nvcc():
     nvcc = shutil.which("nvcc")
     if nvcc is None:
-        pytest.skip("nvcc is not on PATH; the nvcc --ptx check of kernels/*.cu runs where a CUDA toolkit is")
+        pytest.skip("nvcc is not on PATH; the nvcc --ptx check of kernels/*.cu "
+                    "runs where a CUDA toolkit is installed")
     return nvcc
 
 

@@ -50,9 +50,20 @@ def bias_act_forward(z, b, code, alpha):
     _pick(K.bias_act_forward, z.size)(z, b, code, alpha)
 
 
+_scratch = {}
+
+
+def _partial_sums(m):
+    # the bias-gradient reduction's float64 scratch, one per width M, reused
+    buf = _scratch.get(m)
+    if buf is None:
+        buf = _scratch[m] = np.empty((K.BIAS_GRAD_BLOCKS, m), dtype=np.float64)
+    return buf
+
+
 def act_backward_bias_grad(dz, db, da, a, code, alpha):
     # dz, da, a (N, M); db (M,)
-    _pick(K.act_backward_bias_grad, dz.size)(dz, db, da, a, code, alpha)
+    _pick(K.act_backward_bias_grad, dz.size)(dz, db, _partial_sums(dz.shape[1]), da, a, code, alpha)
 
 
 def act_forward(y, x, code, alpha):
@@ -97,6 +108,11 @@ def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
 
 def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
     _pick(K.add_reg_grad, params.size)(grads, params, seg_start, seg_l1, seg_l2)
+
+
+def reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+    # out (1,) float64
+    _pick(K.reg_penalty, params.size)(out, params, seg_start, seg_l1, seg_l2)
 
 
 # --- data ----------------------------------------------------------------------

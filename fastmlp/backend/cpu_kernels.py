@@ -18,6 +18,8 @@ from .reference import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 
 # Below this many elements a kernel runs serially (measured in bench/).
 PARALLEL_MIN_WORK = 1 << 20
+# Row blocks of the bias-gradient reduction (the shape of its scratch).
+BIAS_GRAD_BLOCKS = 64
 
 
 def _cache_dir_is_writable():
@@ -78,13 +80,14 @@ def _bias_act_forward(z, b, code, alpha):
             z[i, j] = _act(z[i, j] + b[j], code, alpha)
 
 
-def _act_backward_bias_grad(dz, db, da, a, code, alpha):
+def _act_backward_bias_grad(dz, db, partial, da, a, code, alpha):
     # dz (N, M) = da * act'(a); db (M,) = sum over rows of dz.
-    # Rows are split into blocks, each block reduced into its own partial sum
-    # (deterministic for a fixed thread count and block size), then summed.
+    # partial is a (BLOCKS, M) float64 scratch owned by the caller: rows are
+    # split into at most BLOCKS blocks, each summed into its own row (in
+    # float64, deterministic whatever the thread count), then the rows summed.
     n, m = dz.shape
-    nblocks = min(n, 64)
-    partial = np.zeros((nblocks, m), dtype=np.float64)
+    nblocks = min(n, partial.shape[0])
+    partial[:nblocks] = 0.0
     for blk in prange(nblocks):
         lo = blk * n // nblocks
         hi = (blk + 1) * n // nblocks
@@ -131,8 +134,8 @@ def _softmax_forward(p, logits):
 def _softmax_xent(dlogits, stats, logits, labels, scale):
     # logits (N, C), labels (N,) ints; dlogits (N, C); stats (2,) += [loss sum, correct]
     n, c = logits.shape
-    losses = np.empty(n, dtype=np.float64)
-    correct = np.empty(n, dtype=np.float64)
+    loss_sum = 0.0
+    correct_sum = 0.0
     for i in prange(n):
         mx = np.float64(logits[i, 0])
         arg = 0
@@ -145,23 +148,23 @@ def _softmax_xent(dlogits, stats, logits, labels, scale):
             s += math.exp(np.float64(logits[i, j]) - mx)
         lse = math.log(s)
         y = labels[i]
-        losses[i] = lse - (np.float64(logits[i, y]) - mx)
-        correct[i] = 1.0 if arg == y else 0.0
+        loss_sum += lse - (np.float64(logits[i, y]) - mx)
+        correct_sum += 1.0 if arg == y else 0.0
         inv = 1.0 / s
         for j in range(c):
             pj = math.exp(np.float64(logits[i, j]) - mx) * inv
             if j == y:
                 pj -= 1.0
             dlogits[i, j] = pj * scale
-    stats[0] += losses.sum()
-    stats[1] += correct.sum()
+    stats[0] += loss_sum
+    stats[1] += correct_sum
 
 
 def _bce_logits(dlogits, stats, logits, targets, scale):
     # logits, targets (N, K); per-sample loss is the mean over K
     n, k = logits.shape
-    losses = np.empty(n, dtype=np.float64)
-    correct = np.empty(n, dtype=np.float64)
+    loss_sum = 0.0
+    correct_sum = 0.0
     sk = scale / k
     for i in prange(n):
         ls = 0.0
@@ -173,17 +176,17 @@ def _bce_logits(dlogits, stats, logits, targets, scale):
             dlogits[i, j] = (0.5 * (1.0 + math.tanh(0.5 * x)) - y) * sk
             if (x > 0) == (y > 0.5):
                 cs += 1.0
-        losses[i] = ls / k
-        correct[i] = cs / k
-    stats[0] += losses.sum()
-    stats[1] += correct.sum()
+        loss_sum += ls / k
+        correct_sum += cs / k
+    stats[0] += loss_sum
+    stats[1] += correct_sum
 
 
 def _mse(dout, stats, out, targets, scale):
     # out, targets (N, M); per-sample loss is the mean over M
     n, m = out.shape
-    losses = np.empty(n, dtype=np.float64)
-    correct = np.empty(n, dtype=np.float64)
+    loss_sum = 0.0
+    correct_sum = 0.0
     sm = 2.0 * scale / m
     for i in prange(n):
         ls = 0.0
@@ -197,13 +200,13 @@ def _mse(dout, stats, out, targets, scale):
                 ao = j
             if targets[i, j] > targets[i, at]:
                 at = j
-        losses[i] = ls / m
+        loss_sum += ls / m
         if m == 1:
-            correct[i] = 1.0 if abs(np.float64(out[i, 0]) - np.float64(targets[i, 0])) < 0.5 else 0.0
+            correct_sum += 1.0 if abs(np.float64(out[i, 0]) - np.float64(targets[i, 0])) < 0.5 else 0.0
         else:
-            correct[i] = 1.0 if ao == at else 0.0
-    stats[0] += losses.sum()
-    stats[1] += correct.sum()
+            correct_sum += 1.0 if ao == at else 0.0
+    stats[0] += loss_sum
+    stats[1] += correct_sum
 
 
 @njit(inline="always")
@@ -272,6 +275,22 @@ def _add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
             grads[i] += _reg(params[i], l1, l2)
 
 
+def _reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+    # out (1,) float64 = sum over segments of l1 * sum|w| + l2 * sum w^2
+    total = 0.0
+    for s in range(seg_l1.size):
+        l1 = seg_l1[s]
+        l2 = seg_l2[s]
+        if l1 == 0.0 and l2 == 0.0:
+            continue
+        acc = 0.0
+        for i in prange(seg_start[s], seg_start[s + 1]):
+            w = np.float64(params[i])
+            acc += l1 * abs(w) + l2 * w * w
+        total += acc
+    out[0] = total
+
+
 def _gather_rows(out, x, idx):
     # out (B, F) = x[idx]; x (N, F) with rows flattened to F
     b, f = out.shape
@@ -292,4 +311,5 @@ mse = _twins(_mse)
 sgd_update = _twins(_sgd_update)
 adam_update = _twins(_adam_update)
 add_reg_grad = _twins(_add_reg_grad)
+reg_penalty = _twins(_reg_penalty)
 gather_rows = _twins(_gather_rows)

@@ -73,7 +73,8 @@ def _ftype(*arrays):
         if a.dtype != dt:
             raise TypeError(f"expected all arrays of dtype {dt}, got {a.dtype}")
         if not a.flags.c_contiguous:
-            raise ValueError(f"expected C-contiguous arrays, got strides {a.strides} for shape {a.shape}")
+            raise ValueError(f"expected C-contiguous arrays, got strides {a.strides} "
+                             f"for shape {a.shape}")
     return t
 
 
@@ -93,7 +94,8 @@ def _same_shape(what, a, shape):
 
 def _check_stats(stats):
     if stats.dtype != np.float64 or stats.size != 2:
-        raise TypeError(f"expected stats as a float64 device array of 2, got {stats.dtype} {stats.shape}")
+        raise TypeError(f"expected stats as a float64 device array of 2, "
+                        f"got {stats.dtype} {stats.shape}")
 
 
 def empty(shape, dtype):
@@ -256,7 +258,8 @@ def mse(dout, stats, out, targets, scale):
 def _segments(seg_start, seg_l1, seg_l2):
     s = seg_l1.size
     if seg_start.dtype != np.int64 or seg_start.size != s + 1:
-        raise TypeError(f"expected seg_start int64 of shape ({s + 1},), got {seg_start.dtype} {seg_start.shape}")
+        raise TypeError(f"expected seg_start int64 of shape ({s + 1},), "
+                        f"got {seg_start.dtype} {seg_start.shape}")
     for what, a in (("seg_l1", seg_l1), ("seg_l2", seg_l2)):
         if a.dtype != np.float64 or a.size != s:
             raise TypeError(f"expected {what} float64 of shape ({s},), got {a.dtype} {a.shape}")

@@ -129,13 +129,13 @@ def _reg_grad(params, seg_start, seg_l1, seg_l2):
     return g
 
 
-def reg_penalty(params, seg_start, seg_l1, seg_l2):
-    # sum over segments of l1 * sum|w| + l2 * sum w^2 (Keras convention)
+def reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+    # out (1,) float64 = sum over segments of l1 * sum|w| + l2 * sum w^2 (Keras convention)
     total = 0.0
     for s in range(len(seg_l1)):
         w = params[seg_start[s]:seg_start[s + 1]]
         total += seg_l1[s] * np.abs(w).sum() + seg_l2[s] * (w * w).sum()
-    return total
+    out[0] = total
 
 
 def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
