@@ -36,8 +36,20 @@ def _check_coef(name, value, owner):
     return float(value)
 
 
+LAYERS = {}
+
+
+def register(cls):
+    """Make a layer class known to ``from_config`` (model files name layers by class)."""
+    LAYERS[cls.__name__] = cls
+    return cls
+
+
 class Layer:
-    """Base class. Subclasses set ``params`` specs in ``build``."""
+    """Base class. Subclasses list their parameters in ``param_specs``.
+
+    ``self.rng`` is the model's generator (set by the model before build):
+    every random draw of a layer (dropout masks, ...) comes from it."""
     trainable = False
 
     def __init__(self):
@@ -49,6 +61,7 @@ class Layer:
         self.params = []         # bound parameter views, in ParamSpec order
         self.grads = []
         self._ws = {}
+        self.rng = None
 
     # -- set-up -----------------------------------------------------------------
     def build(self, input_shape, be, dtype):
@@ -82,6 +95,18 @@ class Layer:
     def release_workspaces(self):
         self._ws = {}
 
+    def workspace_bytes(self):
+        return sum(int(b.nbytes) for b in self._ws.values())
+
+    # -- non-trainable state (BatchNorm running statistics): saved, not in get_weights
+    def get_state(self):
+        """{name: host array} of model state that is not trained by gradients."""
+        return {}
+
+    def set_state(self, state):
+        if state:
+            raise ValueError(f"{self!r}: expected no state, got {sorted(state)}")
+
     # -- description --------------------------------------------------------------
     def get_config(self):
         return {}
@@ -95,6 +120,7 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
+@register
 class Dense(Layer):
     """y = act(x @ W + b); W is (D, M) (the Keras layout), b is (M,).
 
@@ -183,11 +209,13 @@ class Activation(Layer):
         return dx
 
 
+@register
 class ReLU(Activation):
     """max(x, 0); subgradient 0 at x = 0."""
     code = RELU
 
 
+@register
 class LeakyReLU(Activation):
     """x for x > 0 else alpha * x; subgradient alpha at x = 0."""
     code = LEAKY_RELU
@@ -203,10 +231,12 @@ class LeakyReLU(Activation):
         return {"alpha": self.alpha}
 
 
+@register
 class Tanh(Activation):
     code = TANH
 
 
+@register
 class Sigmoid(Activation):
     """1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2: no overflow."""
     code = SIGMOID

@@ -59,6 +59,7 @@ class Sequential:
         shape = tuple(input_shape)
         self.input_shape = shape
         for i, layer in enumerate(self.layers):
+            layer.rng = self.rng
             try:
                 shape = layer.build(shape, be, dt)
             except ValueError as e:
@@ -178,10 +179,12 @@ class Sequential:
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
-            validation_split=0.0, callbacks=None, verbose=0, test_data=None):
+            validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None):
         """Train; returns a ``History`` of per-epoch loss/accuracy (and val_*, test_*).
 
-        ``batch_size=None`` (or >= N) is full-batch gradient descent, using X in place."""
+        ``batch_size=None`` (or >= N) is full-batch gradient descent, using X in place.
+        ``augment`` (e.g. ``fm.Augment``) transforms each gathered batch on the device:
+        ``augment.apply(be, xb, rng)`` in place, draws from the model's generator."""
         epochs = check_count("epochs", epochs, 0)
         batch_size = check_batch_size(batch_size)
         if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
@@ -208,7 +211,7 @@ class Sequential:
             Xt, Tt = self._prepare(*self._pair(test_data, "test_data"), what="test_data")
         n = X.shape[0]
         b = n if batch_size is None else min(batch_size, n)
-        full_batch = b == n
+        full_batch = b == n and augment is None  # augmenting needs a copy: gather it
         self._gather_bufs = getattr(self, "_gather_bufs", {})
         history = History()
         cbs = [history] + callbacks
@@ -235,6 +238,8 @@ class Sequential:
                         xb, tb = self._batch_buffers(idx.shape[0], X, T)
                         be.gather_rows(xb, X, idx)
                         be.gather_rows(tb, T, idx)
+                        if augment is not None:
+                            augment.apply(be, xb, self.rng)
                         self._checked_step(xb, tb, epoch, step, check_each_step)
                 s = be.to_host(stats)  # the one host read of the epoch
                 if not check_each_step:

@@ -1,9 +1,10 @@
 // kernels/optim.cu -- one-launch optimizer steps over the flat parameter buffer.
 //
 // Must match (fastmlp/backend/reference.py): sgd_update, adam_update,
-// add_reg_grad (torch.optim.SGD with momentum / nesterov and dampening 0, and
-// torch.optim.Adam, with the Keras L1/L2 gradient l1 * sign(w) + 2 * l2 * w
-// added to the gradient). CPU twins with the same names:
+// add_reg_grad, reg_penalty (torch.optim.SGD with momentum / nesterov and
+// dampening 0, and torch.optim.Adam, with the Keras L1/L2 gradient
+// l1 * sign(w) + 2 * l2 * w added to the gradient; the penalty is
+// l1 * sum |w| + l2 * sum w^2). CPU twins with the same names:
 // fastmlp/backend/cpu_kernels.py.
 //
 // Shapes: params, prev, buf, m, v, grads are (P,) of T (float or double);
@@ -19,6 +20,9 @@
 // Launch configuration (fastmlp/backend/cuda.py): 1-D grid-stride loop over P,
 // 256 threads a block. Each thread finds its segment by binary search of the
 // small seg_start table (read through the cache; S is a few per layer).
+// reg_penalty: G blocks (G a function of P only) each write their fixed-tree
+// sum to partial (G,) float64; reg_penalty_finish (one block) sums partial in
+// a fixed order into out[0]. No float atomics: the penalty is reproducible.
 //
 // Compiled at run time by NVRTC through cupy.RawModule with the options and
 // name expressions of fastmlp/backend/cuda_source.py; CUDA built-ins only.
@@ -117,4 +121,40 @@ __global__ void add_reg_grad(T* grads, const T* params, const long long* seg_sta
         if (l1 == 0.0 && l2 == 0.0) continue;
         grads[i] = (T)((double)grads[i] + reg_grad((double)params[i], l1, l2));
     }
+}
+
+template <typename T>
+__global__ void reg_penalty(double* partial, const T* params, const long long* seg_start,
+                            const double* seg_l1, const double* seg_l2, long long p, long long s) {
+    // partial (G,) = this block's sum of l1 |w| + l2 w^2 over the elements inside segments
+    __shared__ double sums[256];
+    double acc = 0.0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int seg = find_segment(seg_start, s, i);
+        if (seg < 0) continue;
+        const double w = (double)params[i];
+        acc += seg_l1[seg] * fabs(w) + seg_l2[seg] * w * w;
+    }
+    sums[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
+}
+
+__global__ void reg_penalty_finish(double* out, const double* partial, long long g) {
+    // out (1,) float64 = sum of partial (G,) (assigned, not added); one block of 256 threads
+    __shared__ double sums[256];
+    double acc = 0.0;
+    for (long long b = threadIdx.x; b < g; b += blockDim.x) acc += partial[b];
+    sums[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = sums[0];
 }

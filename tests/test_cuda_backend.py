@@ -258,6 +258,7 @@ def _run_every_op(be, dtype, idx_dtype, n, m):
     be.sgd_update(f(p), f(p), None, bad, f(p), *seg, 0.1, 0.0, False)
     be.adam_update(f(p), f(p), f(p), np.abs(f(p)), bad, f(p), *seg, 1e-3, 0.9, 0.999, 1e-8, 3)
     be.add_reg_grad(f(p), f(p), *seg)
+    be.reg_penalty(np.zeros(1), f(p), *seg)
     be.gather_rows(f(n, 2, 3), f(n + 4, 2, 3), rng.integers(0, n + 4, n).astype(idx_dtype))
     be.gather_rows(np.empty(n, np.int64), np.arange(n + 4), rng.integers(0, n + 4, n).astype(idx_dtype))
     be.gather_rows(np.empty((n, 5), np.uint8), np.zeros((n + 4, 5), np.uint8),
@@ -598,6 +599,24 @@ def test_add_reg_grad(cuda, dtype, p, cover_all):
     gd = cuda.to_device(grads)
     cuda.add_reg_grad(gd, cuda.to_device(params), *[cuda.to_device(s) for s in seg])
     assert_close("add_reg_grad", cuda.to_host(gd), want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("p, cover_all", [(1, True), (1001, True), (70001, False), (2_000_003, True)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reg_penalty(cuda, dtype, p, cover_all):
+    rng = np.random.default_rng(p + 3)
+    params = _rand(rng, (p,), dtype, 0.05)
+    seg = _segments(p, cover_all)
+    want = np.array([123.0])
+    ref.reg_penalty(want, params.astype(np.float64), *seg)
+    out = cuda.to_device(np.array([123.0]))   # assigned, not added into
+    pd, segd = cuda.to_device(params), [cuda.to_device(s) for s in seg]
+    cuda.reg_penalty(out, pd, *segd)
+    assert_close("reg_penalty", cuda.to_host(out), want, dtype)
+    first = cuda.to_host(out).copy()
+    cuda.reg_penalty(out, pd, *segd)
+    assert np.array_equal(cuda.to_host(out), first), "the penalty is not reproducible"
 
 
 @pytest.mark.gpu

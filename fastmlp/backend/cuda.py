@@ -314,6 +314,20 @@ def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
         (grads, params, seg_start, seg_l1, seg_l2, np.int64(params.size), s))
 
 
+def reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+    # out (1,) float64 = l1 * sum|w| + l2 * sum w^2 over the segments (assigned)
+    if out.dtype != np.float64 or out.size != 1:
+        raise TypeError(f"expected out as a float64 device array of 1, got {out.dtype} {out.shape}")
+    t = _ftype(params)
+    s = _segments(seg_start, seg_l1, seg_l2)
+    g = min(_cdiv(max(params.size, 1), 4 * _THREADS), _MAX_REDUCE_BLOCKS)
+    partial = _workspace(g)
+    _kernel("optim", src.expr("reg_penalty", t))(
+        (g,), (_THREADS,),
+        (partial, params, seg_start, seg_l1, seg_l2, np.int64(params.size), s))
+    _kernel("optim", "reg_penalty_finish")((1,), (_THREADS,), (out, partial, np.int64(g)))
+
+
 # --- data ----------------------------------------------------------------------
 
 def gather_rows(out, x, idx):

@@ -37,7 +37,7 @@ def _family_exprs():
         "loss": (t1("softmax_forward") + t2("softmax_xent", INDEX_TYPES)
                  + t1("bce_logits") + t1("mse") + ["loss_stats_finish"]),
         "optim": (t2("sgd_update", INDEX_TYPES) + t2("adam_update", INDEX_TYPES)
-                  + t1("add_reg_grad")),
+                  + t1("add_reg_grad") + t1("reg_penalty") + ["reg_penalty_finish"]),
         "data": [expr("gather_rows", e, i) for e in GATHER_TYPES for i in INDEX_TYPES],
     }
 
