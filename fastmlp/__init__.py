@@ -5,16 +5,19 @@ Numba kernels on the CPU and CUDA C kernels (through CuPy) on NVIDIA GPUs.
 """
 from .backend import devices
 from .callbacks import Callback, EarlyStopping, History, NonFiniteLossError, TerminateOnNaN
+from .conv import Conv2D, Flatten, MaxPool2D
 from .gradcheck import gradcheck, gradcheck_layer
 from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
+from .normalization import BatchNorm, Dropout
 from .optimizers import SGD, Adam
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Sequential", "Dense", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "activation",
+    "Conv2D", "MaxPool2D", "Flatten", "BatchNorm", "Dropout",
     "BinaryCrossEntropy", "SoftmaxCrossEntropy", "MeanSquaredError", "SGD", "Adam",
     "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
     "gradcheck", "gradcheck_layer", "devices", "__version__",

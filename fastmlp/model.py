@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from . import backend as backends
+from . import gram as gram_path
 from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN
 from .layers import Activation, Dense, Layer
 from .losses import Loss, get_loss
@@ -45,6 +46,8 @@ class Sequential:
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         self.rng = np.random.default_rng(self.seed)
         self.stop_training = False
+        # full-batch SGD on a wide first layer runs in the row space of X (fastmlp/gram.py)
+        self.full_batch_gram = True
         self.built = False
         self._stats = None
         if input_shape is None and isinstance(self.layers[0], Dense):
@@ -157,6 +160,27 @@ class Sequential:
         self.optimizer.step(self.be, self._params, self._prev, self._bad, self._grads,
                             self._state, self._seg)
 
+    def _gram_step(self, X, T):
+        """``_train_step`` for the full-batch row-space path of fastmlp/gram.py:
+        the first layer's X @ W comes from the (N, N) Gram matrix, its dW is never formed."""
+        be, first, n = self.be, self.layers[0], X.shape[0]
+        a = first.workspace("a", (n, first.out_features))
+        self._gram.forward(a)
+        be.bias_act_forward(a, first.params[1], first.act_code, first.alpha)
+        first.x, first.a = X, a
+        x = a
+        for layer in self.layers[1:]:
+            x = layer.forward(x, True)
+        dlogits = self._dlogits(n)
+        self.loss.forward_backward(be, dlogits, self._stats, x, T, 1.0 / n)
+        dy = dlogits
+        for layer in reversed(self.layers[1:]):
+            dy = layer.backward(dy)
+        be.act_backward_bias_grad(dy, first.grads[1], dy, a, first.act_code, first.alpha)
+        self._gram.update(dy)
+        self.optimizer.step(be, self._params, self._prev, self._bad, self._grads,
+                            self._state, self._seg)
+
     # ------------------------------------------------------------------ data in
     def _prepare(self, X, y=None, what="X"):
         """Validate once; convert once to the model dtype on the device."""
@@ -223,6 +247,10 @@ class Sequential:
         be, stats = self.be, self._stats
         check_each_step = be.name == "cpu"
         progress = _Progress(verbose, epochs, n)
+        has_extras = Xv is not None or test_data is not None or bool(callbacks)
+        self._gram = None
+        if self.full_batch_gram and epochs and gram_path.eligible(self, n, full_batch, has_extras):
+            self._gram = gram_path.GramFirstLayer(self, X)
         try:
             for epoch in range(epochs):
                 t0 = time.perf_counter()
@@ -257,20 +285,31 @@ class Sequential:
                     break
         except NonFiniteLossError as e:
             e.history = history
+            self._end_gram()
             progress.close()
             for cb in cbs:
                 cb.on_train_end()
             if swallow:
                 return history
             raise
+        finally:
+            self._end_gram()
         progress.close()
         for cb in cbs:
             cb.on_train_end()
         return history
 
+    def _end_gram(self):
+        if self._gram is not None:
+            self._gram.materialize()
+            self._gram = None
+
     def _checked_step(self, xb, tb, epoch, step, check_each_step):
         before = float(self._stats[0]) if check_each_step else 0.0
-        self._train_step(xb, tb)
+        if self._gram is not None:
+            self._gram_step(xb, tb)
+        else:
+            self._train_step(xb, tb)
         if check_each_step:
             self._check_finite(float(self._stats[0]) - before, epoch, step)
 
@@ -295,6 +334,10 @@ class Sequential:
         hold NaN by now, so it restarts from zero (as a fresh optimizer would)."""
         self._params[...] = self._prev
         self._bad[...] = 0
+        if getattr(self, "_gram", None) is not None:
+            self._gram.undo()
+            self._gram.b = self._gram.d = 0.0   # its momentum restarts from zero too
+            self._gram.E[...] = 0
         for buf in self._state:
             buf[...] = 0
         self.optimizer.t = 0
@@ -308,7 +351,8 @@ class Sequential:
     def _penalty(self):
         """Keras L1/L2: sum over regularised weights of l1*|w| + l2*w^2 (a host float)."""
         self.be.reg_penalty(self._penalty_buf, self._params, *self._seg)
-        return float(self.be.to_host(self._penalty_buf)[0])
+        extra = self._gram.l2_penalty() if getattr(self, "_gram", None) is not None else 0.0
+        return float(self.be.to_host(self._penalty_buf)[0]) + extra
 
     # ------------------------------------------------------------------ inference
     def _evaluate(self, X, T, batch_size=None):

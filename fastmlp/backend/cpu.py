@@ -121,3 +121,87 @@ def gather_rows(out, x, idx):
     # out (B, ...) = x[idx]; rows are flattened for the kernel
     _pick(K.gather_rows, out.size)(out.reshape(out.shape[0], -1),
                                    x.reshape(x.shape[0], -1), idx)
+
+
+# --- images (NCHW): im2col convolution, max pooling, batch norm, dropout -------
+
+def im2col(cols, x, kh, kw, stride, pad):
+    # x (N, C, H, W); cols (C*KH*KW, N*OH*OW)
+    _pick(K.im2col, cols.size)(cols, x, kh, kw, stride, pad)
+
+
+def col2im(dx, cols, kh, kw, stride, pad):
+    # cols (C*KH*KW, N*OH*OW); dx (N, C, H, W), overwritten
+    _pick(K.col2im, cols.size)(dx, cols, kh, kw, stride, pad)
+
+
+def _per_image(a):
+    # (N, M, OH, OW) -> (N, M, L), a view
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def conv_bias_forward(y, z, b):
+    # z (M, N*L); y (N, M, OH, OW); b (M,)
+    _pick(K.conv_bias_forward, y.size)(_per_image(y), z, b)
+
+
+def conv_bias_backward(dz, db, dy):
+    # dy (N, M, OH, OW); dz (M, N*L); db (M,)
+    _pick(K.conv_bias_backward, dy.size)(dz, db, _per_image(dy))
+
+
+def maxpool_forward(y, argmax, x, k, stride):
+    # x (N, C, H, W); y, argmax (N, C, OH, OW), argmax int32
+    _pick(K.maxpool_forward, x.size)(y, argmax, x, k, stride)
+
+
+def maxpool_backward(dx, dy, argmax):
+    _pick(K.maxpool_backward, dx.size)(dx, dy, argmax)
+
+
+def _channels(a):
+    # (N, F) -> (N, F, 1); (N, C, H, W) -> (N, C, H*W): batch norm's (N, C, L) view
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def batchnorm_forward(y, mean, invstd, running_mean, running_var, x, gamma, beta,
+                      momentum, eps, training):
+    # x, y (N, F) or (N, C, H, W); mean, invstd, running_* (C,) float64; gamma, beta (C,)
+    _pick(K.batchnorm_forward, x.size)(
+        _channels(y), mean, invstd, running_mean, running_var, _partial_sums(x.shape[1]),
+        _channels(x), gamma, beta, float(momentum), float(eps), bool(training))
+
+
+def batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, training):
+    _pick(K.batchnorm_backward, x.size)(
+        _channels(dx), dgamma, dbeta, _partial_sums(2 * x.shape[1]), _channels(dy), _channels(x),
+        mean, invstd, gamma, bool(training))
+
+
+def dropout_forward(y, mask, x, rate):
+    # any shape; mask: uniform draws in, multiplier out
+    _pick(K.dropout_forward, x.size)(y.reshape(-1), mask.reshape(-1), x.reshape(-1), float(rate))
+
+
+def dropout_backward(dx, dy, mask):
+    _pick(K.dropout_backward, dx.size)(dx.reshape(-1), dy.reshape(-1), mask.reshape(-1))
+
+
+def random_uniform(out, rng):
+    """Fill out (float32 or float64) with uniform [0, 1) draws of the model's generator, in place."""
+    rng.random(dtype=out.dtype, out=out)
+
+
+# --- data augmentation ------------------------------------------------------------
+
+def copy_from_host(out, host):
+    # out (any shape) = host, a NumPy array of the same shape and dtype; no allocation
+    if out.shape != host.shape or out.dtype != host.dtype:
+        raise ValueError(f"expected a host array of shape {out.shape} dtype {out.dtype}, "
+                         f"got {host.shape} {host.dtype}")
+    np.copyto(out, host)
+
+
+def augment_images(out, x, params, c, h, w, channels_last, nearest):
+    # out, x (N, C*H*W) flat images; params (N, 6) float64 per-sample affine maps
+    _pick(K.augment_images, x.size)(out, x, params, c, h, w, channels_last, nearest)

@@ -221,23 +221,39 @@ def _reg(w, l1, l2):
 
 def _sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
                 lr, momentum, nesterov):
-    # flat (P,) buffers; segments carry the L1/L2 coefficients of their parameters
+    # flat (P,) buffers; segments carry the L1/L2 coefficients of their parameters.
+    # One branch-free loop per case, so that LLVM vectorises it.
     nbad = 0
     for s in range(seg_l1.size):
         l1 = seg_l1[s]
-        l2 = seg_l2[s]
-        for i in prange(seg_start[s], seg_start[s + 1]):
-            w = params[i]
-            g = grads[i] + _reg(w, l1, l2)
-            if momentum != 0.0:
-                bnew = momentum * buf[i] + g
-                buf[i] = bnew
-                g = g + momentum * bnew if nesterov else bnew
-            wn = w - lr * g
-            prev[i] = w
-            params[i] = wn
-            if not math.isfinite(params[i]):  # the stored value: float32 may overflow
-                nbad += 1
+        l2x2 = 2.0 * seg_l2[s]
+        lo = seg_start[s]
+        hi = seg_start[s + 1]
+        if momentum == 0.0:
+            for i in prange(lo, hi):
+                w = params[i]
+                g = grads[i] + l1 * np.sign(w) + l2x2 * w
+                prev[i] = w
+                params[i] = w - lr * g
+                nbad += not np.isfinite(params[i])   # the stored value: float32 may overflow
+        elif nesterov:
+            for i in prange(lo, hi):
+                w = params[i]
+                g = grads[i] + l1 * np.sign(w) + l2x2 * w
+                b = momentum * buf[i] + g
+                buf[i] = b
+                prev[i] = w
+                params[i] = w - lr * (g + momentum * b)
+                nbad += not np.isfinite(params[i])
+        else:
+            for i in prange(lo, hi):
+                w = params[i]
+                g = grads[i] + l1 * np.sign(w) + l2x2 * w
+                b = momentum * buf[i] + g
+                buf[i] = b
+                prev[i] = w
+                params[i] = w - lr * b
+                nbad += not np.isfinite(params[i])
     bad[0] += nbad
 
 
@@ -249,19 +265,17 @@ def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
     nbad = 0
     for s in range(seg_l1.size):
         l1 = seg_l1[s]
-        l2 = seg_l2[s]
+        l2x2 = 2.0 * seg_l2[s]
         for i in prange(seg_start[s], seg_start[s + 1]):
             w = params[i]
-            g = grads[i] + _reg(w, l1, l2)
+            g = grads[i] + l1 * np.sign(w) + l2x2 * w
             mi = beta1 * m[i] + (1.0 - beta1) * g
             vi = beta2 * v[i] + (1.0 - beta2) * g * g
             m[i] = mi
             v[i] = vi
-            wn = w - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
             prev[i] = w
-            params[i] = wn
-            if not math.isfinite(params[i]):  # the stored value: float32 may overflow
-                nbad += 1
+            params[i] = w - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
+            nbad += not np.isfinite(params[i])   # the stored value: float32 may overflow
     bad[0] += nbad
 
 
@@ -313,3 +327,324 @@ adam_update = _twins(_adam_update)
 add_reg_grad = _twins(_add_reg_grad)
 reg_penalty = _twins(_reg_penalty)
 gather_rows = _twins(_gather_rows)
+
+
+# --- images (NCHW): im2col convolution, max pooling, batch norm, dropout ------------
+# Image kernels run in parallel over (image, channel) planes (or channels): each
+# thread owns what it writes, so there are no write races and the summation order
+# does not depend on the thread count.
+
+@njit(inline="always")
+def _out_range(count, size, offset, stride):
+    # [lo, hi): the outputs o in [0, count) whose input o * stride + offset is in [0, size)
+    lo = 0
+    if offset < 0:
+        lo = (-offset + stride - 1) // stride
+    last = size - 1 - offset
+    hi = 0 if last < 0 else min(count, last // stride + 1)
+    lo = min(lo, count)
+    return lo, max(lo, hi)
+
+
+def _im2col(cols, x, kh, kw, stride, pad):
+    # x (N, C, H, W); cols (C*KH*KW, N*L), column n*L + oh*OW + ow, row (c*KH + i)*KW + j
+    n, c, h, w = x.shape
+    oh = (h + 2 * pad - kh) // stride + 1
+    ow = (w + 2 * pad - kw) // stride + 1
+    npix = oh * ow
+    for plane in prange(n * c):
+        img = plane // c
+        ch = plane - img * c
+        for i in range(kh):
+            p_lo, p_hi = _out_range(oh, h, i - pad, stride)
+            for j in range(kw):
+                r = (ch * kh + i) * kw + j
+                q_lo, q_hi = _out_range(ow, w, j - pad, stride)
+                for p in range(oh):
+                    col0 = img * npix + p * ow
+                    if p < p_lo or p >= p_hi:
+                        for q in range(ow):
+                            cols[r, col0 + q] = 0
+                        continue
+                    ih = p * stride + i - pad
+                    for q in range(q_lo):
+                        cols[r, col0 + q] = 0
+                    iw0 = j - pad
+                    for q in range(q_lo, q_hi):
+                        cols[r, col0 + q] = x[img, ch, ih, q * stride + iw0]
+                    for q in range(q_hi, ow):
+                        cols[r, col0 + q] = 0
+
+
+def _col2im(dx, cols, kh, kw, stride, pad):
+    # dx (N, C, H, W) = the adjoint of im2col of cols (C*KH*KW, N*L); each (image, channel)
+    # plane is summed by one thread in the fixed (i, j, oh, ow) order
+    n, c, h, w = dx.shape
+    oh = (h + 2 * pad - kh) // stride + 1
+    ow = (w + 2 * pad - kw) // stride + 1
+    npix = oh * ow
+    for plane in prange(n * c):
+        img = plane // c
+        ch = plane - img * c
+        for a in range(h):
+            for b in range(w):
+                dx[img, ch, a, b] = 0
+        for i in range(kh):
+            p_lo, p_hi = _out_range(oh, h, i - pad, stride)
+            for j in range(kw):
+                r = (ch * kh + i) * kw + j
+                q_lo, q_hi = _out_range(ow, w, j - pad, stride)
+                iw0 = j - pad
+                for p in range(p_lo, p_hi):
+                    ih = p * stride + i - pad
+                    col0 = img * npix + p * ow
+                    for q in range(q_lo, q_hi):
+                        dx[img, ch, ih, q * stride + iw0] += cols[r, col0 + q]
+
+
+def _conv_bias_forward(y, z, b):
+    # z (M, N*L) = W @ cols; y (N, M, L) = z per image + b (M,)
+    n, m, npix = y.shape
+    for plane in prange(n * m):
+        img = plane // m
+        ch = plane - img * m
+        bias = b[ch]
+        off = img * npix
+        for t in range(npix):
+            y[img, ch, t] = z[ch, off + t] + bias
+
+
+def _conv_bias_backward(dz, db, dy):
+    # dy (N, M, L); dz (M, N*L) = dy laid out as z; db (M,) = sums over N and L in float64
+    n, m, npix = dy.shape
+    for ch in prange(m):
+        s = 0.0
+        for img in range(n):
+            off = img * npix
+            for t in range(npix):
+                g = dy[img, ch, t]
+                dz[ch, off + t] = g
+                s += g
+        db[ch] = s
+
+
+def _maxpool_forward(y, argmax, x, k, stride):
+    # x (N, C, H, W); y, argmax (N, C, OH, OW); argmax = ih*W + iw, the first maximum
+    # in row-major window order (NaN counts as the maximum, as np.argmax)
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for plane in prange(n * c):
+        img = plane // c
+        ch = plane - img * c
+        for p in range(oh):
+            for q in range(ow):
+                ih0 = p * stride
+                iw0 = q * stride
+                best = x[img, ch, ih0, iw0]
+                arg = ih0 * w + iw0
+                for i in range(k):
+                    for j in range(k):
+                        v = x[img, ch, ih0 + i, iw0 + j]
+                        if v > best or (v != v and best == best):
+                            best = v
+                            arg = (ih0 + i) * w + iw0 + j
+                y[img, ch, p, q] = best
+                argmax[img, ch, p, q] = arg
+
+
+def _maxpool_backward(dx, dy, argmax):
+    # dx (N, C, H, W) = 0 except at each window's argmax, which gets its dy (N, C, OH, OW)
+    n, c, h, w = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    for plane in prange(n * c):
+        img = plane // c
+        ch = plane - img * c
+        for a in range(h):
+            for b in range(w):
+                dx[img, ch, a, b] = 0
+        for p in range(oh):
+            for q in range(ow):
+                a = argmax[img, ch, p, q]
+                ih = a // w
+                dx[img, ch, ih, a - ih * w] += dy[img, ch, p, q]
+
+
+def _batchnorm_forward(y, mean, invstd, running_mean, running_var, partial, x, gamma, beta,
+                       momentum, eps, training):
+    # x, y (N, C, L); mean, invstd, running_mean, running_var (C,) float64;
+    # partial (BLOCKS, C) float64 scratch: per-block channel sums in a fixed order
+    n, c, npix = x.shape
+    if training:
+        cnt = n * npix
+        nblocks = min(n, partial.shape[0])
+        for blk in prange(nblocks):             # mean: two-pass, then the squared deviations
+            for ch in range(c):
+                partial[blk, ch] = 0.0
+            for i in range(blk * n // nblocks, (blk + 1) * n // nblocks):
+                for ch in range(c):
+                    s = 0.0
+                    for t in range(npix):
+                        s += x[i, ch, t]
+                    partial[blk, ch] += s
+        for ch in range(c):
+            s = 0.0
+            for blk in range(nblocks):
+                s += partial[blk, ch]
+            mean[ch] = s / cnt
+        for blk in prange(nblocks):
+            for ch in range(c):
+                partial[blk, ch] = 0.0
+            for i in range(blk * n // nblocks, (blk + 1) * n // nblocks):
+                for ch in range(c):
+                    mu = mean[ch]
+                    s = 0.0
+                    for t in range(npix):
+                        d = x[i, ch, t] - mu
+                        s += d * d
+                    partial[blk, ch] += s
+        for ch in range(c):
+            s = 0.0
+            for blk in range(nblocks):
+                s += partial[blk, ch]
+            var = s / cnt
+            unbiased = var * cnt / (cnt - 1) if cnt > 1 else var
+            invstd[ch] = 1.0 / math.sqrt(var + eps)
+            running_mean[ch] = momentum * running_mean[ch] + (1.0 - momentum) * mean[ch]
+            running_var[ch] = momentum * running_var[ch] + (1.0 - momentum) * unbiased
+    else:
+        for ch in range(c):
+            mean[ch] = running_mean[ch]
+            invstd[ch] = 1.0 / math.sqrt(running_var[ch] + eps)
+    for i in prange(n):
+        for ch in range(c):
+            mu = mean[ch]
+            scale = gamma[ch] * invstd[ch]
+            shift = beta[ch]
+            for t in range(npix):
+                y[i, ch, t] = (x[i, ch, t] - mu) * scale + shift
+
+
+def _batchnorm_backward(dx, dgamma, dbeta, partial, dy, x, mean, invstd, gamma, training):
+    # dy, x, dx (N, C, L); dgamma, dbeta (C,); partial (BLOCKS, 2C) float64 scratch:
+    # columns [0, C) sum dy, [C, 2C) sum dy * (x - mean), per block of images
+    n, c, npix = x.shape
+    cnt = n * npix
+    nblocks = min(n, partial.shape[0])
+    for blk in prange(nblocks):
+        for ch in range(2 * c):
+            partial[blk, ch] = 0.0
+        for i in range(blk * n // nblocks, (blk + 1) * n // nblocks):
+            for ch in range(c):
+                mu = mean[ch]
+                s1 = 0.0
+                s2 = 0.0
+                for t in range(npix):
+                    g = dy[i, ch, t]
+                    s1 += g
+                    s2 += g * (x[i, ch, t] - mu)
+                partial[blk, ch] += s1
+                partial[blk, c + ch] += s2
+    for ch in range(c):                        # totals kept (float64) in partial's row 0
+        s1 = 0.0
+        s2 = 0.0
+        for blk in range(nblocks):
+            s1 += partial[blk, ch]
+            s2 += partial[blk, c + ch]
+        s2 *= invstd[ch]
+        partial[0, ch] = s1
+        partial[0, c + ch] = s2
+        dbeta[ch] = s1
+        dgamma[ch] = s2
+    for i in prange(n):
+        for ch in range(c):
+            mu = mean[ch]
+            inv = invstd[ch]
+            g = gamma[ch] * inv
+            a = partial[0, ch] / cnt if training else 0.0
+            b = partial[0, c + ch] / cnt if training else 0.0
+            for t in range(npix):
+                dx[i, ch, t] = g * (dy[i, ch, t] - a - (x[i, ch, t] - mu) * inv * b)
+
+
+def _dropout_forward(y, mask, x, rate):
+    # flat views; mask: uniform [0, 1) draws in, the multiplier 0 or 1/(1 - rate) out
+    scale = 1.0 / (1.0 - rate)
+    for i in prange(x.size):
+        mask[i] = scale if mask[i] >= rate else 0.0
+        y[i] = x[i] * mask[i]
+
+
+def _dropout_backward(dx, dy, mask):
+    # flat views: dx = dy * mask
+    for i in prange(dx.size):
+        dx[i] = dy[i] * mask[i]
+
+
+im2col = _twins(_im2col)
+col2im = _twins(_col2im)
+conv_bias_forward = _twins(_conv_bias_forward)
+conv_bias_backward = _twins(_conv_bias_backward)
+maxpool_forward = _twins(_maxpool_forward)
+maxpool_backward = _twins(_maxpool_backward)
+batchnorm_forward = _twins(_batchnorm_forward)
+batchnorm_backward = _twins(_batchnorm_backward)
+dropout_forward = _twins(_dropout_forward)
+dropout_backward = _twins(_dropout_backward)
+
+
+def _augment_images(out, x, params, c, h, w, channels_last, nearest):
+    # out, x (N, F) with F = C*H*W, planes (channels_last=0) or pixels of C values (=1);
+    # params (N, 6) float64: output pixel (i, j) reads source point
+    # (sy, sx) = (p3*j + p4*i + p5, p0*j + p1*i + p2), zero outside; see reference.py.
+    # Coordinates and weights in float64 whatever the image dtype (cheap on a CPU).
+    n = x.shape[0]
+    if channels_last:
+        sc, si, sj = 1, w * c, c
+    else:
+        sc, si, sj = h * w, w, 1
+    for s in prange(n):
+        p0, p1, p2 = params[s, 0], params[s, 1], params[s, 2]
+        p3, p4, p5 = params[s, 3], params[s, 4], params[s, 5]
+        for i in range(h):
+            for j in range(w):
+                sx = p0 * j + p1 * i + p2
+                sy = p3 * j + p4 * i + p5
+                o = i * si + j * sj
+                if nearest:
+                    fx = math.floor(sx + 0.5)
+                    fy = math.floor(sy + 0.5)
+                    if 0.0 <= fx < w and 0.0 <= fy < h:   # checked as floats: no int overflow
+                        src = int(fy) * si + int(fx) * sj
+                        for ch in range(c):
+                            out[s, o + ch * sc] = x[s, src + ch * sc]
+                    else:
+                        for ch in range(c):
+                            out[s, o + ch * sc] = 0.0
+                    continue
+                if not (-1.0 < sx < w and -1.0 < sy < h):   # all four taps outside
+                    for ch in range(c):
+                        out[s, o + ch * sc] = 0.0
+                    continue
+                fx = math.floor(sx)
+                fy = math.floor(sy)
+                tx = sx - fx
+                ty = sy - fy
+                x0 = int(fx)
+                y0 = int(fy)
+                for ch in range(c):
+                    acc = 0.0
+                    base = ch * sc
+                    if y0 >= 0:
+                        if x0 >= 0:
+                            acc += (1.0 - ty) * (1.0 - tx) * x[s, base + y0 * si + x0 * sj]
+                        if x0 + 1 < w:
+                            acc += (1.0 - ty) * tx * x[s, base + y0 * si + (x0 + 1) * sj]
+                    if y0 + 1 < h:
+                        if x0 >= 0:
+                            acc += ty * (1.0 - tx) * x[s, base + (y0 + 1) * si + x0 * sj]
+                        if x0 + 1 < w:
+                            acc += ty * tx * x[s, base + (y0 + 1) * si + (x0 + 1) * sj]
+                    out[s, o + base] = acc
+
+
+augment_images = _twins(_augment_images)

@@ -179,3 +179,181 @@ def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
 def gather_rows(out, x, idx):
     # out (B, ...) = x[idx]; x (N, ...), idx (B,) integers
     out[...] = x[idx]
+
+
+# --- images (NCHW): convolution by im2col, max pooling, batch norm, dropout ---------
+# C channels, H, W image height and width, KH, KW kernel, S stride, P zero padding,
+# OH = (H + 2P - KH) // S + 1 (floor, as PyTorch), OW likewise, L = OH * OW,
+# M output channels (filters).
+
+def conv_output_size(size, k, stride, pad):
+    # output length along one axis (floor, as PyTorch and Keras "valid" + padding)
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _windows(xp, kh, kw, stride, oh, ow):
+    # (N, C, OH, OW, KH*KW): the KHxKW window of each output pixel, row-major in the window
+    n, c = xp.shape[:2]
+    win = np.empty((n, c, oh, ow, kh * kw), dtype=np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            win[..., i * kw + j] = xp[:, :, i:i + stride * (oh - 1) + 1:stride,
+                                      j:j + stride * (ow - 1) + 1:stride]
+    return win
+
+
+def im2col(cols, x, kh, kw, stride, pad):
+    """Unfold the KHxKW windows of x (N, C, H, W) into the columns of cols (C*KH*KW, N*L).
+
+    Column n*L + oh*OW + ow is the window of output pixel (oh, ow) of image n;
+    row (c*KH + i)*KW + j holds x[n, c, oh*S + i - P, ow*S + j - P], 0 in the
+    padding. Then W (M, C*KH*KW) @ cols is the convolution as one GEMM."""
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = _windows(xp, kh, kw, stride, oh, ow)                # (N, C, OH, OW, KH*KW)
+    cols[...] = win.transpose(1, 4, 0, 2, 3).reshape(c * kh * kw, n * oh * ow)
+
+
+def col2im(dx, cols, kh, kw, stride, pad):
+    """The adjoint of im2col: dx (N, C, H, W) = sum of every column's window
+    written back where it came from (overlapping windows accumulate)."""
+    n, c, h, w = dx.shape
+    oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+    win = np.asarray(cols, np.float64).reshape(c, kh, kw, n, oh, ow)
+    dxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    for i in range(kh):
+        for j in range(kw):   # within one (i, j) the targets are distinct: += is exact
+            dxp[:, :, i:i + stride * (oh - 1) + 1:stride,
+                j:j + stride * (ow - 1) + 1:stride] += win[:, i, j].transpose(1, 0, 2, 3)
+    dx[...] = dxp[:, :, pad:pad + h, pad:pad + w]
+
+
+def conv_bias_forward(y, z, b):
+    # z (M, N*L) = W @ cols; y (N, M, L) = z laid out per image, plus b (M,) per channel
+    n, m, l = y.shape
+    y[...] = np.asarray(z, np.float64).reshape(m, n, l).transpose(1, 0, 2) + b[None, :, None]
+
+
+def conv_bias_backward(dz, db, dy):
+    # dy (N, M, L); dz (M, N*L) = dy laid out as z; db (M,) = sum of dy over N and L
+    n, m, l = dy.shape
+    dz[...] = np.asarray(dy, np.float64).transpose(1, 0, 2).reshape(m, n * l)
+    db[...] = np.asarray(dy, np.float64).sum(axis=(0, 2))
+
+
+def maxpool_forward(y, argmax, x, k, stride):
+    """y, argmax (N, C, OH, OW): the max of each KxK window of x (N, C, H, W), no padding,
+    and where it is, as ih*W + iw within the image plane. Ties go to the first
+    maximum in row-major window order (np.argmax)."""
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2:]
+    win = _windows(np.asarray(x, np.float64), k, k, stride, oh, ow)
+    a = np.argmax(win, axis=-1)
+    y[...] = np.take_along_axis(win, a[..., None], axis=-1)[..., 0]
+    i, j = np.divmod(a, k)
+    ih = np.arange(oh)[:, None] * stride + i
+    iw = np.arange(ow)[None, :] * stride + j
+    argmax[...] = ih * w + iw
+
+
+def maxpool_backward(dx, dy, argmax):
+    # dx (N, C, H, W) = 0 except the argmax of each window, which receives its dy (N, C, OH, OW)
+    n, c, h, w = dx.shape
+    flat = np.zeros((n, c, h * w))
+    np.add.at(flat, (np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], argmax),
+              np.asarray(dy, np.float64))
+    dx[...] = flat.reshape(n, c, h, w)
+
+
+def batchnorm_forward(y, mean, invstd, running_mean, running_var, x, gamma, beta,
+                      momentum, eps, training):
+    """Batch normalisation of x (N, C, L) per channel c over its N*L values
+    ((N, F) input is (N, F, 1); images are (N, C, H*W)).
+
+    training: mean, var are the batch's (biased var); running_mean and running_var
+    (C,) become momentum * running + (1 - momentum) * batch (Keras convention),
+    with the unbiased batch variance var * N*L / (N*L - 1) (as PyTorch).
+    evaluation: mean, var are the running statistics, left unchanged.
+    mean, invstd (C,) receive the mean and 1/sqrt(var + eps) used (backward needs them);
+    y = gamma * (x - mean) * invstd + beta with gamma, beta (C,)."""
+    x64 = np.asarray(x, np.float64)
+    if training:
+        cnt = x.shape[0] * x.shape[2]
+        m, v = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
+        unbiased = v * cnt / (cnt - 1) if cnt > 1 else v
+        running_mean[...] = momentum * running_mean + (1.0 - momentum) * m
+        running_var[...] = momentum * running_var + (1.0 - momentum) * unbiased
+    else:
+        m, v = np.array(running_mean, np.float64), np.array(running_var, np.float64)
+    mean[...] = m
+    invstd[...] = 1.0 / np.sqrt(v + eps)
+    y[...] = gamma[None, :, None] * (x64 - m[None, :, None]) * (1.0 / np.sqrt(v + eps))[None, :, None] \
+        + beta[None, :, None]
+
+
+def batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, training):
+    """dx (N, C, L), dgamma, dbeta (C,) from dy (N, C, L) and what batchnorm_forward kept.
+
+    xhat = (x - mean) * invstd; dbeta = sum dy, dgamma = sum dy * xhat (over N, L);
+    training: dx = gamma * invstd * (dy - dbeta / (N*L) - xhat * dgamma / (N*L))
+    (the batch statistics depend on x); evaluation: dx = gamma * invstd * dy."""
+    dy64 = np.asarray(dy, np.float64)
+    xhat = (np.asarray(x, np.float64) - mean[None, :, None]) * invstd[None, :, None]
+    sdy, sdyx = dy64.sum(axis=(0, 2)), (dy64 * xhat).sum(axis=(0, 2))
+    dbeta[...] = sdy
+    dgamma[...] = sdyx
+    g = (gamma * invstd)[None, :, None]
+    if training:
+        cnt = x.shape[0] * x.shape[2]
+        dx[...] = g * (dy64 - sdy[None, :, None] / cnt - xhat * sdyx[None, :, None] / cnt)
+    else:
+        dx[...] = g * dy64
+
+
+def dropout_forward(y, mask, x, rate):
+    """Inverted dropout. mask holds uniform [0, 1) draws on entry and the multiplier
+    on exit: 1 / (1 - rate) where the draw is >= rate (kept), else 0; y = x * mask."""
+    keep = np.asarray(mask, np.float64) >= rate
+    mask[...] = np.where(keep, 1.0 / (1.0 - rate), 0.0)
+    y[...] = x * np.where(keep, 1.0 / (1.0 - rate), 0.0)
+
+
+def dropout_backward(dx, dy, mask):
+    # dx = dy * mask, any shape (mask as dropout_forward left it)
+    dx[...] = dy * mask
+
+
+def augment_images(out, x, params, c, h, w, channels_last, nearest):
+    """A per-sample affine warp of a batch of images, zero outside (data augmentation).
+
+    out, x (N, F) with F = C*H*W: each row one image, C planes of H x W
+    (channels_last=0) or H x W pixels of C values (channels_last=1).
+    params (N, 6) float64 maps an output pixel (row i, column j) to the
+    source point sx = p0*j + p1*i + p2, sy = p3*j + p4*i + p5 (columns,
+    rows). nearest=1 takes the pixel at (round(sy), round(sx)), halves
+    rounding up; nearest=0 interpolates bilinearly between the four pixels
+    around (sy, sx). Source pixels outside the image read as 0."""
+    n = x.shape[0]
+    img = x.reshape(n, h, w, c).transpose(0, 3, 1, 2) if channels_last else x.reshape(n, c, h, w)
+    jj, ii = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))  # (H, W)
+    p = params[:, :, None, None]
+    sx = p[:, 0] * jj + p[:, 1] * ii + p[:, 2]                                            # (N, H, W)
+    sy = p[:, 3] * jj + p[:, 4] * ii + p[:, 5]
+    rows = np.arange(n)[:, None, None]
+
+    def tap(yy, xx):
+        # (N, H, W) integer source pixels -> (N, C, H, W) values, 0 outside the image
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        v = img[rows, :, np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]                   # (N, H, W, C)
+        return np.moveaxis(v * inside[..., None], -1, 1)
+
+    if nearest:
+        res = tap(np.floor(sy + 0.5).astype(np.int64), np.floor(sx + 0.5).astype(np.int64))
+    else:
+        x0, y0 = np.floor(sx), np.floor(sy)
+        tx, ty = (sx - x0)[:, None], (sy - y0)[:, None]
+        x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+        res = ((1 - ty) * ((1 - tx) * tap(y0, x0) + tx * tap(y0, x0 + 1))
+               + ty * ((1 - tx) * tap(y0 + 1, x0) + tx * tap(y0 + 1, x0 + 1)))
+    out[...] = (res.transpose(0, 2, 3, 1) if channels_last else res).reshape(n, -1)

@@ -1,0 +1,203 @@
+"""Image layers on NCHW batches: Conv2D, MaxPool2D, Flatten, each forward directly above its backward.
+
+Conv2D lowers the convolution to one GEMM (im2col, as Caffe does, over the
+whole batch): ``cols`` (C*KH*KW, N*L) holds in column n*L + oh*OW + ow the
+window under output pixel (oh, ow) of image n, so ``z = W2 @ cols`` with
+W2 = W.reshape(M, C*KH*KW) is every output at once, (M, N*L). One kernel then
+lays z out as (N, M, OH, OW) and adds the bias. Backward runs the same steps
+in reverse: dz from dy (and the bias gradient), dW2 = dz @ cols.T,
+dcols = W2.T @ dz, and col2im sums each window back into dx. This layout keeps
+every kernel's inner loop on contiguous memory (a row of an image, a run of
+L outputs) and the GEMMs large; (N*L, C*KH*KW) would need a transposing copy
+on the way in and out.
+
+Shapes: N batch, C input channels, M output channels (filters), H, W input
+height and width, KH, KW kernel, S stride, P zero padding, OH, OW output
+height and width (floor((H + 2P - KH) / S) + 1, as PyTorch), L = OH * OW.
+"""
+import numpy as np
+
+from .initializers import check_init, initialize
+from .layers import Layer, ParamSpec, _check_coef, register
+
+
+def _int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _kernel_size(value, owner):
+    """(KH, KW) from an int or a pair of ints, each >= 1."""
+    pair = (value, value) if _int(value) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_int(v) and v >= 1 for v in pair)):
+        raise ValueError(f"{owner}: expected the kernel size K as an int >= 1 or a pair (KH, KW) "
+                         f"of them, got K={value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_geometry(owner, h, w, kh, kw, stride, pad):
+    """(OH, OW) of a KHxKW window sliding by S over an HxW image padded by P, or a
+    ValueError naming H, W, K, P and S. H and W are None before the layer is built."""
+    where = f"H={h}, W={w}, K=({kh}, {kw}), P={pad}, S={stride}"
+    if not _int(stride) or stride < 1:
+        raise ValueError(f"{owner}: expected the stride S to be an int >= 1, got {where}")
+    if not _int(pad) or pad < 0:
+        raise ValueError(f"{owner}: expected the padding P to be an int >= 0, got {where}")
+    if h is None:
+        return None
+    if h + 2 * pad < kh or w + 2 * pad < kw:
+        raise ValueError(f"{owner}: the kernel does not fit the padded image: expected "
+                         f"H + 2P >= KH and W + 2P >= KW, got {where}")
+    return (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+
+
+def _image_shape(owner, input_shape, channels=None):
+    if len(input_shape) != 3 or (channels is not None and input_shape[0] != channels):
+        want = f"({channels}, H, W)" if channels is not None else "(C, H, W)"
+        raise ValueError(f"{owner}: expected input of shape (N, {want[1:]}, got "
+                         f"(N, {', '.join(map(str, input_shape))})")
+    return input_shape
+
+
+@register
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation, as PyTorch and Keras) with zero padding.
+
+    W is (M, C, KH, KW) (the PyTorch layout), b is (M,); W takes l1/l2, b does not.
+    ``init`` as for Dense, with fan_in = C*KH*KW and fan_out = M*KH*KW."""
+    trainable = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, init="glorot",
+                 l1=0.0, l2=0.0):
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not _int(v) or v < 1:
+                raise ValueError(f"Conv2D: expected {name} to be a positive int, got {v!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kh, self.kw = _kernel_size(kernel_size, "Conv2D")
+        check_geometry("Conv2D", None, None, self.kh, self.kw, stride, padding)
+        self.stride, self.padding = int(stride), int(padding)
+        self.init = check_init(init)
+        self.l1 = _check_coef("l1", l1, "Conv2D")
+        self.l2 = _check_coef("l2", l2, "Conv2D")
+
+    def compute_output_shape(self, input_shape):
+        _, h, w = _image_shape(repr(self), input_shape, self.in_channels)
+        oh, ow = check_geometry(repr(self), h, w, self.kh, self.kw, self.stride, self.padding)
+        self.oh, self.ow = oh, ow
+        return (self.out_channels, oh, ow)
+
+    def param_specs(self):
+        return [ParamSpec("W", (self.out_channels, self.in_channels, self.kh, self.kw), self.l1, self.l2),
+                ParamSpec("b", (self.out_channels,))]
+
+    def init_params(self, rng, legacy_rng):
+        k = self.kh * self.kw
+        # "course" draws randn(fan_out, fan_in) laid out as (M, C, KH, KW): its fan_out is M
+        fan_out = self.out_channels if self.init == "course" else self.out_channels * k
+        w = initialize(self.init, (self.out_channels, self.in_channels, self.kh, self.kw),
+                       self.in_channels * k, fan_out, rng, legacy_rng)
+        return [w, np.zeros(self.out_channels)]
+
+    def bind(self, params, grads):
+        super().bind(params, grads)
+        ckk = self.in_channels * self.kh * self.kw
+        # (M, C*KH*KW) views of W and dW (the flat buffers are contiguous: no copy)
+        self.w2 = params[0].reshape(self.out_channels, ckk)
+        self.dw2 = grads[0].reshape(self.out_channels, ckk)
+
+    def forward(self, x, training):
+        # x is (N, C, H, W); returns y (N, M, OH, OW); keeps cols (C*KH*KW, N*L) for backward
+        n = x.shape[0]
+        npix = self.oh * self.ow
+        be = self.be
+        cols = self.workspace("cols", (self.w2.shape[1], n * npix))
+        be.im2col(cols, x, self.kh, self.kw, self.stride, self.padding)
+        z = self.workspace("z", (self.out_channels, n * npix))
+        be.matmul(z, self.w2, cols)
+        y = self.workspace("y", (n, self.out_channels, self.oh, self.ow))
+        be.conv_bias_forward(y, z, self.params[1])
+        self.x_shape, self.cols = x.shape, cols
+        return y
+
+    def backward(self, dy):
+        # dy is (N, M, OH, OW); returns dx (N, C, H, W) or None. z's workspace becomes dz,
+        # and cols (no longer needed once dW is known) becomes dcols.
+        be = self.be
+        cols = self.cols
+        dz = self.workspace("z", (self.out_channels, cols.shape[1]))
+        be.conv_bias_backward(dz, self.grads[1], dy)
+        be.matmul(self.dw2, dz, cols.T)
+        if not self.needs_dx:
+            return None
+        be.matmul(cols, self.w2.T, dz)
+        dx = self.workspace("dx", self.x_shape)
+        be.col2im(dx, cols, self.kh, self.kw, self.stride, self.padding)
+        return dx
+
+    def get_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": (self.kh, self.kw), "stride": self.stride, "padding": self.padding,
+                "init": self.init if isinstance(self.init, str) else "glorot",
+                "l1": self.l1, "l2": self.l2}
+
+    def __repr__(self):
+        k = self.kh if self.kh == self.kw else (self.kh, self.kw)
+        extra = "".join(f", {n}={v}" for n, v, d in (("stride", self.stride, 1),
+                                                     ("padding", self.padding, 0)) if v != d)
+        return f"Conv2D({self.in_channels}, {self.out_channels}, {k}{extra})"
+
+
+@register
+class MaxPool2D(Layer):
+    """The maximum of each KxK window, sliding by S (default K), no padding.
+
+    Backward sends each window's gradient to exactly one input: the first
+    maximum in row-major window order (kept as ``argmax`` by forward)."""
+
+    def __init__(self, pool_size, stride=None):
+        super().__init__()
+        if not _int(pool_size) or pool_size < 1:
+            raise ValueError(f"MaxPool2D: expected pool_size K to be an int >= 1, got K={pool_size!r}")
+        self.k = int(pool_size)
+        s = self.k if stride is None else stride
+        check_geometry("MaxPool2D", None, None, self.k, self.k, s, 0)
+        self.stride = int(s)
+
+    def compute_output_shape(self, input_shape):
+        c, h, w = _image_shape(repr(self), input_shape)
+        return (c,) + check_geometry(repr(self), h, w, self.k, self.k, self.stride, 0)
+
+    def forward(self, x, training):
+        # x is (N, C, H, W); returns y (N, C, OH, OW); keeps argmax (N, C, OH, OW) int32
+        shape = (x.shape[0],) + self.output_shape
+        y = self.workspace("y", shape)
+        argmax = self.workspace("argmax", shape, np.int32)
+        self.be.maxpool_forward(y, argmax, x, self.k, self.stride)
+        self.x_shape, self.argmax = x.shape, argmax
+        return y
+
+    def backward(self, dy):
+        # dy is (N, C, OH, OW); returns dx (N, C, H, W) or None
+        if not self.needs_dx:
+            return None
+        dx = self.workspace("dx", self.x_shape)
+        self.be.maxpool_backward(dx, dy, self.argmax)
+        return dx
+
+    def get_config(self):
+        return {"pool_size": self.k, "stride": self.stride}
+
+
+@register
+class Flatten(Layer):
+    """(N, C, H, W) (or any (N, ...)) to (N, C*H*W), row-major: a view, no copy."""
+
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, training):
+        self.x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self.x_shape) if self.needs_dx else None
