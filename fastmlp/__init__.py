@@ -3,10 +3,12 @@
 Every layer has a hand-written forward and backward; the fused parts run as
 Numba kernels on the CPU and CUDA C kernels (through CuPy) on NVIDIA GPUs.
 """
+from .augment import Augment
 from .backend import devices
 from .callbacks import Callback, EarlyStopping, History, NonFiniteLossError, TerminateOnNaN
 from .conv import Conv2D, Flatten, MaxPool2D
 from .gradcheck import gradcheck, gradcheck_layer
+from .io import load_model
 from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
@@ -20,5 +22,5 @@ __all__ = [
     "Conv2D", "MaxPool2D", "Flatten", "BatchNorm", "Dropout",
     "BinaryCrossEntropy", "SoftmaxCrossEntropy", "MeanSquaredError", "SGD", "Adam",
     "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
-    "gradcheck", "gradcheck_layer", "devices", "__version__",
+    "gradcheck", "gradcheck_layer", "devices", "Augment", "load_model", "__version__",
 ]

@@ -14,12 +14,14 @@ import numpy as np
 
 from . import backend as backends
 from . import gram as gram_path
+from . import io as fio
 from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN
+from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
 from .layers import Activation, Dense, Layer
-from .losses import Loss, get_loss
+from .losses import Loss, SoftmaxCrossEntropy, get_loss
 from .optimizers import SGD, get_optimizer
-from .validation import (check_batch_size, check_count, check_dtype, check_features,
-                         check_same_length)
+from .validation import (all_finite, check_batch_size, check_count, check_dtype, check_features,
+                         check_fits_dtype, check_lazy_features, check_same_length)
 
 _ALIGN = 16  # elements: every parameter starts on a 64-byte boundary (float32)
 EVAL_BATCH = 1024
@@ -50,6 +52,7 @@ class Sequential:
         self.full_batch_gram = True
         self.built = False
         self._stats = None
+        self._position = None  # where training stands: saved in model files, read by fit(resume=)
         if input_shape is None and isinstance(self.layers[0], Dense):
             input_shape = (self.layers[0].in_features,)
         if input_shape is not None:
@@ -109,6 +112,7 @@ class Sequential:
                     view[...] = be.to_device(value, dt)
             k += n
         self._specs = specs
+        self._offsets = offsets
         self._stats = be.zeros(2, np.float64)
         self._penalty_buf = be.zeros(1, np.float64)
         self.built = True
@@ -183,15 +187,48 @@ class Sequential:
 
     # ------------------------------------------------------------------ data in
     def _prepare(self, X, y=None, what="X"):
-        """Validate once; convert once to the model dtype on the device."""
-        X = check_features(X, self.input_shape if self.built else None, what)
-        self._require_built(X.shape)
-        X = check_features(X, self.input_shape, what)
+        """Validate once; convert once to the model dtype on the device.
+
+        An on-disk X (``h5py.Dataset``, ...) is checked by a scan in chunks and comes
+        back as ``fio.LazyRows``, read a batch at a time later."""
+        lazy = fio.is_lazy_array(X)
+        if lazy:
+            if not self.built and len(X.shape) >= 2:
+                self._require_built(tuple(X.shape))
+            X = check_lazy_features(X, self.input_shape if self.built else None, self.dtype, what)
+        else:
+            X = check_features(X, self.input_shape if self.built else None, what)
+            self._require_built(X.shape)
+            X = check_features(X, self.input_shape, what)
+            check_fits_dtype(X, self.dtype, what)
         t = None
         if y is not None:
-            check_same_length(X, y, "y" if what == "X" else f"labels of {what}")
-            t = self.be.to_device(self.loss.prepare(y, self.output_shape[0], self.dtype))
-        return self.be.to_device(X, self.dtype), t
+            label = "y" if what == "X" else f"labels of {what}"
+            check_same_length(X, y, label)
+            t = self.loss.prepare(y, self.output_shape[0], self.dtype)
+            if not all_finite(t):  # finite as given, but overflowed in the model dtype
+                raise ValueError(f"expected values of {label} within the {np.dtype(self.dtype).name} range, "
+                                 "got values that overflow to Inf")
+            t = self.be.to_device(t)
+        return (X if lazy else self.be.to_device(X, self.dtype)), t
+
+    def _rows(self, X, start, stop):
+        """Rows [start, stop) of a prepared X on the device (read from disk for LazyRows)."""
+        if isinstance(X, fio.LazyRows):
+            return self.be.to_device(X.read(start, stop), self.dtype)
+        return X[start:stop]
+
+    def _read_rows(self, xb, X, idx):
+        """xb = X[idx] for an on-disk X, converted into the preallocated batch buffer."""
+        if self.be.name == "cpu":
+            X.take(xb, idx)
+            return
+        key = ("host", xb.shape)
+        stage = self._gather_bufs.get(key)
+        if stage is None:
+            stage = self._gather_bufs[key] = np.empty(xb.shape, dtype=self.dtype)
+        X.take(stage, idx)
+        xb[...] = self.be.to_device(stage)
 
     def _batch_buffers(self, b, X, T):
         key = (b, X.shape[1:], T.shape[1:], T.dtype)
@@ -203,14 +240,28 @@ class Sequential:
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
-            validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None):
+            validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None,
+            initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None):
         """Train; returns a ``History`` of per-epoch loss/accuracy (and val_*, test_*).
 
         ``batch_size=None`` (or >= N) is full-batch gradient descent, using X in place.
         ``augment`` (e.g. ``fm.Augment``) transforms each gathered batch on the device:
-        ``augment.apply(be, xb, rng)`` in place, draws from the model's generator."""
+        ``augment.apply(be, xb, rng)`` in place, draws from the model's generator.
+        X may be an on-disk array (``h5py.Dataset`` or any non-ndarray with shape, dtype
+        and ``X[sorted int array]``): batches are read from it into the batch buffer;
+        y is read whole.
+
+        Epochs count as in Keras: epochs ``initial_epoch`` .. ``epochs - 1`` run.
+        ``checkpoint=path`` writes a model file (``fm.load_model``) every
+        ``checkpoint_every`` epochs, when fit ends, and on Ctrl-C. ``resume=path`` loads
+        such a file (weights, optimizer state, generator, position, even mid-epoch) and
+        continues to ``epochs``: on the CPU the result is bitwise that of an uninterrupted
+        run. Ctrl-C stops after the current step, leaves the model consistent (the
+        weights of the last completed step), writes the checkpoint, and re-raises."""
         epochs = check_count("epochs", epochs, 0)
         batch_size = check_batch_size(batch_size)
+        checkpoint, checkpoint_every, resume, initial_epoch = check_checkpoint_args(
+            checkpoint, checkpoint_every, resume, initial_epoch)
         if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
             raise ValueError(f"expected validation_split in [0, 1), got {validation_split!r}")
         if verbose not in (0, 1, 2):
@@ -220,13 +271,19 @@ class Sequential:
             if not isinstance(cb, Callback):
                 raise TypeError(f"expected Callback instances, got {type(cb).__name__}")
         X, T = self._prepare(X, y)
+        lazy = isinstance(X, fio.LazyRows)
         if validation_split and validation_data is None:
             n_val = int(round(X.shape[0] * validation_split))
             if n_val < 1 or n_val >= X.shape[0]:
                 raise ValueError(f"validation_split={validation_split} leaves {n_val} validation samples "
                                  f"of {X.shape[0]}; expected at least 1 on each side")
-            X, T, Xv, Tv = X[:-n_val], T[:-n_val], X[-n_val:], T[-n_val:]
-            X, T = self.be.to_device(X), self.be.to_device(T)
+            if lazy:
+                n_tr = X.shape[0] - n_val
+                X, T, Xv, Tv = X.rows(0, n_tr), T[:-n_val], X.rows(n_tr, X.shape[0]), T[-n_val:]
+                T = self.be.to_device(T)
+            else:
+                X, T, Xv, Tv = X[:-n_val], T[:-n_val], X[-n_val:], T[-n_val:]
+                X, T = self.be.to_device(X), self.be.to_device(T)
         elif validation_data is not None:
             Xv, Tv = self._prepare(*self._pair(validation_data, "validation_data"), what="validation_data")
         else:
@@ -236,6 +293,11 @@ class Sequential:
         n = X.shape[0]
         b = n if batch_size is None else min(batch_size, n)
         full_batch = b == n and augment is None  # augmenting needs a copy: gather it
+        if lazy and full_batch:  # the whole set is one batch anyway: read it once
+            X, lazy = self.be.to_device(X.read(0, n), self.dtype), False
+        start = resume_position(self, resume, n, b, bool(shuffle)) if resume is not None else None
+        if start is not None:
+            initial_epoch = start["epoch"]
         self._gather_bufs = getattr(self, "_gather_bufs", {})
         history = History()
         cbs = [history] + callbacks
@@ -247,43 +309,84 @@ class Sequential:
         be, stats = self.be, self._stats
         check_each_step = be.name == "cpu"
         progress = _Progress(verbose, epochs, n)
-        has_extras = Xv is not None or test_data is not None or bool(callbacks)
+        # checkpoints must hold W itself, and bitwise resumption the ordinary path
+        has_extras = (Xv is not None or test_data is not None or bool(callbacks)
+                      or checkpoint is not None or resume is not None)
         self._gram = None
-        if self.full_batch_gram and epochs and gram_path.eligible(self, n, full_batch, has_extras):
+        if self.full_batch_gram and epochs > initial_epoch \
+                and gram_path.eligible(self, n, full_batch, has_extras):
             self._gram = gram_path.GramFirstLayer(self, X)
+        guard = InterruptGuard()  # Ctrl-C waits for the end of the step
+        saved_at = None
         try:
-            for epoch in range(epochs):
-                t0 = time.perf_counter()
-                stats[...] = 0
-                penalty = self._penalty() if self._has_reg else 0.0
-                if full_batch:
-                    self._checked_step(X, T, epoch, 0, check_each_step)
-                else:
-                    order = self.rng.permutation(n) if shuffle else np.arange(n)
-                    order = be.to_device(order.astype(np.int64))
-                    for step, start in enumerate(range(0, n, b)):
-                        idx = order[start:start + b]
-                        xb, tb = self._batch_buffers(idx.shape[0], X, T)
-                        be.gather_rows(xb, X, idx)
-                        be.gather_rows(tb, T, idx)
-                        if augment is not None:
-                            augment.apply(be, xb, self.rng)
-                        self._checked_step(xb, tb, epoch, step, check_each_step)
-                s = be.to_host(stats)  # the one host read of the epoch
-                if not check_each_step:
-                    self._check_finite(float(s[0]), epoch, "end")
-                logs = {"loss": float(s[0]) / n + penalty, "accuracy": float(s[1]) / n}
-                if Xv is not None:
-                    logs.update({"val_" + k: v for k, v in self._evaluate(Xv, Tv).items()})
-                if test_data is not None:
-                    logs.update({"test_" + k: v for k, v in self._evaluate(Xt, Tt).items()})
-                logs["seconds"] = time.perf_counter() - t0
-                for cb in cbs:
-                    cb.on_epoch_end(epoch, logs)
-                progress.epoch(epoch, logs)
-                if self.stop_training:
-                    break
+            with guard:
+                for epoch in range(initial_epoch, epochs):
+                    t0 = time.perf_counter()
+                    skip, epoch_rng = 0, None
+                    if start is not None and start["step"]:  # resuming in the middle of this epoch
+                        skip, epoch_rng, penalty = start["step"], start["epoch_rng"], start["penalty"]
+                        stats[...] = be.to_device(np.array(start["stats"], dtype=np.float64))
+                    else:
+                        stats[...] = 0
+                        penalty = self._penalty() if self._has_reg else 0.0
+                    start = None
+                    pos = self._position = {"epoch": epoch, "step": 0, "n": n, "batch_size": b,
+                                            "shuffle": bool(shuffle), "penalty": penalty, "epoch_rng": None}
+                    if full_batch:
+                        if not skip:
+                            self._checked_step(X, T, epoch, 0, check_each_step)
+                        pos["step"] = 1
+                        guard.check()
+                    else:
+                        host_order = self._epoch_order(n, shuffle, epoch_rng, pos)
+                        order = be.to_device(host_order)
+                        for step, first in enumerate(range(0, n, b)):
+                            if step < skip:
+                                continue
+                            idx = order[first:first + b]
+                            xb, tb = self._batch_buffers(idx.shape[0], X, T)
+                            if lazy:
+                                self._read_rows(xb, X, host_order[first:first + b])
+                            else:
+                                be.gather_rows(xb, X, idx)
+                            be.gather_rows(tb, T, idx)
+                            if augment is not None:
+                                augment.apply(be, xb, self.rng)
+                            self._checked_step(xb, tb, epoch, step, check_each_step)
+                            pos["step"] = step + 1
+                            guard.check()
+                    self._position = {"epoch": epoch + 1, "step": 0}
+                    s = be.to_host(stats)  # the one host read of the epoch
+                    if not check_each_step:
+                        self._check_finite(float(s[0]), epoch, "end")
+                    logs = {"loss": float(s[0]) / n + penalty, "accuracy": float(s[1]) / n}
+                    if Xv is not None:
+                        logs.update({"val_" + k: v for k, v in self._evaluate(Xv, Tv).items()})
+                    if test_data is not None:
+                        logs.update({"test_" + k: v for k, v in self._evaluate(Xt, Tt).items()})
+                    logs["seconds"] = time.perf_counter() - t0
+                    for cb in cbs:
+                        cb.on_epoch_end(epoch, logs)
+                    progress.epoch(epoch, logs)
+                    if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
+                        self.save(checkpoint)
+                        saved_at = epoch + 1
+                    guard.check()
+                    if self.stop_training:
+                        break
+                if checkpoint is not None and epochs > initial_epoch and saved_at != self._position["epoch"]:
+                    self.save(checkpoint)
+        except KeyboardInterrupt:
+            if int(be.to_host(self._bad)[0]):  # an update went non-finite and was not yet undone
+                self._undo_last_update()
+                self._position = None
+            self._end_gram()
+            progress.close()
+            if checkpoint is not None and self._position is not None:
+                self.save(checkpoint)
+            raise
         except NonFiniteLossError as e:
+            self._position = None  # the undone step leaves no clean position to resume from
             e.history = history
             self._end_gram()
             progress.close()
@@ -298,6 +401,21 @@ class Sequential:
         for cb in cbs:
             cb.on_train_end()
         return history
+
+    def _epoch_order(self, n, shuffle, epoch_rng, pos):
+        """The epoch's sample order (host int64). A resumed epoch redraws its shuffle from
+        the generator state saved at its start, leaving the generator where it was."""
+        if not shuffle:
+            return np.arange(n, dtype=np.int64)
+        if epoch_rng is None:
+            pos["epoch_rng"] = self.rng.bit_generator.state
+            return self.rng.permutation(n).astype(np.int64, copy=False)
+        now = self.rng.bit_generator.state
+        self.rng.bit_generator.state = epoch_rng
+        order = self.rng.permutation(n).astype(np.int64, copy=False)
+        self.rng.bit_generator.state = now
+        pos["epoch_rng"] = epoch_rng
+        return order
 
     def _end_gram(self):
         if self._gram is not None:
@@ -361,7 +479,7 @@ class Sequential:
         n = X.shape[0]
         b = min(n, batch_size or EVAL_BATCH)
         for start in range(0, n, b):
-            xb, tb = X[start:start + b], T[start:start + b]
+            xb, tb = self._rows(X, start, start + b), T[start:start + b]
             logits = self._forward(xb, False)
             self.loss.forward_backward(be, self._dlogits(xb.shape[0]), stats, logits, tb, 1.0 / n)
         s = be.to_host(stats)
@@ -382,7 +500,7 @@ class Sequential:
         b = min(n, batch_size or EVAL_BATCH)
         out = np.empty((n,) + self.output_shape, dtype=self.dtype)
         for start in range(0, n, b):
-            logits = self._forward(X[start:start + b], False)
+            logits = self._forward(self._rows(X, start, start + b), False)
             probs = self._dlogits(logits.shape[0])
             self.loss.probabilities(self.be, probs, logits)
             out[start:start + b] = self.be.to_host(probs)
@@ -399,6 +517,7 @@ class Sequential:
         be = self.be
         stats = be.zeros(2, np.float64)
         n = X.shape[0]
+        X = self._rows(X, 0, n)
         logits = self._forward(X, True)
         dlogits = self._dlogits(n)
         self.loss.forward_backward(be, dlogits, stats, logits, T, 1.0 / n)
@@ -423,22 +542,73 @@ class Sequential:
         checked = []
         for i, (w, view) in enumerate(zip(weights, self._param_views)):
             w = np.asarray(w)
-            if w.dtype == object or not np.issubdtype(w.dtype, np.number):
-                raise TypeError(f"expected weight {i} to be numeric, got dtype {w.dtype}")
+            if w.dtype == object or not np.issubdtype(w.dtype, np.number) or np.iscomplexobj(w):
+                raise TypeError(f"expected weight {i} to be real numbers, got dtype {w.dtype}")
             if w.shape != view.shape:
                 raise ValueError(f"expected weight {i} of shape {view.shape}, got {w.shape}")
             if not np.all(np.isfinite(w)):
                 raise ValueError(f"expected finite values in weight {i}, got NaN or Inf")
+            check_fits_dtype(w, self.dtype, f"weight {i}")
             checked.append(w)
         for w, view in zip(checked, self._param_views):
             view[...] = self.be.to_device(w, self.dtype)
+
+    # ------------------------------------------------------------------ files (fastmlp/io.py)
+    def save(self, path):
+        """Write the whole model to one file: architecture, weights, optimizer state and step
+        count, generator state, layer state (BatchNorm statistics), training position.
+        Atomic (a crash leaves the previous file) and checksummed; ``fm.load_model`` reads it."""
+        return fio.save_model(self, path)
+
+    def save_weights(self, path):
+        """The weights only (HDF5, get_weights() order, checksummed), written atomically."""
+        self._require_built()
+        return fio.save_weights(self, path)
+
+    def load_weights(self, path):
+        """Weights from ``save_weights`` (or a ``save`` file); every shape is checked before
+        any weight is written."""
+        self._require_built()
+        fio.load_weights(self, path)
+
+    # ------------------------------------------------------------------ memory
+    def memory_report(self, batch_size=32):
+        """Bytes a training step at ``batch_size`` holds on the device, by part: parameters,
+        gradients, undo (the parameters before the last update, to undo a non-finite step),
+        optimizer_state, workspaces (layer outputs and input gradients), batch (the gathered
+        inputs and targets, d loss / d logits), scratch (reductions, small arrays), total.
+
+        Not counted: the training set (converted once to the model dtype), and the
+        workspaces that a last partial batch or evaluate/predict add for their sizes."""
+        self._require_built()
+        n = check_batch_size(batch_size)
+        if n is None:
+            raise ValueError("expected batch_size to be an int >= 1, got None")
+        item = np.dtype(self.dtype).itemsize
+        flat = self._n_flat * item
+        work = sum(_workspace_bytes(layer, n, item) for layer in self.layers)
+        per_out = int(np.prod(self.output_shape))
+        target = n * 8 if isinstance(self.loss, SoftmaxCrossEntropy) else n * per_out * item
+        batch = n * int(np.prod(self.input_shape)) * item + target + n * per_out * item
+        small = [self._stats, self._bad, self._penalty_buf, *self._seg]
+        scratch = sum(int(a.nbytes) for a in small)
+        if self.be.name == "cpu":  # bias-gradient partial sums, one (64, M) float64 per width
+            from .backend.cpu_kernels import BIAS_GRAD_BLOCKS
+            widths = {layer.out_features for layer in self.layers if isinstance(layer, Dense)}
+            scratch += sum(BIAS_GRAD_BLOCKS * w * 8 for w in widths)
+        report = {"batch_size": n, "parameters": flat, "gradients": flat, "undo": flat,
+                  "optimizer_state": flat * len(self._state), "workspaces": work,
+                  "batch": batch, "scratch": scratch}
+        report["total"] = sum(v for k, v in report.items() if k != "batch_size")
+        return report
 
     def count_params(self):
         self._require_built()
         return int(sum(int(np.prod(s.shape)) for _, s in self._specs))
 
-    def summary(self, print_fn=print):
-        """A table of layer, output shape and parameter count; returns it as a str."""
+    def summary(self, print_fn=print, batch_size=32):
+        """A table of layer, output shape and parameter count, and the memory of a training
+        step at ``batch_size`` (``memory_report``); returns it as a str."""
         self._require_built()
         rows = [("Layer", "Output shape", "Params")]
         for i, layer in enumerate(self.layers):
@@ -451,13 +621,53 @@ class Sequential:
         text = "\n".join([fmt(rows[0]), line] + [fmt(r) for r in rows[1:]] + [
             line, f"Total params: {self.count_params():,}",
             f"Loss: {self.loss!r}  Optimizer: {self.optimizer!r}  Device: {self.device}  "
-            f"dtype: {np.dtype(self.dtype).name}"])
+            f"dtype: {np.dtype(self.dtype).name}", self._memory_line(batch_size)])
         if print_fn is not None:
             print_fn(text)
         return text
 
+    def _memory_line(self, batch_size):
+        r = self.memory_report(batch_size)
+        state = r["parameters"] + r["gradients"] + r["undo"] + r["optimizer_state"]
+        return (f"Training memory at batch_size={r['batch_size']}: {_mib(r['total'])} "
+                f"(parameters, gradients, optimizer state {_mib(state)}; "
+                f"workspaces and batch {_mib(r['workspaces'] + r['batch'] + r['scratch'])})")
+
     def __repr__(self):
         return f"Sequential({len(self.layers)} layers, device={self.device!r}, dtype={np.dtype(self.dtype).name!r})"
+
+
+def _mib(nbytes):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:,.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def _workspace_bytes(layer, n, item):
+    """Bytes of the workspaces ``layer`` holds for a training step on a batch of n.
+
+    A layer may say itself (``workspace_nbytes(n)``); the built-in ones are known here;
+    any other is assumed to keep its output and its input gradient."""
+    own = getattr(layer, "workspace_nbytes", None)
+    if own is not None:
+        return int(own(n))
+    size = lambda shape: n * int(np.prod(shape))  # noqa: E731
+    out, inp = size(layer.output_shape), size(layer.input_shape)
+    dx = inp if layer.needs_dx else 0
+    kind = type(layer).__name__
+    if getattr(layer, "fused", False) or kind == "Flatten":
+        return 0
+    if kind == "Conv2D":
+        cols = layer.in_channels * layer.kh * layer.kw * n * layer.oh * layer.ow
+        return (cols + 2 * out + dx) * item              # cols, z, y (+ dx)
+    if kind == "MaxPool2D":
+        return (out + dx) * item + out * 4               # y, int32 argmax (+ dx)
+    if kind == "BatchNorm":
+        return (out + inp) * item + 2 * layer.features * 8   # y, dx always, mean and invstd
+    if kind == "Dropout":
+        return 0 if layer.rate == 0.0 else (2 * out + dx) * item   # mask, y (+ dx)
+    return (out + dx) * item
 
 
 class _Progress:

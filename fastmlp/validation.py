@@ -27,6 +27,60 @@ def _all_finite(flat):
     return True
 
 
+@njit(cache=True, nogil=True)
+def _all_within(flat, limit):
+    # finite and |x| <= limit: converts to a narrower float without overflowing to Inf
+    for i in range(flat.size):
+        if not abs(flat[i]) <= limit:
+            return False
+    return True
+
+
+def check_fits_dtype(X, dtype, what="X"):
+    """ValueError when float values of ``X`` would overflow to Inf in ``dtype`` (float64 -> float32)."""
+    if not np.issubdtype(X.dtype, np.floating) or np.finfo(X.dtype).max <= np.finfo(dtype).max:
+        return X
+    limit = float(np.finfo(dtype).max)
+    flat = X.reshape(-1) if X.flags.c_contiguous else np.ravel(X, order="K")
+    ok = _all_within(flat, limit) if X.dtype == np.float64 else bool(np.all(np.abs(flat) <= limit))
+    if not ok:
+        big = float(np.max(np.abs(flat)))
+        raise ValueError(f"expected values of {what} within the {np.dtype(dtype).name} range "
+                         f"(|x| <= {limit:.4g}), got values up to {big:.4g}")
+    return X
+
+
+def check_lazy_features(X, input_shape, dtype, what="X"):
+    """An on-disk array (h5py.Dataset, ...) checked like ``check_features`` without loading it:
+    dtype and shape at once, values by a scan in chunks of rows. Returns ``LazyRows``."""
+    from .io import LazyRows, chunk_rows
+    dt = np.dtype(X.dtype)
+    shape = tuple(int(s) for s in X.shape)
+    if dt == object or not (np.issubdtype(dt, np.number) or dt == bool) or np.issubdtype(dt, np.complexfloating):
+        raise TypeError(f"expected {what} with a real numeric dtype, got dtype {dt}")
+    expected = "..." if input_shape is None else ", ".join(map(str, input_shape))
+    if len(shape) < 2:
+        raise ValueError(f"expected {what} of shape (N, {expected}), got {shape}")
+    if shape[0] == 0:
+        raise ValueError(f"expected a non-empty {what}, got 0 samples")
+    sample = shape[1:]
+    if input_shape is not None and sample != tuple(input_shape):
+        if int(np.prod(sample)) == int(np.prod(input_shape)) and (len(shape) == 2 or len(input_shape) == 1):
+            sample = tuple(input_shape)
+        else:
+            raise ValueError(f"expected {what} of shape (N, {', '.join(map(str, input_shape))}), got {shape}")
+    rows = LazyRows(X, sample)
+    if np.issubdtype(dt, np.floating):
+        step = chunk_rows(shape, dt.itemsize)
+        for start in range(0, shape[0], step):
+            chunk = rows.read(start, start + step)
+            if not all_finite(chunk):
+                raise ValueError(f"expected finite values in {what}, got NaN or Inf in rows "
+                                 f"{start}..{min(start + step, shape[0]) - 1}")
+            check_fits_dtype(chunk, dtype, what)
+    return rows
+
+
 def all_finite(X):
     if not np.issubdtype(X.dtype, np.floating):
         return True

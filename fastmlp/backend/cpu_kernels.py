@@ -80,6 +80,38 @@ def _bias_act_forward(z, b, code, alpha):
             z[i, j] = _act(z[i, j] + b[j], code, alpha)
 
 
+@njit(inline="always")
+def _act_grad_row(dz, acc, da, a, code, alpha):
+    # one row: dz = da * act'(a), acc += dz; the code switch sits outside the loop
+    # over columns so that each loop is branch-free and vectorises
+    m = dz.size
+    if code == RELU:
+        for j in range(m):
+            g = da[j] if a[j] > 0 else da[j] * 0
+            dz[j] = g
+            acc[j] += g
+    elif code == LEAKY_RELU:
+        for j in range(m):
+            g = da[j] if a[j] > 0 else da[j] * alpha
+            dz[j] = g
+            acc[j] += g
+    elif code == TANH:
+        for j in range(m):
+            g = da[j] * (1 - a[j] * a[j])
+            dz[j] = g
+            acc[j] += g
+    elif code == SIGMOID:
+        for j in range(m):
+            g = da[j] * (a[j] * (1 - a[j]))
+            dz[j] = g
+            acc[j] += g
+    else:
+        for j in range(m):
+            g = da[j]
+            dz[j] = g
+            acc[j] += g
+
+
 def _act_backward_bias_grad(dz, db, partial, da, a, code, alpha):
     # dz (N, M) = da * act'(a); db (M,) = sum over rows of dz.
     # partial is a (BLOCKS, M) float64 scratch owned by the caller: rows are
@@ -92,10 +124,7 @@ def _act_backward_bias_grad(dz, db, partial, da, a, code, alpha):
         lo = blk * n // nblocks
         hi = (blk + 1) * n // nblocks
         for i in range(lo, hi):
-            for j in range(m):
-                g = da[i, j] * _act_grad(a[i, j], code, alpha)
-                dz[i, j] = g
-                partial[blk, j] += g
+            _act_grad_row(dz[i], partial[blk], da[i], a[i], code, alpha)
     for j in range(m):
         s = 0.0
         for blk in range(nblocks):
@@ -141,21 +170,20 @@ def _softmax_xent(dlogits, stats, logits, labels, scale):
         arg = 0
         for j in range(1, c):
             if logits[i, j] > mx:
-                mx = logits[i, j]
+                mx = np.float64(logits[i, j])
                 arg = j
         s = 0.0
-        for j in range(c):
-            s += math.exp(np.float64(logits[i, j]) - mx)
-        lse = math.log(s)
+        for j in range(c):                      # one exp per element, kept in dlogits
+            e = math.exp(np.float64(logits[i, j]) - mx)
+            dlogits[i, j] = e
+            s += e
         y = labels[i]
-        loss_sum += lse - (np.float64(logits[i, y]) - mx)
+        loss_sum += math.log(s) - (np.float64(logits[i, y]) - mx)
         correct_sum += 1.0 if arg == y else 0.0
-        inv = 1.0 / s
+        k = scale / s
         for j in range(c):
-            pj = math.exp(np.float64(logits[i, j]) - mx) * inv
-            if j == y:
-                pj -= 1.0
-            dlogits[i, j] = pj * scale
+            dlogits[i, j] = dlogits[i, j] * k
+        dlogits[i, y] -= scale
     stats[0] += loss_sum
     stats[1] += correct_sum
 
@@ -420,36 +448,49 @@ def _conv_bias_backward(dz, db, dy):
     for ch in prange(m):
         s = 0.0
         for img in range(n):
-            off = img * npix
-            for t in range(npix):
-                g = dy[img, ch, t]
-                dz[ch, off + t] = g
-                s += g
+            dz[ch, img * npix:(img + 1) * npix] = dy[img, ch]
+            s += _sum4(dy[img, ch])
         db[ch] = s
 
 
 def _maxpool_forward(y, argmax, x, k, stride):
     # x (N, C, H, W); y, argmax (N, C, OH, OW); argmax = ih*W + iw, the first maximum
-    # in row-major window order (NaN counts as the maximum, as np.argmax)
+    # in row-major window order. A NaN counts as the maximum (as np.argmax); it is
+    # looked for only in a window that has one, keeping the common path branch-light.
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
     for plane in prange(n * c):
         img = plane // c
         ch = plane - img * c
         for p in range(oh):
+            ih0 = p * stride
             for q in range(ow):
-                ih0 = p * stride
                 iw0 = q * stride
                 best = x[img, ch, ih0, iw0]
                 arg = ih0 * w + iw0
+                nan = False
                 for i in range(k):
                     for j in range(k):
                         v = x[img, ch, ih0 + i, iw0 + j]
-                        if v > best or (v != v and best == best):
+                        nan |= v != v
+                        if v > best:
                             best = v
                             arg = (ih0 + i) * w + iw0 + j
+                if nan:
+                    arg = _first_nan(x, img, ch, ih0, iw0, k, w)
+                    best = x[img, ch, arg // w, arg % w]
                 y[img, ch, p, q] = best
                 argmax[img, ch, p, q] = arg
+
+
+@njit(inline="always")
+def _first_nan(x, img, ch, ih0, iw0, k, w):
+    for i in range(k):
+        for j in range(k):
+            v = x[img, ch, ih0 + i, iw0 + j]
+            if v != v:
+                return (ih0 + i) * w + iw0 + j
+    return ih0 * w + iw0
 
 
 def _maxpool_backward(dx, dy, argmax):
@@ -469,6 +510,65 @@ def _maxpool_backward(dx, dy, argmax):
                 dx[img, ch, ih, a - ih * w] += dy[img, ch, p, q]
 
 
+# Row reductions in float64 with four interleaved partial sums: a fixed order (so
+# deterministic) that does not wait on one add at a time.
+
+@njit(inline="always")
+def _sum4(v):
+    # sum of the 1-D v
+    s0 = s1 = s2 = s3 = 0.0
+    n4 = v.size - v.size % 4
+    for t in range(0, n4, 4):
+        s0 += v[t]
+        s1 += v[t + 1]
+        s2 += v[t + 2]
+        s3 += v[t + 3]
+    for t in range(n4, v.size):
+        s0 += v[t]
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(inline="always")
+def _sumsq_dev4(v, mu):
+    # sum of (v - mu)^2
+    s0 = s1 = s2 = s3 = 0.0
+    n4 = v.size - v.size % 4
+    for t in range(0, n4, 4):
+        d0 = v[t] - mu
+        d1 = v[t + 1] - mu
+        d2 = v[t + 2] - mu
+        d3 = v[t + 3] - mu
+        s0 += d0 * d0
+        s1 += d1 * d1
+        s2 += d2 * d2
+        s3 += d3 * d3
+    for t in range(n4, v.size):
+        d0 = v[t] - mu
+        s0 += d0 * d0
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(inline="always")
+def _sum_and_dot_dev4(g, v, mu):
+    # (sum of g, sum of g * (v - mu))
+    a0 = a1 = a2 = a3 = 0.0
+    b0 = b1 = b2 = b3 = 0.0
+    n4 = v.size - v.size % 4
+    for t in range(0, n4, 4):
+        a0 += g[t]
+        a1 += g[t + 1]
+        a2 += g[t + 2]
+        a3 += g[t + 3]
+        b0 += g[t] * (v[t] - mu)
+        b1 += g[t + 1] * (v[t + 1] - mu)
+        b2 += g[t + 2] * (v[t + 2] - mu)
+        b3 += g[t + 3] * (v[t + 3] - mu)
+    for t in range(n4, v.size):
+        a0 += g[t]
+        b0 += g[t] * (v[t] - mu)
+    return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
+
+
 def _batchnorm_forward(y, mean, invstd, running_mean, running_var, partial, x, gamma, beta,
                        momentum, eps, training):
     # x, y (N, C, L); mean, invstd, running_mean, running_var (C,) float64;
@@ -482,10 +582,7 @@ def _batchnorm_forward(y, mean, invstd, running_mean, running_var, partial, x, g
                 partial[blk, ch] = 0.0
             for i in range(blk * n // nblocks, (blk + 1) * n // nblocks):
                 for ch in range(c):
-                    s = 0.0
-                    for t in range(npix):
-                        s += x[i, ch, t]
-                    partial[blk, ch] += s
+                    partial[blk, ch] += _sum4(x[i, ch])
         for ch in range(c):
             s = 0.0
             for blk in range(nblocks):
@@ -496,12 +593,7 @@ def _batchnorm_forward(y, mean, invstd, running_mean, running_var, partial, x, g
                 partial[blk, ch] = 0.0
             for i in range(blk * n // nblocks, (blk + 1) * n // nblocks):
                 for ch in range(c):
-                    mu = mean[ch]
-                    s = 0.0
-                    for t in range(npix):
-                        d = x[i, ch, t] - mu
-                        s += d * d
-                    partial[blk, ch] += s
+                    partial[blk, ch] += _sumsq_dev4(x[i, ch], mean[ch])
         for ch in range(c):
             s = 0.0
             for blk in range(nblocks):
@@ -535,13 +627,7 @@ def _batchnorm_backward(dx, dgamma, dbeta, partial, dy, x, mean, invstd, gamma, 
             partial[blk, ch] = 0.0
         for i in range(blk * n // nblocks, (blk + 1) * n // nblocks):
             for ch in range(c):
-                mu = mean[ch]
-                s1 = 0.0
-                s2 = 0.0
-                for t in range(npix):
-                    g = dy[i, ch, t]
-                    s1 += g
-                    s2 += g * (x[i, ch, t] - mu)
+                s1, s2 = _sum_and_dot_dev4(dy[i, ch], x[i, ch], mean[ch])
                 partial[blk, ch] += s1
                 partial[blk, c + ch] += s2
     for ch in range(c):                        # totals kept (float64) in partial's row 0

@@ -349,3 +349,33 @@ def gather_rows(out, x, idx):
     _kernel("data", src.expr("gather_rows", et, it))(
         (_blocks(out.size),), (_THREADS,),
         (out, x, idx, np.int64(b), np.int64(out.size // b)))
+
+
+# --- data augmentation ------------------------------------------------------------
+
+def copy_from_host(out, host):
+    # out (any shape) = host, a NumPy array of the same shape and dtype. Asynchronous on the
+    # current stream: from pageable memory CUDA stages the bytes before returning, so the
+    # host array may be rewritten at once, and the device is not synchronised.
+    if out.shape != host.shape or out.dtype != host.dtype:
+        raise ValueError(f"expected a host array of shape {out.shape} dtype {out.dtype}, "
+                         f"got {host.shape} {host.dtype}")
+    out.set(host, stream=cupy.cuda.get_current_stream())
+
+
+def augment_images(out, x, params, c, h, w, channels_last, nearest):
+    # out, x (N, C*H*W) flat images; params (N, 6) float64 per-sample affine maps
+    n = x.shape[0]
+    _same_shape("out", out, x.shape)
+    _same_shape("params", params, (n, 6))
+    t = _ftype(out, x)
+    if params.dtype != np.float64 or not params.flags.c_contiguous:
+        raise TypeError(f"expected params as a C-contiguous float64 array, got {params.dtype}")
+    if x.ndim != 2 or x.shape[1] != c * h * w:
+        raise ValueError(f"expected x of shape (N, {c}*{h}*{w}), got {x.shape}")
+    if x.size == 0:
+        return
+    _kernel("augment", src.expr("augment_images", t))(
+        (_blocks(n * h * w),), (_THREADS,),
+        (out, x, params, np.int64(n), np.int32(c), np.int32(h), np.int32(w),
+         np.int32(bool(channels_last)), np.int32(bool(nearest))))

@@ -39,6 +39,7 @@ def _family_exprs():
         "optim": (t2("sgd_update", INDEX_TYPES) + t2("adam_update", INDEX_TYPES)
                   + t1("add_reg_grad") + t1("reg_penalty") + ["reg_penalty_finish"]),
         "data": [expr("gather_rows", e, i) for e in GATHER_TYPES for i in INDEX_TYPES],
+        "augment": t1("augment_images"),
     }
 
 
