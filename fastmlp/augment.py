@@ -121,7 +121,7 @@ class Augment:
             return c, h, w, False
         if len(per) == 2 and ims is None:       # (N, H, W)
             return 1, per[0], per[1], False
-        f = int(np.prod(per)) if per else 0
+        f = math.prod(per)
         if ims is None:
             raise ValueError(f"Augment: expected image_shape=(H, W) or (C, H, W) for flat batches "
                              f"of shape (N, {f}), got image_shape=None")

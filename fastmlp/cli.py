@@ -1,10 +1,189 @@
-"""The ``fastmlp`` command line: ``demo`` and ``info`` (``fastmlp --help``)."""
+"""The ``fastmlp`` command line (``fastmlp --help``, ``fastmlp COMMAND --help``).
+
+    fastmlp demo                          train on the built-in shapes (no download)
+    fastmlp train DATA --out run          train an MLP (--hidden 256,256 ...); model, metrics,
+                                          curves in run/
+    fastmlp evaluate run DATA             loss and accuracy of a saved model
+    fastmlp predict run IMAGE...          class and probability of image files
+    fastmlp info                          versions, devices, threads, BLAS, Numba cache
+
+DATA is an HDF5 file (``load_h5``), a MedMNIST ``.npz``, a folder of MNIST
+IDX files (the t10k pair), a folder of class sub-folders of JPG/PNG images,
+or ``shapes`` for the built-in set. Commands that report a result end with
+one machine-readable ``key=value`` line.
+"""
 import argparse
+import json
+import math
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 
+MODEL_FILE = "model.fmlp"
+PREPROCESS_FILE = "preprocess.json"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "curves.png"
+
+
+class CommandError(Exception):
+    """A problem with what the user asked for (data, files): printed without a traceback."""
+
+
+# ---------------------------------------------------------------------- argument types
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _hidden_sizes(text):
+    """'256,256' -> [256, 256]; '' or 'none' -> [] (no hidden layer: softmax regression)."""
+    if text.strip().lower() in ("", "none", "0"):
+        return []
+    try:
+        return [_positive_int(t.strip()) for t in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive layer sizes like 256,256 (or 'none'), got {text!r}") from None
+
+
+def _batch_size(text):
+    if text.lower() == "full":
+        return None
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}") from None
+
+
+def _number(lo, hi, lo_open=False, hi_open=False):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
+        return v
+    return parse
+
+
+# ---------------------------------------------------------------------- data
+
+def _is_mnist_folder(path):
+    names = {p.name for p in path.iterdir()}
+    return any(n.startswith("t10k-images-idx3-ubyte") for n in names)
+
+
+def _split(X, y, val, test, seed):
+    from .preprocessing import train_val_test_split
+    Xtr, ytr, Xv, yv, Xte, yte = train_val_test_split(X, y, val=val, test=test, seed=seed)
+    return (Xtr, ytr), ((Xv, yv) if len(Xv) else None), ((Xte, yte) if len(Xte) else None)
+
+
+def load_source(source, args, for_training=True):
+    """{"train", "val", "test": (X, y) or None, "classes": list, "kind": str}.
+
+    Images come back as loaded, (N, H, W[, C]); splits the source does not
+    provide are drawn from its training part (stratified, seeded)."""
+    from . import data
+    val = getattr(args, "val_split", 0.0) if for_training else 0.0
+    test = getattr(args, "test_split", 0.0) if for_training else 0.0
+    seed = args.seed
+    if source == "shapes":
+        X, y, classes = data.make_shapes(args.samples, size=args.image_size or 28, seed=seed, centered=True)
+        if not for_training:
+            return {"train": None, "val": None, "test": (X, y), "classes": classes, "kind": "shapes"}
+        tr, va, te = _split(X, y, val, test, seed)
+        return {"train": tr, "val": va, "test": te, "classes": classes, "kind": "shapes"}
+    path = Path(source)
+    if not path.exists():
+        raise CommandError(f"data not found: {source} (expected an .h5 file, a MedMNIST .npz, a folder "
+                           "of MNIST IDX files, a folder of class sub-folders of images, or 'shapes')")
+    if path.is_file() and path.suffix.lower() == ".npz":
+        splits = {s: data.load_medmnist(path, s) for s in ("train", "val", "test")}
+        k = int(max(int(splits[s][1].max()) for s in splits)) + 1
+        return {"train": splits["train"], "val": splits["val"], "test": splits["test"],
+                "classes": [str(i) for i in range(k)], "kind": "medmnist"}
+    if path.is_file():
+        X, y, classes = data.load_h5(path)
+        kind = "h5"
+    elif _is_mnist_folder(path):
+        Xtr, ytr, Xte, yte = data.load_mnist_t10k(path)
+        classes = [str(i) for i in range(10)]
+        if not for_training:
+            return {"train": None, "val": None, "test": (Xte, yte), "classes": classes, "kind": "mnist"}
+        tr, va, _ = _split(Xtr, ytr, val, 0.0, seed)
+        return {"train": tr, "val": va, "test": (Xte, yte), "classes": classes, "kind": "mnist"}
+    else:
+        size = args.image_size or 64
+        X, y, classes = data.load_image_folder(path, size=(size, size), grayscale=not args.color)
+        kind = "folder"
+    classes = classes or [str(i) for i in range(int(y.max()) + 1)]
+    if not for_training:
+        return {"train": None, "val": None, "test": (X, y), "classes": classes, "kind": kind}
+    tr, va, te = _split(X, y, val, test, seed)
+    return {"train": tr, "val": va, "test": te, "classes": classes, "kind": kind}
+
+
+def _prepare(X, prep):
+    """Loaded images -> the model's (N, F) float32 input, as recorded in ``prep``."""
+    import numpy as np
+
+    from .preprocessing import Standardizer, scale_to_unit
+    shape = tuple(prep["image_shape"])
+    if tuple(X.shape[1:]) != shape:
+        raise CommandError(f"expected images of shape {shape} (as in training), got {tuple(X.shape[1:])}")
+    X = scale_to_unit(X) if X.dtype == np.uint8 else np.asarray(X, dtype=np.float32)
+    X = X.reshape(len(X), -1)
+    if prep.get("standardize"):
+        X = Standardizer.from_dict(prep["standardize"]).transform(X)
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _targets(y, prep):
+    from .preprocessing import one_hot
+    return one_hot(y, len(prep["classes"])) if prep["targets"] == "one_hot" else y
+
+
+# ---------------------------------------------------------------------- model files
+
+def _atomic_text(path, text):
+    from .io import atomic_write
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _model_paths(where):
+    p = Path(where)
+    model = p / MODEL_FILE if p.is_dir() else p
+    if not model.is_file():
+        raise CommandError(f"model not found: {model} (pass the --out folder of 'fastmlp train' or its "
+                           f"{MODEL_FILE})")
+    prep = model.parent / PREPROCESS_FILE
+    if not prep.is_file():
+        raise CommandError(f"{PREPROCESS_FILE} not found beside {model}: it records how images are "
+                           "scaled and shaped for this model ('fastmlp train --out DIR' writes it)")
+    return model, prep
+
+
+def _load_model(where, device):
+    import fastmlp as fm
+    model_path, prep_path = _model_paths(where)
+    model = fm.load_model(model_path, device=device)
+    prep = json.loads(prep_path.read_text(encoding="utf-8"))
+    return model, prep
+
+
+# ---------------------------------------------------------------------- commands
 
 def cmd_demo(args):
     """Train an MLP on the built-in shapes set (no download); print accuracy and speed."""
@@ -36,6 +215,180 @@ def cmd_demo(args):
     return 0
 
 
+def _build(args, d, k):
+    import fastmlp as fm
+    loss = args.loss
+    if loss == "auto":
+        loss = "bce" if k == 2 else "softmax"
+    outputs = 1 if loss == "bce" and k == 2 else k
+    init = "he" if args.activation in ("relu", "leaky_relu") else "glorot"
+    layers, width = [], d
+    for size in args.hidden:
+        layers += [fm.Dense(width, size, init=init, l1=args.l1, l2=args.l2), fm.activation(args.activation)]
+        width = size
+    layers.append(fm.Dense(width, outputs, init="glorot", l1=args.l1, l2=args.l2))
+    lossfn = {"softmax": fm.SoftmaxCrossEntropy, "bce": fm.BinaryCrossEntropy, "mse": fm.MeanSquaredError}[loss]()
+    if args.optimizer == "adam":
+        opt = fm.Adam(lr=args.lr or 1e-3)
+    else:
+        opt = fm.SGD(lr=args.lr or 0.01, momentum=args.momentum)
+    model = fm.Sequential(layers, loss=lossfn, optimizer=opt, device=args.device, dtype=args.dtype,
+                          seed=args.seed)
+    targets = "labels" if loss == "softmax" or outputs == 1 else "one_hot"
+    return model, loss, targets
+
+
+def cmd_train(args):
+    """Train an MLP on DATA; print per-epoch metrics; with --out, save the model,
+    its preprocessing, the metrics (JSON) and the training curves (PNG)."""
+    import numpy as np
+
+    import fastmlp as fm
+    from .preprocessing import Standardizer
+
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise CommandError(f"--out expects a folder, got an existing file: {out}")
+    if args.test_data is not None:
+        args.test_split = 0.0
+    src = load_source(args.data, args)
+    if args.test_data is not None:
+        src["test"] = load_source(args.test_data, args, for_training=False)["test"]
+    Xtr_img, ytr = src["train"]
+    if args.max_samples:
+        Xtr_img, ytr = Xtr_img[:args.max_samples], ytr[:args.max_samples]
+    k = max(len(src["classes"]), int(ytr.max()) + 1)
+    classes = list(src["classes"]) + [str(i) for i in range(len(src["classes"]), k)]
+    prep = {"image_shape": list(Xtr_img.shape[1:]), "classes": classes, "data_kind": src["kind"],
+            "grayscale": Xtr_img.ndim == 3, "scale": "unit" if Xtr_img.dtype == np.uint8 else "none",
+            "standardize": None}
+    X = _prepare(Xtr_img, prep)
+    if args.standardize:
+        prep["standardize"] = Standardizer("global").fit(X).to_dict()
+        X = _prepare(Xtr_img, prep)
+    model, loss, targets = _build(args, X.shape[1], k)
+    prep["loss"], prep["targets"] = loss, targets
+    val = (_prepare(src["val"][0], prep), _targets(src["val"][1], prep)) if src["val"] else None
+    test = (_prepare(src["test"][0], prep), _targets(src["test"][1], prep)) if src["test"] else None
+    if args.early_stopping is not None and val is None:
+        raise CommandError("--early-stopping needs validation data: keep --val-split above 0")
+
+    augment = None
+    if args.flip_h or args.flip_v or args.rotate or args.shift:
+        augment = fm.Augment(flip_h=args.flip_h, flip_v=args.flip_v, rotate=args.rotate, shift=args.shift,
+                             image_shape=tuple(Xtr_img.shape[1:3]), interpolation=args.interpolation)
+    callbacks = []
+    if args.early_stopping is not None:
+        callbacks.append(fm.EarlyStopping(monitor="val_loss", patience=args.early_stopping,
+                                          restore_best_weights=True))
+    if args.verbose:
+        model.summary()
+        print(f"data: {args.data} ({src['kind']}): train {len(X)}, validation "
+              f"{len(val[0]) if val else 0}, test {len(test[0]) if test else 0}; classes: {', '.join(classes)}")
+    t0 = time.perf_counter()
+    h = model.fit(X, _targets(ytr, prep), epochs=args.epochs, batch_size=args.batch_size,
+                  validation_data=val, test_data=test, callbacks=callbacks, verbose=args.verbose,
+                  augment=augment)
+    seconds = time.perf_counter() - t0
+    results = {"train": model.evaluate(X, _targets(ytr, prep))}
+    if val:
+        results["val"] = model.evaluate(*val)
+    if test:
+        results["test"] = model.evaluate(*test)
+    epochs_run = len(h.epoch)
+    metrics = {"data": str(args.data), "data_kind": src["kind"], "classes": classes,
+               "params": model.count_params(), "epochs_run": epochs_run, "seconds": seconds,
+               "samples_per_s": len(X) * epochs_run / seconds if seconds > 0 else None,
+               **results, "history": h.history,
+               "args": {k_: v for k_, v in vars(args).items() if k_ != "func"}}
+    if args.out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(out / MODEL_FILE)
+        _atomic_text(out / PREPROCESS_FILE, json.dumps(prep, indent=1, default=float))
+        _atomic_text(out / METRICS_FILE, json.dumps(metrics, indent=1, default=str))
+        try:
+            from . import plot
+            plot.history(h, out / CURVES_FILE, title=f"fastmlp train {Path(str(args.data)).name}")
+            curves = f", {CURVES_FILE}"
+        except ImportError as e:
+            curves = f" (no curves: {e})"
+        print(f"saved {out / MODEL_FILE}, {PREPROCESS_FILE}, {METRICS_FILE}{curves}")
+    line = [f"train_acc={results['train']['accuracy']:.4f}"]
+    line += [f"{s}_acc={results[s]['accuracy']:.4f}" for s in ("val", "test") if s in results]
+    line += [f"epochs={epochs_run}", f"seconds={seconds:.2f}"]
+    print(" ".join(line))
+    return 0
+
+
+def cmd_evaluate(args):
+    """Loss and accuracy of a saved model (a --out folder of train) on DATA: the test
+    split of a MedMNIST .npz or MNIST t10k folder, else all of the file or folder."""
+    model, prep = _load_model(args.model, args.device)
+    args.image_size = args.image_size or prep["image_shape"][0]
+    args.color = not prep.get("grayscale", True)
+    src = load_source(args.data, args, for_training=False)
+    X_img, y = src["test"]
+    if args.max_samples:
+        X_img, y = X_img[:args.max_samples], y[:args.max_samples]
+    X = _prepare(X_img, prep)
+    res = model.evaluate(X, _targets(y, prep))
+    print(f"{args.data}: {len(X)} samples, loss {res['loss']:.4f}, accuracy {res['accuracy']:.4f}")
+    print(f"loss={res['loss']:.6f} accuracy={res['accuracy']:.6f} n={len(X)}")
+    return 0
+
+
+def _read_images(paths, prep):
+    import numpy as np
+
+    from .data import _require_pillow
+    Image, ImageOps = _require_pillow()
+    shape = prep["image_shape"]
+    h, w = shape[0], shape[1]
+    mode = "L" if len(shape) == 2 else "RGB"
+    arrays = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise CommandError(f"image not found: {p}")
+        try:
+            with Image.open(p) as img:
+                img = ImageOps.exif_transpose(img).convert(mode).resize((w, h), Image.Resampling.BILINEAR)
+                arrays.append(np.asarray(img, dtype=np.uint8))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise CommandError(f"cannot read image {p}: {e}") from None
+    return np.stack(arrays)
+
+
+def cmd_predict(args):
+    """Class and probability of each IMAGE under a saved model (a --out folder of train)."""
+    import numpy as np
+    model, prep = _load_model(args.model, args.device)
+    X = _prepare(_read_images(args.images, prep), prep)
+    p = model.predict(X)
+    classes = prep["classes"]
+    for path, row in zip(args.images, p):
+        if row.shape[0] == 1:      # one sigmoid output: p(class 1)
+            k = int(row[0] > 0.5)
+            prob = float(row[0] if k else 1.0 - row[0])
+        else:
+            k = int(np.argmax(row))
+            prob = float(row[k])
+        name = classes[k] if k < len(classes) else str(k)
+        what = "p" if prep.get("loss") != "mse" else "score"
+        print(f"{path}: {name} ({what}={prob:.3f})")
+    return 0
+
+
+def _version(module):
+    try:
+        mod = __import__(module)
+        return getattr(mod, "__version__", "installed")
+    except ImportError:
+        return "not installed"
+    except Exception as e:  # a broken install (CuPy without a driver) should not stop info
+        return f"unusable ({type(e).__name__})"
+
+
 def cmd_info(args):
     """Versions, devices, threads, BLAS and the Numba cache."""
     import numba
@@ -44,6 +397,9 @@ def cmd_info(args):
     import fastmlp as fm
     print(f"fastmlp {fm.__version__}  python {platform.python_version()}  {platform.machine()}")
     print(f"numpy {np.__version__}  numba {numba.__version__}")
+    print("extras: " + "  ".join(f"{name} {_version(mod)}" for name, mod in
+                                 (("cupy", "cupy"), ("matplotlib", "matplotlib"), ("pillow", "PIL"),
+                                  ("tqdm", "tqdm"))))
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():
@@ -51,7 +407,7 @@ def cmd_info(args):
                   f"{pool.get('architecture', '')} threads={pool.get('num_threads')}")
     except ImportError:
         print("BLAS: (install threadpoolctl to show the BLAS library and its threads)")
-    print(f"numba threads: {numba.get_num_threads()}  layer: {numba.threading_layer() if False else numba.config.THREADING_LAYER}")
+    print(f"numba threads: {numba.get_num_threads()}  threading layer: {numba.config.THREADING_LAYER}")
     print(f"numba cache dir: {numba.config.CACHE_DIR or '(beside the package: __pycache__)'}")
     devs = fm.devices()
     print(f"devices: cpu=yes cuda={'yes' if devs['cuda'] else 'no'} ({devs['cuda_reason']})")
@@ -59,27 +415,142 @@ def cmd_info(args):
     return 0
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="fastmlp", description="fastmlp: an autograd-free MLP engine")
-    sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    d.add_argument("--samples", type=int, default=8000, help="training images (default 8000)")
-    d.add_argument("--test-samples", type=int, default=2000)
+# ---------------------------------------------------------------------- parsers
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none to show (None, off switches)."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def add_demo(sub):
+    d = sub.add_parser("demo", help="train on the built-in shapes (no download): accuracy and speed", description=cmd_demo.__doc__, formatter_class=_Formatter)
+    d.add_argument("--samples", type=_positive_int, default=8000, help="training images")
+    d.add_argument("--test-samples", type=_positive_int, default=2000)
     d.add_argument("--size", type=int, default=28, help="image side in pixels")
-    d.add_argument("--epochs", type=int, default=5)
-    d.add_argument("--batch-size", type=int, default=128)
-    d.add_argument("--lr", type=float, default=0.05)
+    d.add_argument("--epochs", type=_positive_int, default=5)
+    d.add_argument("--batch-size", type=_batch_size, default=128)
+    d.add_argument("--lr", type=_number(0, 10, lo_open=True), default=0.05)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    d.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     d.set_defaults(func=cmd_demo)
-    i = sub.add_parser("info", help=cmd_info.__doc__, description=cmd_info.__doc__)
+
+
+def _add_data_options(p, seed=0, seed_help="model, splits and augmentation seed"):
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="side of the square images: image folders are resized to it (default 64), "
+                        "shapes are drawn at it (default 28)")
+    p.add_argument("--color", action="store_true", help="image folders: keep RGB (default grayscale)")
+    p.add_argument("--samples", type=_positive_int, default=5000, help="shapes: images to draw")
+    p.add_argument("--max-samples", type=_positive_int, default=None,
+                   help="use only the first N samples (a quick run)")
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+
+
+def add_train(sub):
+    t = sub.add_parser("train", help="train an MLP on a data set", description=cmd_train.__doc__,
+                       formatter_class=_Formatter)
+    t.add_argument("data", help="an .h5 file, a MedMNIST .npz, an MNIST IDX folder, an image folder "
+                                "(class sub-folders) or 'shapes'")
+    m = t.add_argument_group("model")
+    m.add_argument("--hidden", type=_hidden_sizes, default="256,256",
+                   help="hidden layer sizes, comma-separated ('none': no hidden layer)")
+    m.add_argument("--activation", default="relu", choices=("relu", "leaky_relu", "tanh", "sigmoid"))
+    m.add_argument("--loss", default="auto", choices=("auto", "softmax", "bce", "mse"),
+                   help="auto: bce (one sigmoid output) for 2 classes, else softmax cross-entropy")
+    m.add_argument("--l1", type=_number(0, 1), default=0.0, help="L1 penalty on the weights (Keras)")
+    m.add_argument("--l2", type=_number(0, 1), default=0.0, help="L2 penalty on the weights (Keras)")
+    m.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    o = t.add_argument_group("optimisation")
+    o.add_argument("--optimizer", default="adam", choices=("sgd", "adam"))
+    o.add_argument("--lr", type=_number(0, 10, lo_open=True), default=None,
+                   help="learning rate (default 1e-3 for adam, 0.01 for sgd)")
+    o.add_argument("--momentum", type=_number(0, 1, hi_open=True), default=0.0, help="sgd momentum")
+    o.add_argument("--epochs", type=_positive_int, default=10)
+    o.add_argument("--batch-size", type=_batch_size, default=64, help="an int, or 'full' (full batch)")
+    o.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
+                   help="stop when the validation loss has not improved for PATIENCE epochs "
+                        "(the best weights are kept)")
+    p = t.add_argument_group("data and preprocessing")
+    p.add_argument("--val-split", type=_number(0, 1, hi_open=True), default=0.1,
+                   help="validation fraction of the training data (where the source has none)")
+    p.add_argument("--test-split", type=_number(0, 1, hi_open=True), default=0.2,
+                   help="test fraction for sources without a test split (.h5, image folders, shapes)")
+    p.add_argument("--test-data", default=None, metavar="DATA",
+                   help="test on all of this source instead (e.g. test_catvnoncat.h5)")
+    p.add_argument("--standardize", action="store_true",
+                   help="zero mean, unit variance (statistics of the training split), after scaling "
+                        "uint8 pixels to [0, 1]")
+    _add_data_options(p)
+    a = t.add_argument_group("augmentation", "random transforms of each training batch, drawn from --seed; "
+                             "pixels from outside the image are 0 (with --standardize: the mean pixel)")
+    a.add_argument("--flip-h", action="store_true", help="random left-right flips")
+    a.add_argument("--flip-v", action="store_true", help="random top-bottom flips")
+    a.add_argument("--rotate", type=_number(0, 180), default=0.0, metavar="DEG",
+                   help="random rotations up to DEG degrees either way")
+    a.add_argument("--shift", type=_number(0, 1, hi_open=True), default=0.0, metavar="FRAC",
+                   help="random shifts up to FRAC of the image size")
+    a.add_argument("--interpolation", default="bilinear", choices=("bilinear", "nearest"))
+    r = t.add_argument_group("output")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help=f"write {MODEL_FILE}, {PREPROCESS_FILE}, {METRICS_FILE} and {CURVES_FILE} here")
+    r.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="0 quiet, 1 bar, 2 a line an epoch")
+    t.set_defaults(func=cmd_train)
+
+
+def add_evaluate(sub):
+    e = sub.add_parser("evaluate", help="loss and accuracy of a saved model", description=cmd_evaluate.__doc__,
+                       formatter_class=_Formatter)
+    e.add_argument("model", help=f"the --out folder of 'fastmlp train' (or its {MODEL_FILE})")
+    e.add_argument("data", help="a data source, as for train")
+    _add_data_options(e, seed=1, seed_help="shapes: the seed of the images drawn (train draws with 0)")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def add_predict(sub):
+    p = sub.add_parser("predict", help="classify image files with a saved model", description=cmd_predict.__doc__,
+                       formatter_class=_Formatter)
+    p.add_argument("model", help=f"the --out folder of 'fastmlp train' (or its {MODEL_FILE})")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPG/PNG files, resized to the training size")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.set_defaults(func=cmd_predict)
+
+
+def add_info(sub):
+    i = sub.add_parser("info", help="versions, devices, threads, BLAS and the Numba cache",
+                       description=cmd_info.__doc__)
     i.set_defaults(func=cmd_info)
+
+
+# The subcommands, in --help order. A new one is an add_<name>(sub) that sets
+# func=cmd_<name> on its parser, appended here.
+COMMANDS = [add_demo, add_train, add_evaluate, add_predict, add_info]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="fastmlp", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (CommandError, FileNotFoundError, ValueError, ImportError, FloatingPointError) as e:
+        # bad data or files, a diverged run: say what, without a traceback (bugs still show theirs)
+        print(f"fastmlp {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

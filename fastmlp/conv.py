@@ -181,7 +181,7 @@ class MaxPool2D(Layer):
         if not self.needs_dx:
             return None
         dx = self.workspace("dx", self.x_shape)
-        self.be.maxpool_backward(dx, dy, self.argmax)
+        self.be.maxpool_backward(dx, dy, self.argmax, self.k, self.stride)
         return dx
 
     def get_config(self):

@@ -205,6 +205,8 @@ class Sequential:
         if y is not None:
             label = "y" if what == "X" else f"labels of {what}"
             check_same_length(X, y, label)
+            if getattr(y, "dtype", None) is not None and np.dtype(y.dtype).kind in "cmM":
+                raise TypeError(f"expected real numbers in {label}, got dtype {y.dtype}")
             t = self.loss.prepare(y, self.output_shape[0], self.dtype)
             if not all_finite(t):  # finite as given, but overflowed in the model dtype
                 raise ValueError(f"expected values of {label} within the {np.dtype(self.dtype).name} range, "
@@ -293,6 +295,7 @@ class Sequential:
         n = X.shape[0]
         b = n if batch_size is None else min(batch_size, n)
         full_batch = b == n and augment is None  # augmenting needs a copy: gather it
+        self._check_batch_statistics(n, b)
         if lazy and full_batch:  # the whole set is one batch anyway: read it once
             X, lazy = self.be.to_device(X.read(0, n), self.dtype), False
         start = resume_position(self, resume, n, b, bool(shuffle)) if resume is not None else None
@@ -401,6 +404,18 @@ class Sequential:
         for cb in cbs:
             cb.on_train_end()
         return history
+
+    def _check_batch_statistics(self, n, b):
+        """BatchNorm in training needs two values per feature in every batch, the last
+        (partial) one included: refuse before the first step rather than in the middle."""
+        smallest = n % b or b
+        for i, layer in enumerate(self.layers):
+            if type(layer).__name__ == "BatchNorm":
+                per_sample = int(np.prod(layer.input_shape[1:])) if len(layer.input_shape) > 1 else 1
+                if smallest * per_sample < 2:
+                    raise ValueError(f"layer {i} ({layer!r}): expected at least 2 values per feature in every "
+                                     f"training batch, got a batch of {smallest} sample(s) (N={n}, "
+                                     f"batch_size={b}); choose a batch_size that does not leave 1 sample")
 
     def _epoch_order(self, n, shuffle, epoch_rng, pos):
         """The epoch's sample order (host int64). A resumed epoch redraws its shuffle from
@@ -542,8 +557,8 @@ class Sequential:
         checked = []
         for i, (w, view) in enumerate(zip(weights, self._param_views)):
             w = np.asarray(w)
-            if w.dtype == object or not np.issubdtype(w.dtype, np.number) or np.iscomplexobj(w):
-                raise TypeError(f"expected weight {i} to be real numbers, got dtype {w.dtype}")
+            if w.dtype.kind not in "iuf":
+                raise TypeError(f"expected weight {i} to be real numeric, got dtype {w.dtype}")
             if w.shape != view.shape:
                 raise ValueError(f"expected weight {i} of shape {view.shape}, got {w.shape}")
             if not np.all(np.isfinite(w)):
@@ -595,6 +610,8 @@ class Sequential:
         if self.be.name == "cpu":  # bias-gradient partial sums, one (64, M) float64 per width
             from .backend.cpu_kernels import BIAS_GRAD_BLOCKS
             widths = {layer.out_features for layer in self.layers if isinstance(layer, Dense)}
+            widths |= {w * layer.features for layer in self.layers if type(layer).__name__ == "BatchNorm"
+                       for w in (1, 2)}
             scratch += sum(BIAS_GRAD_BLOCKS * w * 8 for w in widths)
         report = {"batch_size": n, "parameters": flat, "gradients": flat, "undo": flat,
                   "optimizer_state": flat * len(self._state), "workspaces": work,

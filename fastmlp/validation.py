@@ -5,6 +5,7 @@ import numpy as np
 from numba import njit
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+REAL_KINDS = "biuf"  # bool, ints, floats: not complex, not timedelta (a NumPy "number"), not object
 
 
 def check_dtype(dtype):
@@ -56,7 +57,7 @@ def check_lazy_features(X, input_shape, dtype, what="X"):
     from .io import LazyRows, chunk_rows
     dt = np.dtype(X.dtype)
     shape = tuple(int(s) for s in X.shape)
-    if dt == object or not (np.issubdtype(dt, np.number) or dt == bool) or np.issubdtype(dt, np.complexfloating):
+    if dt.kind not in REAL_KINDS:
         raise TypeError(f"expected {what} with a real numeric dtype, got dtype {dt}")
     expected = "..." if input_shape is None else ", ".join(map(str, input_shape))
     if len(shape) < 2:
@@ -78,6 +79,7 @@ def check_lazy_features(X, input_shape, dtype, what="X"):
                 raise ValueError(f"expected finite values in {what}, got NaN or Inf in rows "
                                  f"{start}..{min(start + step, shape[0]) - 1}")
             check_fits_dtype(chunk, dtype, what)
+            del chunk  # before the next read: one chunk in memory at a time
     return rows
 
 
@@ -100,7 +102,7 @@ def check_features(X, input_shape, what="X"):
         X = np.asarray(X)
     except Exception as e:
         raise TypeError(f"expected {what} as an array-like of numbers, got {type(X).__name__}: {e}") from e
-    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or X.dtype.kind == "m":
         raise TypeError(f"expected {what} with a numeric dtype, got dtype {X.dtype}")
     if np.iscomplexobj(X):
         raise TypeError(f"expected {what} with a real dtype, got {X.dtype}")

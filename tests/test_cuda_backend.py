@@ -263,6 +263,7 @@ def _run_every_op(be, dtype, idx_dtype, n, m):
     be.gather_rows(np.empty(n, np.int64), np.arange(n + 4), rng.integers(0, n + 4, n).astype(idx_dtype))
     be.gather_rows(np.empty((n, 5), np.uint8), np.zeros((n + 4, 5), np.uint8),
                    rng.integers(0, n + 4, n).astype(idx_dtype))
+    be.augment_images(f(n, 3 * m), f(n, 3 * m), np.zeros((n, 6)), 3, m, 1, 1, 0)
 
 
 def _launch_problems(launches):

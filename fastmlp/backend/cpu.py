@@ -155,8 +155,9 @@ def maxpool_forward(y, argmax, x, k, stride):
     _pick(K.maxpool_forward, x.size)(y, argmax, x, k, stride)
 
 
-def maxpool_backward(dx, dy, argmax):
-    _pick(K.maxpool_backward, dx.size)(dx, dy, argmax)
+def maxpool_backward(dx, dy, argmax, k, stride):
+    # dx (N, C, H, W) from dy, argmax (N, C, OH, OW) and the window geometry
+    _pick(K.maxpool_backward, dx.size)(dx, dy, argmax, k, stride)
 
 
 def _channels(a):

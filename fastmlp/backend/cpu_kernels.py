@@ -493,8 +493,9 @@ def _first_nan(x, img, ch, ih0, iw0, k, w):
     return ih0 * w + iw0
 
 
-def _maxpool_backward(dx, dy, argmax):
-    # dx (N, C, H, W) = 0 except at each window's argmax, which gets its dy (N, C, OH, OW)
+def _maxpool_backward(dx, dy, argmax, k, stride):
+    # dx (N, C, H, W) = 0 except at each window's argmax, which gets its dy (N, C, OH, OW);
+    # k, stride unused here (the CUDA twin gathers with them)
     n, c, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
     for plane in prange(n * c):

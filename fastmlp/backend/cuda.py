@@ -379,3 +379,220 @@ def augment_images(out, x, params, c, h, w, channels_last, nearest):
         (_blocks(n * h * w),), (_THREADS,),
         (out, x, params, np.int64(n), np.int32(c), np.int32(h), np.int32(w),
          np.int32(bool(channels_last)), np.int32(bool(nearest))))
+
+
+# --- images (NCHW): im2col convolution, max pooling, batch norm, dropout (kernels/conv.cu)
+
+_CHANNEL_PARTIALS = 1024   # cap on the partial sums of a per-channel reduction, over all channels
+
+
+def _channel_grid(count, c):
+    """G blocks per channel for a reduction of C channels of ``count`` values each:
+    at least 4 values a thread, about _CHANNEL_PARTIALS blocks in all; a function
+    of the shape only, so results are reproducible."""
+    if c > 65535:
+        raise ValueError(f"expected at most 65535 channels for a per-channel reduction, got {c}")
+    return max(1, min(_cdiv(count, 4 * _THREADS), max(1, _CHANNEL_PARTIALS // c)))
+
+
+def _check_f64(what, a, size):
+    if a.dtype != np.float64 or a.shape != (size,) or not a.flags.c_contiguous:
+        raise TypeError(f"expected {what} as a C-contiguous float64 array of shape ({size},), "
+                        f"got {a.dtype} {a.shape}")
+
+
+def _conv_dims(x_shape, kh, kw, stride, pad):
+    n, c, h, w = x_shape
+    return n, c, h, w, (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+
+
+def im2col(cols, x, kh, kw, stride, pad):
+    # x (N, C, H, W); cols (C*KH*KW, N*OH*OW)
+    n, c, h, w, oh, ow = _conv_dims(x.shape, kh, kw, stride, pad)
+    _same_shape("cols", cols, (c * kh * kw, n * oh * ow))
+    t = _ftype(cols, x)
+    if cols.size == 0:
+        return
+    _kernel("conv", src.expr("im2col", t))(
+        (_blocks(cols.size),), (_THREADS,),
+        (cols, x, np.int64(n), np.int32(c), np.int32(h), np.int32(w), np.int32(kh), np.int32(kw),
+         np.int32(stride), np.int32(pad), np.int32(oh), np.int32(ow)))
+
+
+def col2im(dx, cols, kh, kw, stride, pad):
+    # cols (C*KH*KW, N*OH*OW); dx (N, C, H, W), overwritten (a gather: no atomics)
+    n, c, h, w, oh, ow = _conv_dims(dx.shape, kh, kw, stride, pad)
+    _same_shape("cols", cols, (c * kh * kw, n * oh * ow))
+    t = _ftype(dx, cols)
+    if dx.size == 0:
+        return
+    _kernel("conv", src.expr("col2im", t))(
+        (_blocks(dx.size),), (_THREADS,),
+        (dx, cols, np.int64(n), np.int32(c), np.int32(h), np.int32(w), np.int32(kh), np.int32(kw),
+         np.int32(stride), np.int32(pad), np.int32(oh), np.int32(ow)))
+
+
+def conv_bias_forward(y, z, b):
+    # z (M, N*L); y (N, M, OH, OW); b (M,)
+    n, m = y.shape[:2]
+    npix = y.size // max(1, n * m)
+    _same_shape("z", z, (m, n * npix))
+    _same_shape("b", b, (m,))
+    t = _ftype(y, z, b)
+    if y.size == 0:
+        return
+    _kernel("conv", src.expr("conv_bias_forward", t))(
+        (_blocks(y.size),), (_THREADS,), (y, z, b, np.int64(n), np.int64(m), np.int64(npix)))
+
+
+def conv_bias_backward(dz, db, dy):
+    # dy (N, M, OH, OW); dz (M, N*L); db (M,) through float64 partial sums
+    n, m = dy.shape[:2]
+    npix = dy.size // max(1, n * m)
+    _same_shape("dz", dz, (m, n * npix))
+    _same_shape("db", db, (m,))
+    t = _ftype(dz, db, dy)
+    if dy.size == 0:
+        return
+    g = _channel_grid(n * npix, m)
+    partial = _workspace(g * m)
+    _kernel("conv", src.expr("conv_bias_backward", t))(
+        (g, m), (_THREADS,), (dz, partial, dy, np.int64(n), np.int64(m), np.int64(npix)))
+    _kernel("conv", src.expr("column_sums", t))(
+        (_cdiv(m, _THREADS),), (_THREADS,), (db, partial, np.int64(g), np.int64(m)))
+
+
+def _check_argmax(argmax, shape):
+    _same_shape("argmax", argmax, shape)
+    if argmax.dtype != np.int32 or not argmax.flags.c_contiguous:
+        raise TypeError(f"expected argmax as a C-contiguous int32 array, got {argmax.dtype}")
+
+
+def maxpool_forward(y, argmax, x, k, stride):
+    # x (N, C, H, W); y, argmax (N, C, OH, OW), argmax int32
+    n, c, h, w = x.shape
+    oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
+    _same_shape("y", y, (n, c, oh, ow))
+    _check_argmax(argmax, y.shape)
+    t = _ftype(y, x)
+    if y.size == 0:
+        return
+    _kernel("conv", src.expr("maxpool_forward", t))(
+        (_blocks(y.size),), (_THREADS,),
+        (y, argmax, x, np.int64(n * c), np.int32(h), np.int32(w), np.int32(k), np.int32(stride),
+         np.int32(oh), np.int32(ow)))
+
+
+def maxpool_backward(dx, dy, argmax, k, stride):
+    # dx (N, C, H, W) from dy, argmax (N, C, OH, OW): each pixel gathers its windows' dy
+    n, c, h, w = dx.shape
+    oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
+    _same_shape("dy", dy, (n, c, oh, ow))
+    _check_argmax(argmax, dy.shape)
+    t = _ftype(dx, dy)
+    if dx.size == 0:
+        return
+    _kernel("conv", src.expr("maxpool_backward", t))(
+        (_blocks(dx.size),), (_THREADS,),
+        (dx, dy, argmax, np.int64(n * c), np.int32(h), np.int32(w), np.int32(k), np.int32(stride),
+         np.int32(oh), np.int32(ow)))
+
+
+def batchnorm_forward(y, mean, invstd, running_mean, running_var, x, gamma, beta,
+                      momentum, eps, training):
+    # x, y (N, F) or (N, C, H, W) seen as (N, C, L); mean, invstd, running_* (C,) float64
+    n, c = x.shape[:2]
+    npix = x.size // max(1, n * c)
+    _same_shape("y", y, x.shape)
+    for what, a in (("gamma", gamma), ("beta", beta)):
+        _same_shape(what, a, (c,))
+    for what, a in (("mean", mean), ("invstd", invstd), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        _check_f64(what, a, c)
+    t = _ftype(y, x, gamma, beta)
+    if x.size == 0:
+        return
+    per_channel = (_cdiv(c, _THREADS),), (_THREADS,)
+    if training:
+        count = n * npix
+        g = _channel_grid(count, c)
+        partial = _workspace(g * c)
+        sums = _kernel("conv", src.expr("channel_sums", t))
+        sums((g, c), (_THREADS,), (partial, x, mean, np.int64(n), np.int64(c), np.int64(npix), np.int32(0)))
+        _kernel("conv", "batchnorm_mean")(*per_channel, (mean, partial, np.int64(g), np.int64(c), np.int64(count)))
+        sums((g, c), (_THREADS,), (partial, x, mean, np.int64(n), np.int64(c), np.int64(npix), np.int32(1)))
+        _kernel("conv", "batchnorm_var")(
+            *per_channel, (invstd, running_mean, running_var, mean, partial, np.int64(g), np.int64(c),
+                           np.int64(count), np.float64(momentum), np.float64(eps)))
+    else:
+        _kernel("conv", "batchnorm_eval_stats")(
+            *per_channel, (mean, invstd, running_mean, running_var, np.int64(c), np.float64(eps)))
+    _kernel("conv", src.expr("batchnorm_apply", t))(
+        (_blocks(x.size),), (_THREADS,),
+        (y, x, mean, invstd, gamma, beta, np.int64(n), np.int64(c), np.int64(npix)))
+
+
+def batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, training):
+    # dx, dy, x (N, C, L) as in forward; dgamma, dbeta, gamma (C,); mean, invstd (C,) float64
+    n, c = x.shape[:2]
+    npix = x.size // max(1, n * c)
+    _same_shape("dx", dx, x.shape)
+    _same_shape("dy", dy, x.shape)
+    for what, a in (("dgamma", dgamma), ("dbeta", dbeta), ("gamma", gamma)):
+        _same_shape(what, a, (c,))
+    _check_f64("mean", mean, c)
+    _check_f64("invstd", invstd, c)
+    t = _ftype(dx, dy, x, dgamma, dbeta, gamma)
+    if x.size == 0:
+        return
+    count = n * npix
+    g = _channel_grid(count, c)
+    scratch = _workspace(g * 2 * c + 2 * c)
+    partial, coef = scratch[:g * 2 * c], scratch[g * 2 * c:]
+    _kernel("conv", src.expr("batchnorm_backward_sums", t))(
+        (g, c), (_THREADS,), (partial, dy, x, mean, np.int64(n), np.int64(c), np.int64(npix)))
+    _kernel("conv", src.expr("batchnorm_backward_finish", t))(
+        (_cdiv(c, _THREADS),), (_THREADS,),
+        (dgamma, dbeta, coef, partial, invstd, np.int64(g), np.int64(c), np.int64(count),
+         np.int32(bool(training))))
+    _kernel("conv", src.expr("batchnorm_backward_apply", t))(
+        (_blocks(x.size),), (_THREADS,),
+        (dx, dy, x, mean, invstd, gamma, coef, np.int64(n), np.int64(c), np.int64(npix)))
+
+
+def dropout_forward(y, mask, x, rate):
+    # any shape; mask: uniform draws in, multiplier 0 or 1/(1 - rate) out
+    _same_shape("y", y, x.shape)
+    _same_shape("mask", mask, x.shape)
+    t = _ftype(y, mask, x)
+    if x.size == 0:
+        return
+    _kernel("conv", src.expr("dropout_forward", t))(
+        (_blocks(x.size),), (_THREADS,),
+        (y, mask, x, np.int64(x.size), np.float64(rate), np.float64(1.0 / (1.0 - rate))))
+
+
+def dropout_backward(dx, dy, mask):
+    _same_shape("dy", dy, dx.shape)
+    _same_shape("mask", mask, dx.shape)
+    t = _ftype(dx, dy, mask)
+    if dx.size == 0:
+        return
+    _kernel("conv", src.expr("dropout_backward", t))(
+        (_blocks(dx.size),), (_THREADS,), (dx, dy, mask, np.int64(dx.size)))
+
+
+_device_generators = {}   # id(host generator) -> (host generator, cupy Generator)
+
+
+def random_uniform(out, rng):
+    """Fill out (float32 or float64) with uniform [0, 1) draws, in place, on the device.
+
+    The draws come from a cupy Generator seeded once by the model's generator
+    ``rng`` (one 63-bit draw at first use), so the same model seed gives the same
+    masks run to run; the values differ from the CPU backend's."""
+    entry = _device_generators.get(id(rng))
+    if entry is None or entry[0] is not rng:
+        seed = int(rng.integers(0, 2**63 - 1))
+        entry = _device_generators[id(rng)] = (rng, cupy.random.Generator(cupy.random.XORWOW(seed)))
+    entry[1].random(dtype=out.dtype, out=out)

@@ -40,6 +40,12 @@ def _family_exprs():
                   + t1("add_reg_grad") + t1("reg_penalty") + ["reg_penalty_finish"]),
         "data": [expr("gather_rows", e, i) for e in GATHER_TYPES for i in INDEX_TYPES],
         "augment": t1("augment_images"),
+        "conv": (t1("im2col") + t1("col2im") + t1("conv_bias_forward") + t1("conv_bias_backward")
+                 + t1("column_sums") + t1("maxpool_forward") + t1("maxpool_backward")
+                 + t1("channel_sums") + ["batchnorm_mean", "batchnorm_var", "batchnorm_eval_stats"]
+                 + t1("batchnorm_apply") + t1("batchnorm_backward_sums")
+                 + t1("batchnorm_backward_finish") + t1("batchnorm_backward_apply")
+                 + t1("dropout_forward") + t1("dropout_backward")),
     }
 
 

@@ -257,8 +257,9 @@ def maxpool_forward(y, argmax, x, k, stride):
     argmax[...] = ih * w + iw
 
 
-def maxpool_backward(dx, dy, argmax):
-    # dx (N, C, H, W) = 0 except the argmax of each window, which receives its dy (N, C, OH, OW)
+def maxpool_backward(dx, dy, argmax, k, stride):
+    # dx (N, C, H, W) = 0 except the argmax of each window, which receives its dy (N, C, OH, OW).
+    # k, stride: the window geometry, unused here; the CUDA twin gathers with it (no atomics)
     n, c, h, w = dx.shape
     flat = np.zeros((n, c, h * w))
     np.add.at(flat, (np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], argmax),
