@@ -36,10 +36,12 @@ class InterruptGuard:
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+        if exc_type is None:
+            self.check()  # a Ctrl-C after the last step boundary (say, during the final save)
         return False
 
     def check(self):

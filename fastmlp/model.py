@@ -205,7 +205,7 @@ class Sequential:
         if y is not None:
             label = "y" if what == "X" else f"labels of {what}"
             check_same_length(X, y, label)
-            if getattr(y, "dtype", None) is not None and np.dtype(y.dtype).kind in "cmM":
+            if getattr(getattr(y, "dtype", None), "kind", "") in ("c", "m", "M"):
                 raise TypeError(f"expected real numbers in {label}, got dtype {y.dtype}")
             t = self.loss.prepare(y, self.output_shape[0], self.dtype)
             if not all_finite(t):  # finite as given, but overflowed in the model dtype
@@ -379,13 +379,15 @@ class Sequential:
                         break
                 if checkpoint is not None and epochs > initial_epoch and saved_at != self._position["epoch"]:
                     self.save(checkpoint)
+                    saved_at = self._position["epoch"]
         except KeyboardInterrupt:
             if int(be.to_host(self._bad)[0]):  # an update went non-finite and was not yet undone
                 self._undo_last_update()
                 self._position = None
             self._end_gram()
             progress.close()
-            if checkpoint is not None and self._position is not None:
+            pos = self._position
+            if checkpoint is not None and pos is not None and (pos["step"] or saved_at != pos["epoch"]):
                 self.save(checkpoint)
             raise
         except NonFiniteLossError as e:

@@ -606,6 +606,26 @@ def test_ctrl_c_full_batch_keeps_last_completed_step(rng, monkeypatch):
     _assert_same_state(again, model)
 
 
+def test_ctrl_c_during_the_final_checkpoint_is_not_lost(rng, tmp_path, monkeypatch):
+    X, y = _data(rng)
+    path = tmp_path / "ck.fmlp"
+    real = fio.save_model
+
+    def save_and_interrupt(model, p):
+        os.kill(os.getpid(), signal.SIGINT)      # arrives while the file is being written
+        return real(model, p)
+
+    monkeypatch.setattr(fio, "save_model", save_and_interrupt)
+    model = _mlp("adam")
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, y, epochs=2, batch_size=64, checkpoint=path, checkpoint_every=5)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _assert_same_state(model, fm.load_model(path))   # the save finished, then Ctrl-C was raised
+    assert model.optimizer.t == 6
+    _only(tmp_path, ["ck.fmlp"])
+
+
 def test_ctrl_c_from_another_thread_at_a_random_time(rng, tmp_path):
     import threading
     X = np.repeat(_data(rng)[0], 20, axis=0)
