@@ -402,8 +402,14 @@ def build_model(header, arrays, path, device=None):
               for i, e in enumerate(arch["layers"])]
     loss = make(arch["loss"], loss_reg, "loss", lambda c, cfg: c(**cfg))
     opt = make(arch["optimizer"], opt_reg, "optimizer", lambda c, cfg: c(**cfg))
-    model = Sequential(layers, loss=loss, optimizer=opt, device=device or arch["device"],
-                       dtype=arch["dtype"], seed=arch["seed"], input_shape=tuple(arch["input_shape"]))
+    try:
+        model = Sequential(layers, loss=loss, optimizer=opt, device=device or arch["device"],
+                           dtype=arch["dtype"], seed=arch["seed"], input_shape=tuple(arch["input_shape"]))
+    except (ImportError, RuntimeError) as e:
+        if device is not None:
+            raise
+        raise type(e)(f"{path} was saved on device {arch['device']!r}: {e}; "
+                      "pass load_model(path, device='cpu') to load it here") from e
     if architecture(model)["layers"] != arch["layers"]:
         raise ValueError(f"{path}: the rebuilt layers do not describe themselves as the file does; "
                          "a layer's get_config/from_config do not round-trip")

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import tracemalloc
 import zipfile
@@ -218,12 +217,21 @@ def test_unsaveable_model_fails_before_touching_the_file(rng, tmp_path):
         fm.Sequential([fm.ReLU()]).save(tmp_path / "x.fmlp")
 
 
-def test_load_on_another_device_name_and_bad_device(rng, tmp_path):
+def test_load_on_another_device_name_and_bad_device(rng, tmp_path, monkeypatch):
     model = _mlp("sgd", extras=False)
     model.save(tmp_path / "m.fmlp")
     assert fm.load_model(tmp_path / "m.fmlp", device="auto").device in ("cpu", "cuda")
     with pytest.raises(ValueError, match="expected device"):
         fm.load_model(tmp_path / "m.fmlp", device="tpu")
+    if fm.backend.cuda_available()[0]:
+        return
+    real = fio.architecture
+    monkeypatch.setattr(fio, "architecture", lambda m: dict(real(m), device="cuda"))
+    model.save(tmp_path / "gpu.fmlp")                 # as if saved on a GPU machine
+    monkeypatch.undo()
+    with pytest.raises((ImportError, RuntimeError), match="device='cpu'"):
+        fm.load_model(tmp_path / "gpu.fmlp")
+    assert fm.load_model(tmp_path / "gpu.fmlp", device="cpu").device == "cpu"
 
 
 # --------------------------------------------------------------------------- damaged files

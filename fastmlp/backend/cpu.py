@@ -6,6 +6,7 @@ caller-provided outputs; none allocates on the hot path.
 """
 import numpy as np
 
+from . import cpu_gemm
 from . import cpu_kernels as K
 
 name = "cpu"
@@ -40,7 +41,8 @@ def _pick(twins, work):
 # --- GEMM: out = a @ b (a, b may be transposed views) ---------------------------
 
 def matmul(out, a, b):
-    np.matmul(a, b, out=out)
+    # BLAS, with threads and operand orientation chosen once per shape (cpu_gemm.py)
+    cpu_gemm.matmul(out, a, b)
 
 
 # --- dense: bias + activation, activation backward + bias gradient ------------
@@ -96,6 +98,7 @@ def mse(dout, stats, out, targets, scale):
 
 def sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
                lr, momentum, nesterov):
+    # the kernels cast the scalars to the parameter dtype: float32 arithmetic, as in torch
     _pick(K.sgd_update, params.size)(params, prev, buf, bad, grads, seg_start,
                                      seg_l1, seg_l2, lr, momentum, nesterov)
 
