@@ -56,7 +56,8 @@ def main(argv=None):
     p.add_argument("--init", default="course", help="course, he, glorot or lecun")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float64",
+                   help="float64 (default: the course code's arithmetic) or float32")
     args = p.parse_args(argv)
 
     root = find_data(args.data)
