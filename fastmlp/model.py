@@ -197,9 +197,11 @@ class Sequential:
                 self._require_built(tuple(X.shape))
             X = check_lazy_features(X, self.input_shape if self.built else None, self.dtype, what)
         else:
-            X = check_features(X, self.input_shape if self.built else None, what)
-            self._require_built(X.shape)
-            X = check_features(X, self.input_shape, what)
+            built = self.built
+            X = check_features(X, self.input_shape if built else None, what)
+            if not built:  # the values are checked; now the shape against the new layers
+                self._require_built(X.shape)
+                X = check_features(X, self.input_shape, what, values=False)
             check_fits_dtype(X, self.dtype, what)
         t = None
         if y is not None:
