@@ -6,6 +6,7 @@ Numba kernels on the CPU and CUDA C kernels (through CuPy) on NVIDIA GPUs.
 from .augment import Augment
 from .backend import devices
 from .callbacks import Callback, EarlyStopping, History, NonFiniteLossError, TerminateOnNaN
+from .compare import compare  # the function; its helpers: from fastmlp.compare import table
 from .conv import Conv2D, Flatten, MaxPool2D
 from .gradcheck import gradcheck, gradcheck_layer
 from .io import load_model
@@ -22,5 +23,5 @@ __all__ = [
     "Conv2D", "MaxPool2D", "Flatten", "BatchNorm", "Dropout",
     "BinaryCrossEntropy", "SoftmaxCrossEntropy", "MeanSquaredError", "SGD", "Adam",
     "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
-    "gradcheck", "gradcheck_layer", "devices", "Augment", "load_model", "__version__",
+    "gradcheck", "gradcheck_layer", "devices", "Augment", "load_model", "compare", "__version__",
 ]

@@ -99,55 +99,51 @@ def _bias_act_forward(z, b, code, alpha):
 
 
 @njit(inline="always", error_model="numpy")
-def _act_grad_row(dz, acc, da, a, code, alpha):
-    # one row: dz = da * act'(a), acc += dz; the code switch sits outside the loop
-    # over columns so that each loop is branch-free and vectorises
-    m = dz.size
+def _grad_factor(a, code, alpha, one, zero):
+    # act'(x) from the output a; see reference.act_grad_from_output (typed like a)
     if code == RELU:
-        for j in range(m):
-            g = da[j] if a[j] > 0 else da[j] * 0
-            dz[j] = g
-            acc[j] += g
-    elif code == LEAKY_RELU:
-        for j in range(m):
-            g = da[j] if a[j] > 0 else da[j] * alpha
-            dz[j] = g
-            acc[j] += g
-    elif code == TANH:
-        for j in range(m):
-            g = da[j] * (1 - a[j] * a[j])
-            dz[j] = g
-            acc[j] += g
-    elif code == SIGMOID:
-        for j in range(m):
-            g = da[j] * (a[j] * (1 - a[j]))
-            dz[j] = g
-            acc[j] += g
-    else:
-        for j in range(m):
-            g = da[j]
-            dz[j] = g
-            acc[j] += g
+        return one if a > 0 else zero
+    if code == LEAKY_RELU:
+        return one if a > 0 else alpha
+    if code == TANH:
+        return one - a * a
+    if code == SIGMOID:
+        return a * (one - a)
+    return one
 
 
 def _act_backward_bias_grad(dz, db, partial, da, a, code, alpha):
-    # dz (N, M) = da * act'(a); db (M,) = sum over rows of dz.
-    # partial is a (BLOCKS, M) float64 scratch owned by the caller: rows are
-    # split into at most BLOCKS blocks, each summed into its own row (in
-    # float64, deterministic whatever the thread count), then the rows summed.
+    # dz (N, M) = da * act'(a); db (M,) = sum over rows of dz; dz may be da (in place).
+    # partial is a (BLOCKS, M) float64 scratch owned by the caller: blocks of at
+    # least 32 rows are summed into their own row, then the rows in order, so the
+    # result depends on N only, not on the thread count. Loops are kept to two
+    # arrays each: LLVM vectorises them only when it can rule out aliasing, which
+    # an in-place call (dz is da) defeats unless that case has its own loop.
     n, m = dz.shape
-    nblocks = min(n, partial.shape[0])
-    partial[:nblocks] = 0.0
+    one, zero, al = cast_like(1.0, dz), cast_like(0.0, dz), cast_like(alpha, dz)
+    same = dz.ctypes.data == da.ctypes.data
+    nblocks = max(1, min(partial.shape[0], n // 32))
     for blk in prange(nblocks):
-        lo = blk * n // nblocks
-        hi = (blk + 1) * n // nblocks
-        for i in range(lo, hi):
-            _act_grad_row(dz[i], partial[blk], da[i], a[i], code, alpha)
+        acc = partial[blk]
+        acc[:] = 0.0
+        for i in range(blk * n // nblocks, (blk + 1) * n // nblocks):
+            dzr, ar = dz[i], a[i]
+            if same:
+                for j in range(m):
+                    dzr[j] = dzr[j] * _grad_factor(ar[j], code, al, one, zero)
+            else:
+                dar = da[i]
+                for j in range(m):
+                    dzr[j] = dar[j] * _grad_factor(ar[j], code, al, one, zero)
+            for j in range(m):
+                acc[j] += dzr[j]
+    total = partial[0]
+    for blk in range(1, nblocks):
+        row = partial[blk]
+        for j in range(m):
+            total[j] += row[j]
     for j in range(m):
-        s = 0.0
-        for blk in range(nblocks):
-            s += partial[blk, j]
-        db[j] = s
+        db[j] = total[j]
 
 
 def _act_forward(y, x, code, alpha):
