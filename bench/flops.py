@@ -1,4 +1,4 @@
-"""FLOP counts of dense training steps, and the machine's sgemm peak.
+"""FLOP counts of dense and convolutional training steps, and the machine's sgemm peak.
 
 Counting rule (the same for every implementation, so GFLOP/s figures compare):
 a GEMM of (N, D) by (D, M) costs 2*N*D*M. One training step of a dense layer
@@ -8,15 +8,23 @@ layer needs no input gradient, so a step of an L-layer net counts 3L - 1
 GEMMs. Bias adds, activations, the loss and the update are elementwise and
 not counted (they are O(N*M), the GEMMs O(N*D*M)).
 
+A convolution counts as the GEMM it is lowered to (im2col): (M, C*K*K) @
+(C*K*K, N*OH*OW), 2*M*C*K*K*OH*OW per sample; its three GEMMs are counted like a
+dense layer's. im2col/col2im, pooling and ReLU move data and are not counted.
+(fastmlp.compare counts the same way.)
+
 Shape vocabulary: N batch, D inputs of a layer, M outputs of a layer;
-`sizes` lists the widths [D_0, M_0 = D_1, ..., M_last].
+`sizes` lists the widths [D_0, M_0 = D_1, ..., M_last]. Images: C channels,
+H, W height and width, K kernel side, P padding; `layers` lists tuples
+("conv", C, M, K, P), ("pool", K), ("relu",), ("flatten",), ("dense", D, M).
 """
 import time
 
 import numpy as np
 
 COUNT_RULE = ("2*N*D*M per GEMM; per dense layer forward X@W and dW = A.T@dZ, "
-              "plus dA = dZ@W.T except for the first layer; elementwise ops not counted")
+              "plus dA = dZ@W.T except for the first layer (a conv: its im2col GEMM, "
+              "2*M*C*K*K*OH*OW per sample, counted alike); elementwise ops not counted")
 
 
 def gemm_flops(n, d, m):
@@ -38,6 +46,33 @@ def train_step_flops(sizes, n):
         if layer > 0:
             total += gemm_flops(n, d, m)      # dA_prev = dZ @ W.T
     return total
+
+
+def cnn_gemm_flops(layers, image_shape):
+    """Forward FLOPs per sample of each GEMM-like layer (conv, dense), in order.
+
+    image_shape is (C, H, W); convolutions have stride 1, pools stride K."""
+    c, h, w = image_shape
+    out = []
+    for op, *a in layers:
+        if op == "conv":
+            ci, m, k, p = a
+            if ci != c:
+                raise ValueError(f"conv expects {ci} channels, gets {c}")
+            h, w, c = h + 2 * p - k + 1, w + 2 * p - k + 1, m
+            out.append(gemm_flops(h * w, ci * k * k, m))
+        elif op == "pool":
+            h, w = h // a[0], w // a[0]
+        elif op == "dense":
+            out.append(gemm_flops(1, a[0], a[1]))
+    return out
+
+
+def cnn_train_step_flops(layers, image_shape, n):
+    """FLOPs of one training step of a CNN on N samples: forward, dW, and the
+    input gradient of every GEMM-like layer but the first."""
+    per = cnn_gemm_flops(layers, image_shape)
+    return n * (2 * per[0] + 3 * sum(per[1:]))
 
 
 def sgemm_peak(n=2048, repeats=10, seed=0):

@@ -61,9 +61,9 @@ def print_load(cores):
 
 
 def print_check(w, check):
-    print(f"\ncheck: one SGD step of {w.sizes} ({w.loss}, lr {w.lr}) on {check['n']} samples "
-          f"from the same weights vs NumPy float64 (loss {check['ref_loss']:.6f}; "
-          f"tolerance {check['tol']:g} on loss and weights)")
+    print(f"\ncheck: one SGD step of {w.arch} ({w.loss}, lr {w.lr}) on {check['n']} samples "
+          f"from the same weights vs {check.get('reference', 'NumPy float64')} (loss "
+          f"{check['ref_loss']:.6f}; tolerance {check['tol']:g} on loss and weights)")
     for name, r in check["results"].items():
         if "error" in r:
             print(f"  {name:14s} FAILED: {r['error']}")
@@ -76,7 +76,8 @@ def print_check(w, check):
 def print_workload(result):
     r = result
     batch = "full" if r["batch_size"] is None else r["batch_size"]
-    print(f"\n{r['key']}: {r['title']}; {r['sizes']}, {r['loss']}, lr {r['lr']}, batch {batch}")
+    print(f"\n{r['key']}: {r['title']}; {r.get('arch', r['sizes'])}, {r['loss']}, lr {r['lr']}, "
+          f"batch {batch}")
     print(f"  {r['flops_per_step'] / 1e6:.1f} MFLOP/step, {r['flops_per_sample'] / 1e6:.3f} "
           f"MFLOP/sample; {r['steps']} steps ({r['epochs']} epoch(s) of {r['n']}) x {r['reps']} "
           f"timed runs, medians")
@@ -94,7 +95,19 @@ def print_workload(result):
     bad = [n for n, c in r["check"]["results"].items() if not c["ok"]]
     if bad:
         print(f"  warning: one-step check failed for {', '.join(bad)}")
+    if "profile" in r:
+        print_profile(r["profile"])
     sys.stdout.flush()
+
+
+def print_profile(prof):
+    """Where a fastmlp CNN step goes, by kind of op (every op wrapped with a timer)."""
+    print(f"  fastmlp step by op kind (a profiled epoch, {prof['step_ms']:.2f} ms/step with the timers):")
+    for k, ms in sorted(prof["ms_per_step"].items(), key=lambda kv: -kv[1]):
+        print(f"    {k:24s} {ms:8.3f} ms {100 * prof['share'][k]:6.1f}%")
+    sh = prof["share"]
+    print(f"    im2col + col2im {100 * (sh['im2col'] + sh['col2im']):.1f}% against GEMM "
+          f"{100 * sh['gemm']:.1f}% of the step")
 
 
 def print_summary(results):
@@ -129,6 +142,9 @@ def key_values(results, peak_gflops, threads):
             pairs.append((f"{k}_vs_{name}", f"{up:.2f}"))
         if "fastmlp" in r["impls"]:
             pairs.append((f"{k}_frac_peak", f"{r['impls']['fastmlp']['frac_peak']:.3f}"))
+        for name in ("im2col", "col2im", "gemm"):
+            if "profile" in r:
+                pairs.append((f"{k}_{name}_share", f"{r['profile']['share'][name]:.3f}"))
     checks = [c["ok"] for r in results for c in r["check"]["results"].values()]
     pairs.append(("check", "ok" if all(checks) else "fail"))
     return " ".join(f"{k}={v}" for k, v in pairs)

@@ -1,11 +1,14 @@
 """Checks and timings of the peers runner (the CLI is peers.py).
 
 For each workload: the same initial weights go to every implementation; each
-takes one step and is compared with the NumPy float64 reference; then each
-warms up and the timed runs are interleaved. An implementation that fails
-(import, build, check or fit) is reported and left out; the others go on.
+takes one step and is compared with the NumPy float64 reference (P3, a CNN:
+with torch float64); then each warms up and the timed runs are interleaved.
+An implementation that fails (import, build, check or fit) is reported and
+left out; the others go on. On P3, a profiled run of fastmlp then splits its
+step into im2col, col2im, GEMM and the other kernels.
 
-Shape vocabulary: N samples, B batch, D inputs of a layer, M outputs.
+Shape vocabulary: N samples, B batch, D inputs of a layer, M outputs; images
+C channels, H x W pixels, K kernel side.
 """
 import gc
 import math
@@ -21,12 +24,19 @@ import flops
 import peer_report
 from numpy_peer import NumpyMLP
 from peer_data import load_catvnoncat, load_mnist_t10k, resolve_data_dir
-from torch_peer import TorchMLP, load_torch
+from torch_peer import TorchCNN, TorchMLP, load_torch
 
 CHECK_TOL = 1e-4      # relative error allowed on loss and weights after one step
 CHECK_BATCH = 64      # samples of the one-step check for mini-batch workloads
 P2_SIZES = [784, 256, 256, 10]
 P2_TRAIN = 8000       # the first 8,000 MNIST t10k images are the training split
+# P3, seed 004's small CNN (the layer tuples of flops.py and TorchCNN)
+P3_LAYERS = [("conv", 1, 16, 3, 1), ("relu",), ("pool", 2), ("conv", 16, 32, 3, 1), ("relu",),
+             ("pool", 2), ("flatten",), ("dense", 1568, 256), ("relu",), ("dense", 256, 10)]
+P3_IMAGE = (1, 28, 28)
+P3_ARCH = ("conv3x3(1->16, pad 1)+ReLU+maxpool2 -> conv3x3(16->32, pad 1)+ReLU+maxpool2 -> "
+           "dense(1568->256)+ReLU -> dense(256->10)")
+P3_MIN_RUN_S = 1.0    # a timed run of P3 is at least this long: its steps are slow and noisy
 
 
 @dataclass
@@ -57,6 +67,15 @@ class Workload:
     y: np.ndarray         # (N, 1) float32 of 0/1, or (N,) int64 labels
     batch_size: object    # int, or None for the full batch
     epochs: int           # per timed run
+    layers: list = None   # a CNN's layer tuples (P3); X is then (N, C, H, W)
+
+    @property
+    def net(self):
+        return "mlp" if self.layers is None else "cnn"
+
+    @property
+    def arch(self):
+        return str(self.sizes) if self.layers is None else P3_ARCH
 
     @property
     def n(self):
@@ -76,6 +95,8 @@ class Workload:
 
     @property
     def flops_per_sample(self):
+        if self.layers is not None:
+            return flops.cnn_train_step_flops(self.layers, self.X.shape[1:], 1)
         return flops.train_step_flops(self.sizes, 1)   # the count is linear in N
 
 
@@ -85,6 +106,23 @@ def init_weights(sizes, seed=0):
     weights = []
     for d, m in zip(sizes[:-1], sizes[1:]):
         weights.append((rng.standard_normal((d, m)) * np.sqrt(2.0 / d)).astype(np.float32))
+        weights.append(np.zeros(m, dtype=np.float32))
+    return weights
+
+
+def init_cnn_weights(layers, seed=0):
+    """He-normal conv W (M, C, K, K), dense W (D, M), zero biases, float32."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for op, *a in layers:
+        if op == "conv":
+            c, m, k, _ = a
+            shape, fan_in = (m, c, k, k), c * k * k
+        elif op == "dense":
+            (fan_in, m), shape = a, tuple(a)
+        else:
+            continue
+        weights.append((rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32))
         weights.append(np.zeros(m, dtype=np.float32))
     return weights
 
@@ -106,7 +144,7 @@ def make_workloads(names, plan, peak_gflops, data_dir):
         steps = planned_steps(sizes, len(X), plan, peak_gflops)
         out.append(Workload("p1", f"P1 cat/non-cat, full batch {len(X)} x {X.shape[1]}",
                             sizes, "bce", 0.0075, X, y, None, steps))
-    if not {"p2", "width", "batch"} & set(names):
+    if not {"p2", "width", "batch", "p3"} & set(names):
         return out, notes
     X, y, note = load_mnist_t10k(data_dir)
     notes.append(note)
@@ -124,6 +162,17 @@ def make_workloads(names, plan, peak_gflops, data_dir):
     if "batch" in names:
         sweeps += [(f"b{b}", f"batch sweep 784-256-256-10, batch {b}", P2_SIZES, b)
                    for b in plan.batches]
+    if "p3" in names:
+        # N = 64 * (steps per epoch), every batch full; guess 5 % of the peak (the convs'
+        # im2col and layout kernels are not GEMMs) and at least P3_MIN_RUN_S a run
+        b = 64
+        fps = flops.cnn_train_step_flops(P3_LAYERS, P3_IMAGE, b)
+        steps = round(max(plan.target_s, P3_MIN_RUN_S) / (fps / (0.05 * peak_gflops * 1e9) + 1e-3))
+        per_epoch = max(1, min(steps, len(X) // b))
+        out.append(Workload("p3", f"P3 small CNN on 28x28, batch {b}, {b * per_epoch} images",
+                            [784, 10], "softmax_xent", 0.05,
+                            np.ascontiguousarray(X[:b * per_epoch].reshape((-1,) + P3_IMAGE)),
+                            y[:b * per_epoch], b, max(1, round(steps / per_epoch)), P3_LAYERS))
     for key, title, sizes, b in sweeps:
         # N = B * (steps per epoch), so that every batch is full
         steps = planned_steps(sizes, b, plan, peak_gflops)
@@ -164,6 +213,36 @@ class FastmlpImpl:
         return loss, [np.asarray(a) for a in self.model.get_weights()]
 
 
+class FastmlpPlainImpl(FastmlpImpl):
+    """fastmlp without the full-batch row-space path (fastmlp/gram.py): every step
+    runs both first-layer GEMMs, as the peers do. Shown for full-batch workloads."""
+    name = "fastmlp-plain"
+
+    def __init__(self, ctx, w, weights):
+        super().__init__(ctx, w, weights)
+        self.model.full_batch_gram = False
+
+
+def build_fastmlp_cnn(fm, layers, lr, device, dtype="float32"):
+    made = []
+    for op, *a in layers:
+        made.append({"conv": lambda: fm.Conv2D(a[0], a[1], a[2], padding=a[3]),
+                     "relu": fm.ReLU, "pool": lambda: fm.MaxPool2D(a[0]), "flatten": fm.Flatten,
+                     "dense": lambda: fm.Dense(a[0], a[1])}[op]())
+    return fm.Sequential(made, loss=fm.SoftmaxCrossEntropy(), optimizer=fm.SGD(lr=lr),
+                         device=device, dtype=dtype, seed=0, input_shape=P3_IMAGE)
+
+
+class FastmlpCNNImpl(FastmlpImpl):
+    """fastmlp's Conv2D / MaxPool2D / Flatten / Dense, trained through fit."""
+
+    def __init__(self, ctx, w, weights, dtype="float32"):
+        self.w = w
+        self.device = ctx.device
+        self.model = build_fastmlp_cnn(ctx.fm, w.layers, w.lr, ctx.device, dtype)
+        self.model.set_weights(weights)
+
+
 class NumpyImpl:
     name = "numpy"
     device = "cpu"
@@ -198,6 +277,15 @@ class TorchImpl:
         return self.peer.step(x, t).item(), self.peer.get_weights()
 
 
+class TorchCNNImpl(TorchImpl):
+    def __init__(self, ctx, w, weights, dtype="float32"):
+        self.w = w
+        self.device = ctx.device
+        self.peer = TorchCNN(ctx.torch, w.layers, weights, w.lr, dtype, ctx.device)
+        self.x, self.t = self.peer.to_tensors(w.X, w.y)
+        self.generator = ctx.torch.Generator().manual_seed(0)
+
+
 @dataclass
 class Context:
     fm: object            # the fastmlp module, or None
@@ -205,11 +293,16 @@ class Context:
     device: str
     skipped: dict         # implementation name -> why it does not run
 
-    def makers(self):
-        """(name, constructor) of every implementation that can run."""
+    def makers(self, w=None):
+        """(name, constructor) of every implementation that can run workload w
+        (a CNN has neither a NumPy peer nor a full-batch variant)."""
+        if w is not None and w.net == "cnn":
+            return ([("fastmlp", FastmlpCNNImpl)] if self.fm is not None else []) + \
+                   ([("torch", TorchCNNImpl)] if self.torch is not None else [])
         out = []
         if self.fm is not None:
             out.append(("fastmlp", FastmlpImpl))
+            out.append(("fastmlp-plain", FastmlpPlainImpl))
         out.append(("numpy", NumpyImpl))
         if self.torch is not None:
             out.append(("torch", TorchImpl))
@@ -233,13 +326,27 @@ def check_one_step(ctx, w, weights):
     n = w.n if w.batch_size is None else min(CHECK_BATCH, w.n)
     X, y = w.X[:n], w.y[:n]
     y64 = y.astype(np.float64) if w.loss == "bce" else y
-    ref = NumpyMLP(weights, w.loss, w.lr, np.float64)
-    ref_loss = ref.step(X.astype(np.float64), y64)
-    ref_weights = ref.get_weights()
-    candidates = [(name, lambda m=maker: m(ctx, w, weights)) for name, maker in ctx.makers()]
-    if ctx.torch is not None:
-        candidates.append(("torch float64",
-                           lambda: TorchImpl(ctx, w, weights, dtype="float64")))
+    candidates = [(name, lambda m=maker: m(ctx, w, weights)) for name, maker in ctx.makers(w)]
+    if w.net == "cnn":
+        # no NumPy CNN: torch float64 is the reference, fastmlp float64 a second opinion
+        if ctx.torch is None:
+            return {"n": n, "ref_loss": math.nan, "tol": CHECK_TOL, "reference": "none",
+                    "results": {"all": {"ok": False, "error": "P3's reference is torch float64: "
+                                        "torch is not importable"}}}
+        ref = TorchCNNImpl(ctx, w, weights, dtype="float64")
+        ref_loss, ref_weights = ref.one_step(X, y64)
+        ref_name = "torch float64"
+        if ctx.fm is not None:
+            candidates.append(("fastmlp float64",
+                               lambda: FastmlpCNNImpl(ctx, w, weights, dtype="float64")))
+    else:
+        ref = NumpyMLP(weights, w.loss, w.lr, np.float64)
+        ref_loss = ref.step(X.astype(np.float64), y64)
+        ref_weights = ref.get_weights()
+        ref_name = "NumPy float64"
+        if ctx.torch is not None:
+            candidates.append(("torch float64",
+                               lambda: TorchImpl(ctx, w, weights, dtype="float64")))
     results = {}
     for name, make in candidates:
         try:
@@ -254,7 +361,8 @@ def check_one_step(ctx, w, weights):
         results[name] = {"loss_rel": loss_rel, "weights_rel": weights_rel,
                          "update_rel": update_rel,
                          "ok": bool(loss_rel <= CHECK_TOL and weights_rel <= CHECK_TOL)}
-    return {"n": n, "ref_loss": ref_loss, "tol": CHECK_TOL, "results": results}
+    return {"n": n, "ref_loss": ref_loss, "tol": CHECK_TOL, "reference": ref_name,
+            "results": results}
 
 
 def timed(fn):
@@ -279,7 +387,9 @@ def run_workload(ctx, w, weights, reps, errors):
     """Warm up, then time every implementation interleaved. Returns
     {name: [seconds of each timed run]}; failures go to errors[name]."""
     impls = []
-    for name, maker in ctx.makers():
+    for name, maker in ctx.makers(w):
+        if name == "fastmlp-plain" and w.batch_size is not None:
+            continue            # the same as "fastmlp" unless the batch is full
         try:
             impl = maker(ctx, w, weights)
             impl.fit(warmup_epochs(w))
@@ -308,7 +418,8 @@ def figures(w, seconds, peak_gflops):
 
 
 def describe(w):
-    return {"key": w.key, "title": w.title, "sizes": w.sizes, "loss": w.loss, "lr": w.lr,
+    return {"key": w.key, "title": w.title, "sizes": w.layers or w.sizes, "arch": w.arch,
+            "loss": w.loss, "lr": w.lr,
             "n": w.n, "batch_size": w.batch_size, "epochs": w.epochs, "steps": w.steps,
             "samples": w.samples, "flops_per_sample": w.flops_per_sample,
             "flops_per_step": w.flops_per_sample * w.samples / w.steps}
@@ -372,8 +483,8 @@ def run(args):
 
     results, checked = [], {}
     for w in workloads:
-        weights = init_weights(w.sizes)
-        arch = (tuple(w.sizes), w.loss, w.lr, w.batch_size is None)
+        weights = init_weights(w.sizes) if w.layers is None else init_cnn_weights(w.layers)
+        arch = (tuple(w.layers or w.sizes), w.loss, w.lr, w.batch_size is None)
         if arch not in checked:
             checked[arch] = check_one_step(ctx, w, weights)
             peer_report.print_check(w, checked[arch])
@@ -384,6 +495,8 @@ def run(args):
                  for name, secs in times.items()}
         result = describe(w) | {"reps": reps, "impls": impls, "errors": errors,
                                 "check": check, "speedup": speedups(impls)}
+        if w.net == "cnn" and "fastmlp" in impls and args.device == "cpu":
+            result["profile"] = profile_fastmlp(ctx, w, weights)
         results.append(result)
         peer_report.print_workload(result)
 
@@ -397,6 +510,48 @@ def run(args):
         print(f"wrote {args.json}")
     print(peer_report.key_values(results, peak, args.threads))
     return 0
+
+
+# fastmlp.backend.cpu ops by kind, for the split of a CNN step
+PROFILE_GROUPS = {
+    "im2col": ("im2col",), "col2im": ("col2im",), "gemm": ("matmul",),
+    "conv bias + layout": ("conv_bias_forward", "conv_bias_backward"),
+    "maxpool": ("maxpool_forward", "maxpool_backward"),
+    "relu": ("act_forward", "act_backward", "bias_act_forward", "act_backward_bias_grad"),
+    "loss + update + gather": ("softmax_xent", "sgd_update", "gather_rows"),
+}
+
+
+def profile_fastmlp(ctx, w, weights):
+    """Seconds per step of each group of fastmlp.backend.cpu ops in one epoch of w, timed by
+    wrapping every op with perf_counter (as bench/profile_step.py does; about 1 us a call).
+    "python" is the rest: the layer loop, argument checks, the wrappers."""
+    from fastmlp.backend import cpu
+    impl = FastmlpCNNImpl(ctx, w, weights)
+    impl.fit(1)                                     # warm-up
+    spent = dict.fromkeys(PROFILE_GROUPS, 0.0)
+    originals = {}
+    for group, names in PROFILE_GROUPS.items():
+        for name in names:
+            fn = originals[name] = getattr(cpu, name)
+
+            def wrapped(*a, _fn=fn, _group=group, **kw):
+                t = time.perf_counter()
+                try:
+                    return _fn(*a, **kw)
+                finally:
+                    spent[_group] += time.perf_counter() - t
+            setattr(cpu, name, wrapped)
+    try:
+        total = timed(lambda: impl.fit(1))
+    finally:
+        for name, fn in originals.items():
+            setattr(cpu, name, fn)
+    steps = w.steps_per_epoch
+    spent["python"] = max(0.0, total - sum(spent.values()))
+    return {"step_ms": 1e3 * total / steps,
+            "ms_per_step": {k: 1e3 * v / steps for k, v in spent.items()},
+            "share": {k: v / total for k, v in spent.items()}}
 
 
 def impl_device(name, device):

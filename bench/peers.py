@@ -11,6 +11,9 @@ Workloads (float32):
          256, on the first 8,000 MNIST t10k images
   width  784-W-W-10, W = 64 ... 4096, batch 128, SGD lr 0.01
   batch  the p2 network, batch 1 ... 4096, SGD lr 0.01
+  p3     the small CNN: conv3x3(1->16)+ReLU+pool2, conv3x3(16->32)+ReLU+pool2,
+         dense 1568-256-10, SGD lr 0.05, batch 64, MNIST 28x28 (fastmlp and
+         torch; checked against torch float64; fastmlp's step profiled)
 (The sweeps use lr 0.01 so that batch 1 and W 4096 stay finite; the learning
 rate does not change the work of a step.)
 
@@ -29,7 +32,7 @@ import sys
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-WORKLOADS = ("p1", "p2", "width", "batch")
+WORKLOADS = ("p1", "p2", "width", "batch", "p3")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMBA_NUM_THREADS")
 

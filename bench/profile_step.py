@@ -3,6 +3,7 @@
     python bench/profile_step.py                      # P2: 784-256-256-10, batch 128
     python bench/profile_step.py --workload p1        # cat / non-cat, full batch
     python bench/profile_step.py --batch 64 --steps 300
+    python bench/profile_step.py --workload p3 --batch 64   # the small CNN: im2col, col2im, GEMMs
 
 Every backend op is wrapped with a timer (perf_counter around the call), a
 few hundred steps run after a warm-up, and the table gives each op's share of
@@ -23,7 +24,9 @@ import fastmlp as fm  # noqa: E402
 from fastmlp.backend import cpu  # noqa: E402
 
 OPS = ["matmul", "bias_act_forward", "act_backward_bias_grad", "act_forward", "act_backward",
-       "softmax_xent", "bce_logits", "mse", "sgd_update", "adam_update", "gather_rows", "reg_penalty"]
+       "softmax_xent", "bce_logits", "mse", "sgd_update", "adam_update", "gather_rows", "reg_penalty",
+       "im2col", "col2im", "conv_bias_forward", "conv_bias_backward", "maxpool_forward",
+       "maxpool_backward", "batchnorm_forward", "batchnorm_backward"]
 
 
 def build(workload, batch):
@@ -32,6 +35,15 @@ def build(workload, batch):
         X = rng.random((209, 12288), dtype=np.float32)
         y = (rng.random(209) > 0.65).astype(np.float32)
         dims, loss, lr = [12288, 20, 7, 5, 1], fm.BinaryCrossEntropy(), 0.0075
+    elif workload == "p3":
+        X = rng.random((8000, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, 8000)
+        layers = [fm.Conv2D(1, 16, 3, padding=1, init="he"), fm.ReLU(), fm.MaxPool2D(2),
+                  fm.Conv2D(16, 32, 3, padding=1, init="he"), fm.ReLU(), fm.MaxPool2D(2), fm.Flatten(),
+                  fm.Dense(1568, 256, init="he"), fm.ReLU(), fm.Dense(256, 10)]
+        model = fm.Sequential(layers, loss=fm.SoftmaxCrossEntropy(), optimizer=fm.SGD(0.05), seed=0,
+                              input_shape=(1, 28, 28))
+        return model, X, y, batch
     else:
         X = rng.random((8000, 784), dtype=np.float32)
         y = rng.integers(0, 10, 8000)
@@ -77,7 +89,7 @@ def instrument():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", choices=["p1", "p2"], default="p2")
+    p.add_argument("--workload", choices=["p1", "p2", "p3"], default="p2")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--no-gram", action="store_true", help="p1: the ordinary path, not fastmlp/gram.py")

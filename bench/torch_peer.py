@@ -1,4 +1,5 @@
-"""The PyTorch peer: nn.Sequential of Linear/ReLU trained with torch.optim.SGD.
+"""The PyTorch peers: nn.Sequential of Linear/ReLU (TorchMLP) or of
+Conv2d/ReLU/MaxPool2d/Flatten/Linear (TorchCNN), trained with torch.optim.SGD.
 
 Written as a PyTorch user would: BCEWithLogitsLoss or CrossEntropyLoss,
 `opt.zero_grad(); loss.backward(); opt.step()`, mini-batches gathered with
@@ -7,7 +8,8 @@ and read once per epoch (so on CUDA nothing in the loop waits for the host,
 like fastmlp). PyTorch is an optional dependency (`pip install fastmlp[peers]`):
 `load_torch` imports it lazily and says why when it cannot.
 
-Shape vocabulary: N batch, D inputs of a layer, M outputs, C classes.
+Shape vocabulary: N batch, D inputs of a layer, M outputs, C classes (or, for
+images, channels), H, W image height and width, K kernel side.
 """
 import numpy as np
 
@@ -44,19 +46,24 @@ class TorchMLP:
         self.loss = loss
         self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
 
+    def _weighted(self):
+        nn = self.torch.nn
+        return [m for m in self.model if isinstance(m, (nn.Linear, nn.Conv2d))]
+
     def set_weights(self, weights):
-        linears = [m for m in self.model if isinstance(m, self.torch.nn.Linear)]
+        # Linear keeps W.T (M, D); Conv2d's (M, C, K, K) is fastmlp's layout already
         with self.torch.no_grad():
-            for lin, W, b in zip(linears, weights[0::2], weights[1::2]):
-                lin.weight.copy_(self.torch.as_tensor(np.ascontiguousarray(W.T)))
-                lin.bias.copy_(self.torch.as_tensor(b))
+            for mod, W, b in zip(self._weighted(), weights[0::2], weights[1::2]):
+                W = W.T if isinstance(mod, self.torch.nn.Linear) else W
+                mod.weight.copy_(self.torch.as_tensor(np.ascontiguousarray(W)))
+                mod.bias.copy_(self.torch.as_tensor(b))
 
     def get_weights(self):
-        linears = [m for m in self.model if isinstance(m, self.torch.nn.Linear)]
         out = []
-        for lin in linears:
-            out += [lin.weight.detach().cpu().numpy().T.copy(),
-                    lin.bias.detach().cpu().numpy().copy()]
+        for mod in self._weighted():
+            W = mod.weight.detach().cpu().numpy()
+            out += [(W.T if isinstance(mod, self.torch.nn.Linear) else W).copy(),
+                    mod.bias.detach().cpu().numpy().copy()]
         return out
 
     def to_tensors(self, X, y):
@@ -94,3 +101,38 @@ class TorchMLP:
                 total += self.step(x[idx], t[idx]) * len(idx)
             history.append(total.item() / n)
         return history
+
+
+class TorchCNN(TorchMLP):
+    """A CNN from a layer list, as a PyTorch user writes it: nn.Conv2d (oneDNN on
+    the CPU), nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear; softmax cross-entropy.
+
+    layers: tuples ("conv", C, M, K, padding), ("relu",), ("pool", K),
+    ("flatten",), ("dense", D, M), as bench/flops.py counts them.
+    weights: [W0, b0, ...] for the conv and dense layers in order; conv W is
+    (M, C, K, K) as in torch and fastmlp, dense W is (D, M) (fastmlp / Keras)."""
+
+    def __init__(self, torch, layers, weights, lr, dtype="float32", device="cpu"):
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        nn = torch.nn
+        mods = []
+        for op, *a in layers:
+            if op == "conv":
+                mods.append(nn.Conv2d(a[0], a[1], a[2], padding=a[3]))
+            elif op == "dense":
+                mods.append(nn.Linear(a[0], a[1]))
+            elif op == "relu":
+                mods.append(nn.ReLU())
+            elif op == "pool":
+                mods.append(nn.MaxPool2d(a[0]))
+            elif op == "flatten":
+                mods.append(nn.Flatten())
+            else:
+                raise ValueError(f"unknown layer {op!r}")
+        self.model = nn.Sequential(*mods).to(self.device, self.dtype)
+        self.set_weights(weights)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss = "softmax_xent"
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)

@@ -6,6 +6,8 @@
     fastmlp evaluate run DATA             loss and accuracy of a saved model
     fastmlp predict run IMAGE...          class and probability of image files
     fastmlp info                          versions, devices, threads, BLAS, Numba cache
+    fastmlp compare [--data DIR]          MLP vs CNN as images grow: parameters, FLOPs,
+                                          memory, samples/s, accuracy
 
 DATA is an HDF5 file (``load_h5``), a MedMNIST ``.npz``, a folder of MNIST
 IDX files (the t10k pair), a folder of class sub-folders of JPG/PNG images,
@@ -415,6 +417,50 @@ def cmd_info(args):
     return 0
 
 
+def _sides(text):
+    """'28,64,128' -> (28, 64, 128); each an image side >= 8."""
+    try:
+        sides = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        sides = ()
+    if not sides or min(sides) < 8:
+        raise argparse.ArgumentTypeError(f"expected comma-separated image sides >= 8 like 28,64,128, "
+                                         f"got {text!r}")
+    return sides
+
+
+def cmd_compare(args):
+    """MLP against CNN on square images of each side: parameters, FLOPs and activation
+    memory per sample (analytic, also for 1000x1000), forward and training samples/s
+    (measured), then test accuracy of both trained: on MNIST t10k with --data, else on
+    the built-in shapes, trained centred and tested shifted (translation sensitivity).
+    On a shared machine, OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 give steadier timings:
+    a second thread that waits for its core stalls a whole GEMM."""
+    import fastmlp as fm
+    from .compare import key_values, plot, table, write_json
+    for opt in ("json", "plot"):
+        target = getattr(args, opt)
+        if target is not None and not Path(target).resolve().parent.is_dir():
+            raise CommandError(f"--{opt}: folder not found for {target}")
+    result = fm.compare(sizes=args.sizes, device=args.device, batch_size=args.batch_size, data=args.data,
+                        epochs=args.epochs, seed=args.seed, train=not args.no_train, quick=args.quick,
+                        analytic_sizes=args.analytic_sizes,
+                        log=lambda line: print(line, flush=True))
+    print()
+    print(table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        try:
+            plot(result, args.plot)
+            print(f"wrote {args.plot}")
+        except ImportError as e:
+            print(f"no plot: {e}")
+    print(key_values(result))
+    return 0
+
+
 # ---------------------------------------------------------------------- parsers
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -529,9 +575,33 @@ def add_info(sub):
     i.set_defaults(func=cmd_info)
 
 
+def add_compare(sub):
+    c = sub.add_parser("compare", help="MLP vs CNN as images grow: parameters, FLOPs, memory, "
+                       "samples/s, accuracy", description=cmd_compare.__doc__, formatter_class=_Formatter)
+    c.add_argument("--sizes", type=_sides, default="28,64,128", metavar="S,S,...",
+                   help="image sides to build and time")
+    c.add_argument("--analytic-sizes", type=_sides, default="1000", metavar="S,S,...",
+                   help="image sides given the analytic columns only")
+    c.add_argument("--data", default=None, metavar="DIR",
+                   help="the MNIST t10k folder: train and test on it (first 8,000 / last 2,000); "
+                        "default: the built-in shapes, trained centred, tested shifted")
+    c.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs of every trained model (default: per model, see fastmlp.compare.RECIPES)")
+    c.add_argument("--batch-size", type=_positive_int, default=64)
+    c.add_argument("--no-train", action="store_true", help="the table only, no accuracy part")
+    c.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON")
+    c.add_argument("--plot", default=None, metavar="FILE",
+                   help="write a PNG of parameters and samples/s against the side (needs matplotlib)")
+    c.add_argument("--quick", action="store_true",
+                   help="short timings, a fraction of the data and of the epochs (a smoke test)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    c.set_defaults(func=cmd_compare)
+
+
 # The subcommands, in --help order. A new one is an add_<name>(sub) that sets
 # func=cmd_<name> on its parser, appended here.
-COMMANDS = [add_demo, add_train, add_evaluate, add_predict, add_info]
+COMMANDS = [add_demo, add_train, add_evaluate, add_predict, add_info, add_compare]
 
 
 def build_parser():

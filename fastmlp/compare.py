@@ -39,11 +39,12 @@ Counting rules (the peers runner's, ``bench/flops.py``):
   built model really holds (input gradients included).
 
 Throughput is measured with ``predict`` (forward) and ``fit`` (training) on
-random data of the requested batch size after a warm-up, in short timed runs
-(median of three, ``quick``: one).
+two batches of random data after a warm-up: calls repeated for about 1.5 s
+(``quick``: 0.05 s), samples/s from the median call.
 
 Shape vocabulary: N batch, C channels, S image side, K classes.
 """
+import math
 import os
 import statistics
 import time
@@ -60,12 +61,13 @@ FLOP_RULE = ("2 FLOPs per multiply-add of every dense/conv GEMM; training = forw
 ACTIVATION_RULE = ("float32 input and layer outputs kept for backward, per sample (Flatten and "
                    "a ReLU fused into its Dense add nothing); im2col buffers counted apart")
 
-# Training recipes of the accuracy part: (optimizer name, lr, epochs, quick epochs) per model.
+# Training recipes of the accuracy part, per model: (optimizer, initial lr, epochs, quick epochs);
+# the lr follows a cosine decay over the epochs (set at each epoch's end).
 RECIPES = {
-    "mnist": {"mlp": ("adam", 1e-3, 20, 1), "cnn": ("adam", 1e-3, 8, 1)},
+    "mnist": {"mlp": ("adam", 1e-3, 10, 1), "cnn": ("adam", 1e-3, 6, 1)},
     "shapes": {"mlp": ("adam", 1e-3, 10, 2), "cnn_pool": ("adam", 1e-3, 10, 2)},
 }
-SHAPES_TRAIN, SHAPES_TEST = 4000, 1000   # quick: a tenth
+SHAPES_TRAIN, SHAPES_TEST = 4000, 1000   # quick: 400 and 200
 
 
 # ---------------------------------------------------------------------- the models
@@ -170,22 +172,19 @@ def analyse(spec, in_shape):
 
 # ---------------------------------------------------------------------- throughput
 
-def _median_rate(run, samples, target_s, reps):
-    """Samples/s of ``run()`` (which processes ``samples``): repeated until target_s, median of reps."""
-    rates = []
-    for _ in range(reps):
-        calls, t0 = 0, time.perf_counter()
-        while True:
-            run()
-            calls += 1
-            dt = time.perf_counter() - t0
-            if dt >= target_s or (calls >= 2 and dt >= 0.5 * target_s):
-                break
-        rates.append(samples * calls / dt)
-    return statistics.median(rates)
+def _median_rate(run, samples, target_s, min_calls=5):
+    """Samples/s of ``run()`` (which processes ``samples``) from the median time of its calls,
+    repeated for about ``target_s`` (at least ``min_calls`` times). The median, not the total:
+    on a shared machine a call now and then waits tens of ms for a core."""
+    times, t_end = [], time.perf_counter() + target_s
+    while len(times) < min_calls or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return samples / statistics.median(times)
 
 
-def measure(model, batch_size, target_s=1.0, reps=3, seed=0):
+def measure(model, batch_size, target_s=1.0, seed=0):
     """(forward samples/s, training samples/s) of a built model on random data, after a warm-up.
 
     Forward is ``predict`` on 2 batches; training is one ``fit`` epoch of 2 batches."""
@@ -197,7 +196,7 @@ def measure(model, batch_size, target_s=1.0, reps=3, seed=0):
     step = lambda: model.fit(X, y, epochs=1, batch_size=batch_size, shuffle=False)  # noqa: E731
     fwd()
     step()     # warm-up: JIT, workspaces, BLAS threads
-    return _median_rate(fwd, n, target_s, reps), _median_rate(step, n, target_s, reps)
+    return _median_rate(fwd, n, target_s), _median_rate(step, n, target_s)
 
 
 # ---------------------------------------------------------------------- accuracy
@@ -205,6 +204,16 @@ def measure(model, batch_size, target_s=1.0, reps=3, seed=0):
 def _optimizer(name, lr):
     from .optimizers import SGD, Adam
     return Adam(lr=lr) if name == "adam" else SGD(lr=lr, momentum=0.9)
+
+
+def _cosine_decay(lr, epochs):
+    """A callback that sets the learning rate of epoch e + 1 to lr * (1 + cos(pi * (e + 1) / epochs)) / 2."""
+    from .callbacks import Callback
+
+    class CosineDecay(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer.lr = max(lr * 0.5 * (1 + math.cos(math.pi * (epoch + 1) / epochs)), lr * 1e-3)
+    return CosineDecay()
 
 
 def _load_accuracy_data(data, side, quick, seed):
@@ -226,8 +235,8 @@ def _load_accuracy_data(data, side, quick, seed):
         Xtr, ytr, Xte, yte = load_mnist_t10k(data)
         desc = f"MNIST t10k ({data}): first 8,000 train, last 2,000 test"
     if quick:
-        Xtr, ytr = Xtr[:2000], ytr[:2000]
-        desc += "; quick: first 2,000 train"
+        Xtr, ytr, Xte, yte = Xtr[:1000], ytr[:1000], Xte[:500], yte[:500]
+        desc += "; quick: first 1,000 train, first 500 test"
 
     def images(X):
         X = np.asarray(X)
@@ -243,9 +252,11 @@ def train_and_test(kind, train, tests, classes, batch_size, optimizer, lr, epoch
     flat = (lambda X: X.reshape(len(X), -1)) if kind == "mlp" else (lambda X: X)
     model = build_model(kind, side, 1, classes, _optimizer(optimizer, lr), device, seed)
     t0 = time.perf_counter()
-    h = model.fit(flat(Xtr), ytr, epochs=epochs, batch_size=batch_size, verbose=0)
+    h = model.fit(flat(Xtr), ytr, epochs=epochs, batch_size=batch_size, verbose=0,
+                  callbacks=[_cosine_decay(lr, epochs)])
     seconds = time.perf_counter() - t0
     out = {"model": kind, "params": model.count_params(), "optimizer": optimizer, "lr": lr,
+           "schedule": "cosine decay per epoch",
            "epochs": epochs, "batch_size": batch_size, "train_seconds": seconds,
            "train_samples_per_s": len(Xtr) * epochs / seconds, "train_acc": h["accuracy"][-1]}
     for name, (X, y) in tests.items():
@@ -276,7 +287,8 @@ def compare(sizes=(28, 64, 128), device="cpu", classes=10, batch_size=64, data=N
     at the smallest side, centred, and tests on centred and on shifted shapes;
     ``data`` = the MNIST t10k folder (or a tuple (X_train, y_train, X_test, y_test) of
     28x28 images) trains ``mlp`` and ``cnn`` on it. ``epochs`` (int) overrides the
-    recipes in ``RECIPES``. ``quick``: short timings, a fraction of the data and epochs.
+    recipes in ``RECIPES``. ``classes`` is the output width of the table's models (the
+    trained ones get their data's). ``quick``: short timings, a fraction of the data and epochs.
     ``log``: a callable given progress lines (e.g. ``print``)."""
     sizes = _check_sizes(sizes, "sizes")
     analytic_sizes = _check_sizes(analytic_sizes or (), "analytic_sizes")
@@ -292,10 +304,10 @@ def compare(sizes=(28, 64, 128), device="cpu", classes=10, batch_size=64, data=N
     log = log or (lambda *a, **k: None)
     from .backend import get_backend
     be = get_backend(device)
-    target_s, reps = (0.1, 1) if quick else (1.0, 3)
+    target_s = 0.05 if quick else 1.5
     started = time.perf_counter()
     result = {"device": be.name, "dtype": "float32", "batch_size": int(batch_size), "classes": classes,
-              "quick": bool(quick), "flop_rule": FLOP_RULE, "activation_rule": ACTIVATION_RULE,
+              "quick": bool(quick), "threads": _threads(), "flop_rule": FLOP_RULE, "activation_rule": ACTIVATION_RULE,
               "models": {k: describe(k) for k in models}, "load_average_start": _load(), "rows": []}
     for side in sorted(set(sizes) | set(analytic_sizes)):
         measured = side in sizes
@@ -308,7 +320,7 @@ def compare(sizes=(28, 64, 128), device="cpu", classes=10, batch_size=64, data=N
                 row["params_counted"] = model.count_params()
                 row["workspace_per_sample"] = model.memory_report(batch_size)["workspaces"] / batch_size
                 row["forward_samples_per_s"], row["train_samples_per_s"] = measure(
-                    model, batch_size, target_s, reps, seed)
+                    model, batch_size, target_s, seed)
                 del model
             result["rows"].append(row)
     if train:
@@ -351,6 +363,20 @@ def _load():
         return None
 
 
+def _threads():
+    """{"blas": BLAS threads, "numba": Numba threads} of this process (None where unknown)."""
+    out = {"blas": None, "numba": None}
+    try:
+        import numba
+        out["numba"] = numba.get_num_threads()
+        from threadpoolctl import threadpool_info
+        out["blas"] = max((p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"),
+                          default=None)
+    except Exception:  # threadpoolctl missing: the BLAS count stays unknown
+        pass
+    return out
+
+
 # ---------------------------------------------------------------------- reporting
 
 def _si(v, unit=""):
@@ -381,8 +407,10 @@ def table(result):
                      f"{r['forward_samples_per_s']:,.0f}" if m else "(analytic)",
                      f"{r['train_samples_per_s']:,.0f}" if m else "-"))
     w = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    th = result.get("threads") or {}
     lines = [f"MLP vs CNN on {result['device']}, float32, batch {result['batch_size']}, "
-             f"{result['classes']} classes; per sample"]
+             f"{result['classes']} classes; per sample; threads: BLAS {th.get('blas')}, "
+             f"Numba {th.get('numba')}"]
     for i, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w[j]) if j < 2 else c.rjust(w[j]) for j, c in enumerate(row)))
         if i == 0:
@@ -407,10 +435,15 @@ def key_values(result):
     """The closing key=value line: test accuracy, parameters and training samples/s of both
     trained models (``cnn`` is whichever CNN was trained); the shifted test set for shapes."""
     acc = result.get("accuracy")
-    if not acc:
-        r28 = {r["model"]: r for r in result["rows"] if r["measured"]}
-        return " ".join(f"{k}_params={r['params']} {k}_train_sps={r['train_samples_per_s']:.0f}"
-                        for k, r in r28.items())
+    if not acc:   # no training: the figures at the smallest measured side
+        measured = [r for r in result["rows"] if r["measured"]]
+        if not measured:
+            return f"side={result['rows'][0]['side']} " + " ".join(
+                f"{r['model']}_params={r['params']}" for r in result["rows"])
+        side = min(r["side"] for r in measured)
+        return f"side={side} " + " ".join(
+            f"{r['model']}_params={r['params']} {r['model']}_train_sps={r['train_samples_per_s']:.0f}"
+            for r in measured if r["side"] == side)
     test = "shifted_acc" if acc["data"] == "shapes" else "test_acc"
     pairs = []
     for name, key in (("mlp", "mlp"), ("cnn", [k for k in acc["results"] if k != "mlp"][0])):
@@ -425,6 +458,7 @@ def plot(result, path, dpi=100):
     """Parameters and samples/s against the image side (log scales), as a PNG; returns the path."""
     from .plot import _figure, _save
     fig = _figure(figsize=(11, 4), layout="constrained")
+    from matplotlib.ticker import NullLocator
     ax_p, ax_t = fig.subplots(1, 2)
     kinds = list(result["models"])
     for kind, color in zip(kinds, ("C0", "C1", "C2")):
@@ -439,6 +473,9 @@ def plot(result, path, dpi=100):
                                                      f"{result['batch_size']})")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        sides = sorted({r["side"] for r in result["rows"] if ax is ax_p or r["measured"]})
+        ax.set_xticks(sides, [str(v) for v in sides])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("image side S (S x S pixels)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")

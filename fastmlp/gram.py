@@ -85,7 +85,7 @@ class GramFirstLayer:
 
     def _forward(self, out):
         xp, Z = self.xp, self.Z
-        xp.matmul(self.K, self.C, out=Z)
+        self.be.matmul(Z, self.K, self.C)
         xp.multiply(self.Z0, self.a, out=self.S)
         Z += self.S
         if self.B0 is not None and self.c != 0.0:
@@ -141,7 +141,7 @@ class GramFirstLayer:
         if not self.l2:
             return 0.0
         xp, a, c, C = self.xp, self.a, self.c, self.C
-        xp.matmul(self.K, C, out=self.S)
+        self.be.matmul(self.S, self.K, C)
         total = a * a * self.w0w0 + 2 * a * float(xp.vdot(self.Z0, C)) + float(xp.vdot(C, self.S))
         if self.B0 is not None:
             total += (c * c * float(xp.vdot(self.B0, self.B0)) + 2 * a * c * float(xp.vdot(self.W0, self.B0))
