@@ -163,11 +163,11 @@ def make_workloads(names, plan, peak_gflops, data_dir):
         sweeps += [(f"b{b}", f"batch sweep 784-256-256-10, batch {b}", P2_SIZES, b)
                    for b in plan.batches]
     if "p3" in names:
-        # N = 64 * (steps per epoch), every batch full; guess 5 % of the peak (the convs'
+        # N = 64 * (steps per epoch), every batch full; guess 20 % of the peak (the convs'
         # im2col and layout kernels are not GEMMs) and at least P3_MIN_RUN_S a run
         b = 64
         fps = flops.cnn_train_step_flops(P3_LAYERS, P3_IMAGE, b)
-        steps = round(max(plan.target_s, P3_MIN_RUN_S) / (fps / (0.05 * peak_gflops * 1e9) + 1e-3))
+        steps = round(max(plan.target_s, P3_MIN_RUN_S) / (fps / (0.2 * peak_gflops * 1e9) + 1e-3))
         per_epoch = max(1, min(steps, len(X) // b))
         out.append(Workload("p3", f"P3 small CNN on 28x28, batch {b}, {b * per_epoch} images",
                             [784, 10], "softmax_xent", 0.05,

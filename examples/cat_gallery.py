@@ -28,6 +28,7 @@ def main(argv=None):
     p.add_argument("--model", help="a model file from model.save to use instead of training")
     p.add_argument("--save", help="write the trained model here (model.save)")
     p.add_argument("--iterations", type=int, default=2500)
+    p.add_argument("--hidden", default="20,7,5", help="hidden layer sizes (default: the article's)")
     p.add_argument("--lr", type=float, default=0.0075)
     p.add_argument("--l2", type=float, default=0.0)
     p.add_argument("--init", default="course", help="course, he, glorot or lecun")

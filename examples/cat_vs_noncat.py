@@ -1,6 +1,6 @@
 """The first write-up's experiment: a 4-layer MLP on the 64x64x3 cat / non-cat set.
 
-Layers [12288, 20, 7, 5, 1], ReLU hidden, sigmoid output with binary
+Layers [12288, 20, 7, 5, 1] (``--hidden``), ReLU hidden, sigmoid output with binary
 cross-entropy from logits, full-batch gradient descent at lr 0.0075 for
 10,000 iterations; with ``--init course --seed 1`` the weights are drawn as
 in the deeplearning.ai code (the article reports 100 % train, 78 % test).
@@ -37,7 +37,7 @@ def find_data(arg):
 
 
 def build(args):
-    dims = [12288, 20, 7, 5, 1]
+    dims = [12288] + [int(h) for h in args.hidden.split(",")] + [1]
     layers = []
     for i, (d, m) in enumerate(zip(dims, dims[1:])):
         layers.append(fm.Dense(d, m, init=args.init, l2=args.l2))
@@ -51,6 +51,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="folder with train_catvnoncat.h5 and test_catvnoncat.h5")
     p.add_argument("--iterations", type=int, default=10_000)
+    p.add_argument("--hidden", default="20,7,5", help="hidden layer sizes (default 20,7,5: the article's)")
     p.add_argument("--lr", type=float, default=0.0075)
     p.add_argument("--l2", type=float, default=0.0)
     p.add_argument("--init", default="course", help="course, he, glorot or lecun")

@@ -184,7 +184,7 @@ def _median_rate(run, samples, target_s, min_calls=5):
     return samples / statistics.median(times)
 
 
-def measure(model, batch_size, target_s=1.0, seed=0):
+def measure(model, batch_size, target_s=1.0, seed=0, min_calls=5):
     """(forward samples/s, training samples/s) of a built model on random data, after a warm-up.
 
     Forward is ``predict`` on 2 batches; training is one ``fit`` epoch of 2 batches."""
@@ -196,7 +196,7 @@ def measure(model, batch_size, target_s=1.0, seed=0):
     step = lambda: model.fit(X, y, epochs=1, batch_size=batch_size, shuffle=False)  # noqa: E731
     fwd()
     step()     # warm-up: JIT, workspaces, BLAS threads
-    return _median_rate(fwd, n, target_s), _median_rate(step, n, target_s)
+    return _median_rate(fwd, n, target_s, min_calls), _median_rate(step, n, target_s, min_calls)
 
 
 # ---------------------------------------------------------------------- accuracy
@@ -320,7 +320,7 @@ def compare(sizes=(28, 64, 128), device="cpu", classes=10, batch_size=64, data=N
                 row["params_counted"] = model.count_params()
                 row["workspace_per_sample"] = model.memory_report(batch_size)["workspaces"] / batch_size
                 row["forward_samples_per_s"], row["train_samples_per_s"] = measure(
-                    model, batch_size, target_s, seed)
+                    model, batch_size, target_s, seed, 3 if quick else 5)
                 del model
             result["rows"].append(row)
     if train:

@@ -75,9 +75,9 @@ def test_flop_count_agrees_with_the_peers_runner():
 
 
 def test_quick_compare_reports_every_field():
-    r = fm.compare(sizes=(12, 16), analytic_sizes=(40,), quick=True, seed=0)
+    r = fm.compare(sizes=(8, 12), analytic_sizes=(40,), quick=True, seed=0)
     json.dumps(r)   # JSON-ready
-    assert [(row["side"], row["model"]) for row in r["rows"]] == [(s, k) for s in (12, 16, 40) for k in MODELS]
+    assert [(row["side"], row["model"]) for row in r["rows"]] == [(s, k) for s in (8, 12, 40) for k in MODELS]
     for row in r["rows"]:
         assert ROW_FIELDS <= set(row)
         if row["measured"]:
