@@ -207,12 +207,14 @@ def _optimizer(name, lr):
 
 
 def _cosine_decay(lr, epochs):
-    """A callback that sets the learning rate of epoch e + 1 to lr * (1 + cos(pi * (e + 1) / epochs)) / 2."""
+    """A callback that sets the learning rate of epoch e + 1 to
+    lr * (1 + cos(pi * (e + 1) / epochs)) / 2 (at least lr / 1000)."""
     from .callbacks import Callback
 
     class CosineDecay(Callback):
         def on_epoch_end(self, epoch, logs=None):
-            self.model.optimizer.lr = max(lr * 0.5 * (1 + math.cos(math.pi * (epoch + 1) / epochs)), lr * 1e-3)
+            cos = math.cos(math.pi * (epoch + 1) / epochs)
+            self.model.optimizer.lr = max(lr * 0.5 * (1 + cos), lr * 1e-3)
     return CosineDecay()
 
 
@@ -307,8 +309,9 @@ def compare(sizes=(28, 64, 128), device="cpu", classes=10, batch_size=64, data=N
     target_s = 0.05 if quick else 1.5
     started = time.perf_counter()
     result = {"device": be.name, "dtype": "float32", "batch_size": int(batch_size), "classes": classes,
-              "quick": bool(quick), "threads": _threads(), "flop_rule": FLOP_RULE, "activation_rule": ACTIVATION_RULE,
-              "models": {k: describe(k) for k in models}, "load_average_start": _load(), "rows": []}
+              "quick": bool(quick), "threads": _threads(), "flop_rule": FLOP_RULE,
+              "activation_rule": ACTIVATION_RULE, "models": {k: describe(k) for k in models},
+              "load_average_start": _load(), "rows": []}
     for side in sorted(set(sizes) | set(analytic_sizes)):
         measured = side in sizes
         for kind in models:
