@@ -73,7 +73,9 @@ def nvrtc_compile(nvrtc, code, filename, options, name_expressions, arch):
         opts = [o.encode() for o in options] + [f"--gpu-architecture=compute_{arch}".encode()]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         size = _check(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog))
-        log = b" " * size
+        # a fresh buffer NVRTC may write into: b" " * 1 would be CPython's shared
+        # one-byte object, and NVRTC's NUL would corrupt b" " for the whole process
+        log = bytes(bytearray(size))
         _check(nvrtc, nvrtc.nvrtcGetProgramLog(prog, log))
         log = log.rstrip(b"\x00").decode(errors="replace")
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -81,7 +83,7 @@ def nvrtc_compile(nvrtc, code, filename, options, name_expressions, arch):
         lowered = {e: _check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, e.encode())).decode()
                    for e in name_expressions}
         size = _check(nvrtc, nvrtc.nvrtcGetPTXSize(prog))
-        ptx = b" " * size
+        ptx = bytes(bytearray(size))
         _check(nvrtc, nvrtc.nvrtcGetPTX(prog, ptx))
         return True, log, lowered, ptx.rstrip(b"\x00").decode()
     finally:
