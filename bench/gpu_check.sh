@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One device call: what the GPU suite and the GPU benchmarks say, logs under $OUT.
+# One device call: the GPU test suite, the GPU peers (TF32 off, then on), and the
+# cat / non-cat experiment on the GPU; logs under $OUT.
 #   usage (on a machine with a CUDA GPU, from the repository root):
-#     FASTMLP_DATA=path/to/data bash bench/gpu_check.sh [tests|bench|all]
-# Writes $OUT/gpu_tests.log, $OUT/peers_cuda.log and $OUT/peers_cuda.json (OUT defaults to ./out).
+#     FASTMLP_DATA=path/to/data bash bench/gpu_check.sh [tests|bench|cat|all]
+# Writes $OUT/device.txt, gpu_tests.log, peers_cuda.{log,json}, peers_cuda_tf32.{log,json},
+# cat_cuda.log (OUT defaults to ./out).
 set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
 what=${1:-all}
@@ -11,9 +13,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 python3 -c "import cupy, numpy, numba; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'numba', numba.__version__)" | tee -a "$OUT/device.txt"
 if [[ $what == tests || $what == all ]]; then
   timeout "${TEST_LIMIT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -n "${WORKERS:-8}" \
-      --timeout 240 -rfE "${@:2}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -60
+      --timeout 240 -rfE "${@:2}" 2>&1 | grep -v -i "benchmark" | tee "$OUT/gpu_tests.log" | tail -40
 fi
 if [[ $what == bench || $what == all ]]; then
-  timeout "${BENCH_LIMIT:-240}" python3 bench/peers.py --quick --device cuda --workload "${WORKLOADS:-p1,p2,p3}" \
-      --json "$OUT/peers_cuda.json" 2>&1 | tee "$OUT/peers_cuda.log" | tail -40
+  timeout "${BENCH_LIMIT:-240}" python3 bench/peers.py --quick --device cuda \
+      --workload "${WORKLOADS:-p1,p2,p2big,wide,p3}" --json "$OUT/peers_cuda.json" 2>&1 \
+      | tee "$OUT/peers_cuda.log" | tail -14
+  timeout "${BENCH_LIMIT:-240}" python3 bench/peers.py --quick --device cuda --tf32 \
+      --workload "${TF32_WORKLOADS:-p2big,wide}" --json "$OUT/peers_cuda_tf32.json" 2>&1 \
+      | tee "$OUT/peers_cuda_tf32.log" | tail -6
+fi
+if [[ $what == cat || $what == all ]]; then
+  for dt in float64 float32; do
+    python3 examples/cat_vs_noncat.py --device cuda --dtype $dt \
+        --data "$FASTMLP_DATA/catvnoncat" 2>&1 | tail -4
+  done | tee "$OUT/cat_cuda.log"
 fi

@@ -100,6 +100,15 @@ class Workload:
         return flops.train_step_flops(self.sizes, 1)   # the count is linear in N
 
 
+WIDE_SIZES = [784, 4096, 4096, 4096, 4096, 10]
+
+
+def _repeated(X, y, n):
+    """The first n rows of X, y repeated as often as needed (n may exceed len(X))."""
+    idx = np.arange(n) % len(X)
+    return np.ascontiguousarray(X[idx]), np.ascontiguousarray(y[idx])
+
+
 def init_weights(sizes, seed=0):
     """He-normal W (D, M) and zero b (M,), float32: given to every implementation."""
     rng = np.random.default_rng(seed)
@@ -144,7 +153,7 @@ def make_workloads(names, plan, peak_gflops, data_dir):
         steps = planned_steps(sizes, len(X), plan, peak_gflops)
         out.append(Workload("p1", f"P1 cat/non-cat, full batch {len(X)} x {X.shape[1]}",
                             sizes, "bce", 0.0075, X, y, None, steps))
-    if not {"p2", "width", "batch", "p3"} & set(names):
+    if not {"p2", "width", "batch", "p3", "p2big", "wide"} & set(names):
         return out, notes
     X, y, note = load_mnist_t10k(data_dir)
     notes.append(note)
@@ -155,6 +164,18 @@ def make_workloads(names, plan, peak_gflops, data_dir):
             epochs = max(1, round(steps / math.ceil(len(X) / b)))
             out.append(Workload(f"p2_{b}", f"P2 784-256-256-10, batch {b}, {len(X)} images",
                                 P2_SIZES, "softmax_xent", 0.1, X, y, b, epochs))
+    if "p2big" in names:  # the GPU's batches: every batch full (MNIST repeated to 2 batches)
+        for b in (1024, 8192):
+            Xb, yb = _repeated(X, y, 2 * b)
+            steps = planned_steps(P2_SIZES, b, plan, peak_gflops)
+            out.append(Workload(f"p2_{b}", f"P2 784-256-256-10, batch {b}, {len(Xb)} images",
+                                P2_SIZES, "softmax_xent", 0.1, Xb, yb, b, max(1, round(steps / 2))))
+    if "wide" in names:  # cuBLAS-bound: 4 hidden layers of 4096, batch 4096
+        b, sizes = 4096, WIDE_SIZES
+        Xb, yb = _repeated(X, y, 2 * b)
+        steps = planned_steps(sizes, b, plan, peak_gflops)
+        out.append(Workload("wide", f"wide MLP 784-4x4096-10, batch {b}, {len(Xb)} images",
+                            sizes, "softmax_xent", 0.01, Xb, yb, b, max(1, round(steps / 2))))
     sweeps = []
     if "width" in names:
         sweeps += [(f"w{w}", f"width sweep 784-{w}-{w}-10, batch 128", [784, w, w, 10], 128)
@@ -303,7 +324,8 @@ class Context:
         if self.fm is not None:
             out.append(("fastmlp", FastmlpImpl))
             out.append(("fastmlp-plain", FastmlpPlainImpl))
-        out.append(("numpy", NumpyImpl))
+        if not (w is not None and w.key == "wide" and self.device == "cuda"):
+            out.append(("numpy", NumpyImpl))  # 1.3 TFLOP a step: seconds on a CPU
         if self.torch is not None:
             out.append(("torch", TorchImpl))
         return out
@@ -462,6 +484,8 @@ def machine_info(args, ctx):
 def run(args):
     plan = QUICK if args.quick else FULL
     reps = args.reps or plan.reps
+    if getattr(args, "tf32", False):  # read by CuPy when it is imported (fastmlp imports it lazily)
+        os.environ["CUPY_TF32"] = "1"
     ctx = open_contestants(args)
     info = machine_info(args, ctx)
     peer_report.print_header(info, ctx.skipped)
@@ -471,12 +495,16 @@ def run(args):
     print(f"sgemm peak, 2048^3 float32, best of {plan.peak_repeats}: {peak:.1f} GFLOP/s "
           f"(runs {', '.join(f'{g:.0f}' for g in peak_runs)})")
     if args.device == "cuda" and ctx.torch is not None:
-        peaks["cuda"], _ = flops.sgemm_peak_torch_cuda(2048, plan.peak_repeats)
-        print(f"GPU sgemm peak (torch, TF32 off): {peaks['cuda']:.1f} GFLOP/s")
+        tf32 = bool(getattr(args, "tf32", False))
+        peaks["cuda"], _ = flops.sgemm_peak_torch_cuda(2048, plan.peak_repeats, tf32=tf32)
+        print(f"GPU sgemm peak (torch, TF32 {'on' if tf32 else 'off'}): {peaks['cuda']:.1f} GFLOP/s")
+        # the same arithmetic for both: torch's cuDNN convolutions default to TF32
+        ctx.torch.backends.cuda.matmul.allow_tf32 = tf32
+        ctx.torch.backends.cudnn.allow_tf32 = tf32
 
     data_dir, source = resolve_data_dir(args.data)
     print(f"data: {data_dir} ({source})" if data_dir else f"note: {source}; random data")
-    workloads, notes = make_workloads(args.workloads, plan, peak, data_dir)
+    workloads, notes = make_workloads(args.workloads, plan, peaks.get(args.device, peak), data_dir)
     for note in notes:
         print(("note: " if "random" in note else "data: ") + note)
     print(f"FLOP count: {flops.COUNT_RULE}")

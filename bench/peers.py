@@ -14,6 +14,10 @@ Workloads (float32):
   p3     the small CNN: conv3x3(1->16)+ReLU+pool2, conv3x3(16->32)+ReLU+pool2,
          dense 1568-256-10, SGD lr 0.05, batch 64, MNIST 28x28 (fastmlp and
          torch; checked against torch float64; fastmlp's step profiled)
+  p2big  (GPU) the p2 network at batch 1024 and 8192 (MNIST repeated to 2 batches)
+  wide   (GPU) 784-4096-4096-4096-4096-10, batch 4096, SGD lr 0.01 (no NumPy peer
+         on --device cuda: a step is 1.3 TFLOP)
+--tf32 lets both fastmlp (CUPY_TF32=1) and torch use TF32 tensor cores.
 (The sweeps use lr 0.01 so that batch 1 and W 4096 stay finite; the learning
 rate does not change the work of a step.)
 
@@ -33,6 +37,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORKLOADS = ("p1", "p2", "width", "batch", "p3")
+GPU_WORKLOADS = ("p2big", "wide")  # P2 at batch 1024 and 8192, 784-4x4096-10 at batch 4096
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMBA_NUM_THREADS")
 
@@ -44,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="fewer repetitions and sweep sizes (under ten minutes on 2 cores)")
     p.add_argument("--workload", default=",".join(WORKLOADS),
-                   help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+                   help=f"comma-separated subset of {','.join(WORKLOADS + GPU_WORKLOADS)} "
+                        f"(default: {','.join(WORKLOADS)}; the last two are for --device cuda)")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="threads for BLAS, Numba and torch alike (default: all cores)")
     p.add_argument("--data", metavar="DIR",
@@ -54,11 +60,14 @@ def parse_args(argv=None):
                    help="timed runs per implementation (default: 3 with --quick, else 5)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="device of fastmlp and torch; the NumPy peer always runs on the CPU")
+    p.add_argument("--tf32", action="store_true",
+                   help="let cuBLAS use TF32 tensor cores for float32 GEMMs, in fastmlp (CUPY_TF32=1) "
+                        "and torch alike (default: off, plain float32)")
     args = p.parse_args(argv)
     args.workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
-    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    unknown = [w for w in args.workloads if w not in WORKLOADS + GPU_WORKLOADS]
     if unknown or not args.workloads:
-        p.error(f"--workload expects a subset of {','.join(WORKLOADS)}, got {args.workload!r}")
+        p.error(f"--workload expects a subset of {','.join(WORKLOADS + GPU_WORKLOADS)}, got {args.workload!r}")
     if args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
     if args.reps is not None and args.reps < 1:

@@ -20,9 +20,13 @@ from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
 from .layers import Activation, Dense, Layer
 from .losses import Loss, SoftmaxCrossEntropy, get_loss
 from .optimizers import SGD, get_optimizer
+from .conv import Conv2D, Flatten, MaxPool2D
+from .normalization import BatchNorm
 from .validation import (all_finite, check_batch_size, check_count, check_dtype, check_features,
                          check_fits_dtype, check_lazy_features, check_same_length)
 
+# layers whose training step is a fixed sequence of launches (no host draws): CUDA-graph safe
+_GRAPH_SAFE = (Dense, Activation, Conv2D, MaxPool2D, Flatten, BatchNorm)
 _ALIGN = 16  # elements: every parameter starts on a 64-byte boundary (float32)
 EVAL_BATCH = 1024
 
@@ -48,8 +52,11 @@ class Sequential:
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         self.rng = np.random.default_rng(self.seed)
         self.stop_training = False
-        # full-batch SGD on a wide first layer runs in the row space of X (fastmlp/gram.py)
-        self.full_batch_gram = True
+        # full-batch SGD on a wide first layer runs in the row space of X (fastmlp/gram.py);
+        # on the GPU the two thin GEMMs cost less than the extra kernels (bench/peers.py)
+        self.full_batch_gram = self.be.name == "cpu"
+        # on the GPU, replay eligible training steps as CUDA graphs (backend/cuda_graph.py)
+        self.cuda_graphs = True
         self.built = False
         self._stats = None
         self._position = None  # where training stands: saved in model files, read by fit(resume=)
@@ -321,6 +328,7 @@ class Sequential:
         if self.full_batch_gram and epochs > initial_epoch \
                 and gram_path.eligible(self, n, full_batch, has_extras):
             self._gram = gram_path.GramFirstLayer(self, X)
+        graphs = self._step_graphs(lazy, augment)
         guard = InterruptGuard()  # Ctrl-C waits for the end of the step
         saved_at = None
         try:
@@ -338,7 +346,9 @@ class Sequential:
                     pos = self._position = {"epoch": epoch, "step": 0, "n": n, "batch_size": b,
                                             "shuffle": bool(shuffle), "penalty": penalty, "epoch_rng": None}
                     if full_batch:
-                        if not skip:
+                        if graphs is not None and not skip:
+                            self._graph_step(graphs, ("full",), lambda: self._train_step(X, T))
+                        elif not skip:
                             self._checked_step(X, T, epoch, 0, check_each_step)
                         pos["step"] = 1
                         guard.check()
@@ -350,6 +360,11 @@ class Sequential:
                                 continue
                             idx = order[first:first + b]
                             xb, tb = self._batch_buffers(idx.shape[0], X, T)
+                            if graphs is not None:
+                                self._graph_batch_step(graphs, X, T, xb, tb, idx)
+                                pos["step"] = step + 1
+                                guard.check()
+                                continue
                             if lazy:
                                 self._read_rows(xb, X, host_order[first:first + b])
                             else:
@@ -408,6 +423,45 @@ class Sequential:
         for cb in cbs:
             cb.on_train_end()
         return history
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _step_graphs(self, lazy, augment):
+        """A ``StepGraphs`` when this fit's steps can be replayed as CUDA graphs, else None:
+        on the GPU, SGD (fixed scalars), data on the device, no host-drawn randomness."""
+        if not (self.be.name == "cuda" and self.cuda_graphs and type(self.optimizer) is SGD
+                and self._gram is None and augment is None and not lazy
+                and all(isinstance(layer, _GRAPH_SAFE) for layer in self.layers)):
+            self._graphs = None
+            return None
+        from .backend.cuda_graph import StepGraphs
+        self._graphs = StepGraphs()  # kept after fit for inspection (captured, replays, disabled)
+        return self._graphs
+
+    def _graph_step(self, graphs, key, step):
+        """step() through the graph of key (and of the optimizer's scalars, which a
+        callback may change between epochs). Capturing records launches without running
+        them, so the Python-side step count is set once here."""
+        t = self.optimizer.t
+        before = graphs.captured
+        graphs.run(key + tuple(sorted(self.optimizer.get_config().items())), step)
+        self.optimizer.t = t + 1
+        if graphs.captured != before:
+            graphs.keep.append([list(layer._ws.values()) for layer in self.layers])
+
+    def _graph_batch_step(self, graphs, X, T, xb, tb, idx):
+        """Gather + step of one mini-batch as a graph: the batch's indices are copied into a
+        fixed buffer first, which the graph's gathers read."""
+        key = ("idx", idx.shape[0])
+        ib = self._gather_bufs.get(key)
+        if ib is None:
+            ib = self._gather_bufs[key] = self.be.empty(idx.shape, idx.dtype)
+        ib.data.copy_from_device_async(idx.data, idx.nbytes)
+
+        def step():
+            self.be.gather_rows(xb, X, ib)
+            self.be.gather_rows(tb, T, ib)
+            self._train_step(xb, tb)
+        self._graph_step(graphs, ("batch", xb.shape[0]), step)
 
     def _check_batch_statistics(self, n, b):
         """BatchNorm in training needs two values per feature in every batch, the last
