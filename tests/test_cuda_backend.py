@@ -218,6 +218,7 @@ class _FakeCupy(types.ModuleType):
         self.asarray = lambda a, dtype=None: np.asarray(a, dtype=dtype)
         self.ascontiguousarray = np.ascontiguousarray
         self.matmul = np.matmul
+        self.ndarray = type("DeviceArray", (), {})  # nothing here is one: GEMMs go to matmul
         self.asnumpy = lambda a: (self.host_syncs.append("asnumpy"), np.asarray(a))[1]
         stream = types.SimpleNamespace(ptr=0, synchronize=lambda: self.host_syncs.append("stream"))
         self.cuda = types.SimpleNamespace(
@@ -232,6 +233,11 @@ def fake_cuda(monkeypatch):
     """cuda.py loaded against a stand-in CuPy (under a private name: the real module is untouched)."""
     fake = _FakeCupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
+    blas = importlib.util.spec_from_file_location("fastmlp.backend.cuda_blas",
+                                                  os.path.join(BACKEND_DIR, "cuda_blas.py"))
+    blas_mod = importlib.util.module_from_spec(blas)
+    blas.loader.exec_module(blas_mod)
+    monkeypatch.setitem(sys.modules, "fastmlp.backend.cuda_blas", blas_mod)  # bound to the stand-in
     spec = importlib.util.spec_from_file_location("fastmlp.backend._cuda_on_fake_cupy", CUDA_PY)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -657,6 +663,31 @@ def test_gather_rows(cuda, dtype, idx_dtype, shape, b):
     out = cuda.empty((b,) + shape[1:], dtype)
     cuda.gather_rows(out, cuda.to_device(x), cuda.to_device(idx))
     assert np.array_equal(cuda.to_host(out), want)   # a gather moves bits: exact
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("m,k,n", [(37, 19, 23), (1, 5, 1), (64, 1, 3), (3, 300, 2)])
+def test_direct_cublas_gemm_every_layout(cuda, dtype, ta, tb, m, k, n):
+    """cuda_blas.gemm (cuBLAS through ctypes) against NumPy float64 for C-contiguous
+    and transposed operands, and the strided views it hands back to cupy.matmul."""
+    from fastmlp.backend import cuda_blas
+    rng = np.random.default_rng(m * 100 + k)
+    a = _rand(rng, (k, m) if ta else (m, k), dtype)
+    b = _rand(rng, (n, k) if tb else (k, n), dtype)
+    A, B = cuda.to_device(a), cuda.to_device(b)
+    A, B = (A.T if ta else A), (B.T if tb else B)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    out = cuda.to_device(np.full((m, n), np.nan, dtype))   # poisoned: every element must be written
+    assert cuda_blas.gemm(out, A, B)
+    assert_close("gemm", cuda.to_host(out), want, dtype if dtype == np.float64 else np.float32)
+    wide = cuda.to_device(_rand(rng, (m, 2 * k), dtype))[:, ::2]   # strided: not for cuBLAS directly
+    assert not cuda_blas.gemm(out, wide, B)
+    cuda.matmul(out, wide, B)                                       # ... but matmul still does it
+    want = cuda.to_host(wide).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    assert_close("strided", cuda.to_host(out), want, dtype if dtype == np.float64 else np.float32)
 
 
 @pytest.mark.gpu

@@ -1,4 +1,4 @@
-"""The CUDA backend: CuPy arrays, cuBLAS GEMMs through CuPy, the kernels of ``kernels/*.cu``.
+"""The CUDA backend: CuPy arrays, cuBLAS GEMMs (cuda_blas.py), the kernels of ``kernels/*.cu``.
 
 Exports the names of ``cpu.py`` with the same signatures. Each family of
 kernels is compiled once per process (NVRTC through ``cupy.RawModule``, with
@@ -16,6 +16,7 @@ nothing once the workspace has grown to the largest shape seen.
 import numpy as np
 import cupy
 
+from . import cuda_blas
 from . import cuda_source as src
 
 name = "cuda"
@@ -123,7 +124,9 @@ def synchronize():
 # --- GEMM: out = a @ b (a, b may be transposed views) ---------------------------
 
 def matmul(out, a, b):
-    cupy.matmul(a, b, out=out)
+    # cuBLAS called directly (capturable into a CUDA graph); CuPy for other layouts
+    if not cuda_blas.gemm(out, a, b):
+        cupy.matmul(a, b, out=out)
 
 
 # --- dense: bias + activation, activation backward + bias gradient ------------
