@@ -16,6 +16,7 @@ import os
 import platform
 import statistics
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,8 @@ from peer_data import load_catvnoncat, load_mnist_t10k, resolve_data_dir
 from torch_peer import TorchCNN, TorchMLP, load_torch
 
 CHECK_TOL = 1e-4      # relative error allowed on loss and weights after one step
+TF32_CHECK_TOL = 5e-2 # with --tf32: TF32 keeps 10 mantissa bits of each GEMM operand
+GPU_MAX_STEPS = 400   # --device cuda: the CPU's NumPy peer runs the same steps
 CHECK_BATCH = 64      # samples of the one-step check for mini-batch workloads
 P2_SIZES = [784, 256, 256, 10]
 P2_TRAIN = 8000       # the first 8,000 MNIST t10k images are the training split
@@ -352,7 +355,7 @@ def check_one_step(ctx, w, weights):
     if w.net == "cnn":
         # no NumPy CNN: torch float64 is the reference, fastmlp float64 a second opinion
         if ctx.torch is None:
-            return {"n": n, "ref_loss": math.nan, "tol": CHECK_TOL, "reference": "none",
+            return {"n": n, "ref_loss": math.nan, "tol": _check_tol(), "reference": "none",
                     "results": {"all": {"ok": False, "error": "P3's reference is torch float64: "
                                         "torch is not importable"}}}
         ref = TorchCNNImpl(ctx, w, weights, dtype="float64")
@@ -382,9 +385,13 @@ def check_one_step(ctx, w, weights):
                          for a, r, w0 in zip(after, ref_weights, weights))
         results[name] = {"loss_rel": loss_rel, "weights_rel": weights_rel,
                          "update_rel": update_rel,
-                         "ok": bool(loss_rel <= CHECK_TOL and weights_rel <= CHECK_TOL)}
-    return {"n": n, "ref_loss": ref_loss, "tol": CHECK_TOL, "reference": ref_name,
+                         "ok": bool(loss_rel <= _check_tol() and weights_rel <= _check_tol())}
+    return {"n": n, "ref_loss": ref_loss, "tol": _check_tol(), "reference": ref_name,
             "results": results}
+
+
+def _check_tol():
+    return TF32_CHECK_TOL if os.environ.get("CUPY_TF32") == "1" else CHECK_TOL
 
 
 def timed(fn):
@@ -483,6 +490,8 @@ def machine_info(args, ctx):
 
 def run(args):
     plan = QUICK if args.quick else FULL
+    if args.device == "cuda":  # steps are planned at the GPU's pace; the CPU peer must keep up
+        plan = dataclasses.replace(plan, max_steps=GPU_MAX_STEPS)
     reps = args.reps or plan.reps
     if getattr(args, "tf32", False):  # read by CuPy when it is imported (fastmlp imports it lazily)
         os.environ["CUPY_TF32"] = "1"
