@@ -2,9 +2,9 @@
 # One device call: the GPU test suite, the GPU peers (TF32 off, then on), and the
 # cat / non-cat experiment on the GPU; logs under $OUT.
 #   usage (on a machine with a CUDA GPU, from the repository root):
-#     FASTMLP_DATA=path/to/data bash bench/gpu_check.sh [tests|bench|cat|all]
+#     FASTMLP_DATA=path/to/data bash bench/gpu_check.sh [tests|bench|compare|cat|all]
 # Writes $OUT/device.txt, gpu_tests.log, peers_cuda.{log,json}, peers_cuda_tf32.{log,json},
-# cat_cuda.log (OUT defaults to ./out).
+# compare_cuda.{log,json}, cat_cuda.log (OUT defaults to ./out).
 set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
 what=${1:-all}
@@ -22,6 +22,10 @@ if [[ $what == bench || $what == all ]]; then
   timeout "${BENCH_LIMIT:-240}" python3 bench/peers.py --quick --device cuda --tf32 \
       --workload "${TF32_WORKLOADS:-p2big,wide}" --json "$OUT/peers_cuda_tf32.json" 2>&1 \
       | tee "$OUT/peers_cuda_tf32.log" | tail -6
+fi
+if [[ $what == compare || $what == all ]]; then
+  timeout "${BENCH_LIMIT:-240}" python3 -m fastmlp compare --device cuda --data "$FASTMLP_DATA/mnist-t10k" \
+      --json "$OUT/compare_cuda.json" 2>&1 | tee "$OUT/compare_cuda.log" | tail -25
 fi
 if [[ $what == cat || $what == all ]]; then
   for dt in float64 float32; do
