@@ -117,7 +117,8 @@ def test_cat_gallery_trains_saves_and_reloads(data_dir, tmp_path, capsys):
 
 def test_cat_cnn_holds_out_a_validation_split_and_is_deterministic(data_dir, capsys):
     cnn = example("cat_cnn")
-    args = ["--data", str(data_dir / "catvnoncat"), "--epochs", "2", "--filters", "4,8", "--val", "0.2"]
+    args = ["--data", str(data_dir / "catvnoncat"), "--epochs", "2", "--filters", "4,8", "--val", "0.2",
+            "--batchnorm"]
     cnn.main(args)
     first = capsys.readouterr().out
     got = last_pairs(first)
@@ -137,8 +138,10 @@ def test_cat_cnn_holds_out_a_validation_split_and_is_deterministic(data_dir, cap
 
 def test_cat_cnn_trains_on_all_209_images_without_val(data_dir, capsys):
     example("cat_cnn").main(["--data", str(data_dir / "catvnoncat"), "--epochs", "1", "--filters", "4",
-                             "--no-flip", "--shift", "0"])
+                             "--no-flip", "--shift", "0", "--head", "flat", "--dropout", "0.5"])
     out = capsys.readouterr().out
     got = last_pairs(out)
     assert "trained on 209 images" in out and "val_acc" not in got
+    # no BatchNorm by default; the flat head reads the whole 4 x 32 x 32 map
+    assert got["params"] == 3 * 4 * 9 + 4 + 4 * 32 * 32 + 1
     assert re.search(r"test image 0: predicted '(cat|non-cat)'", out)
