@@ -56,7 +56,8 @@ class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
 
     With ``restore_best_weights`` the model ends with exactly the weights of
-    its best epoch."""
+    its best epoch, and the layer state of that epoch (BatchNorm running
+    statistics), as Keras restores them with the weights."""
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
                  restore_best_weights=False):
@@ -73,6 +74,7 @@ class EarlyStopping(Callback):
     def on_train_begin(self, logs=None):
         self.best = math.inf if self.mode == "min" else -math.inf
         self.wait, self.best_epoch, self.best_weights, self.stopped_epoch = 0, None, None, None
+        self.best_states = None
 
     def _improved(self, value):
         if self.mode == "min":
@@ -89,6 +91,8 @@ class EarlyStopping(Callback):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
+                # the running statistics evaluation uses belong with these weights
+                self.best_states = [layer.get_state() for layer in self.model.layers]
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -98,6 +102,9 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_weights is not None:
             self.model.set_weights(self.best_weights)
+            for layer, state in zip(self.model.layers, self.best_states):
+                if state:
+                    layer.set_state(state)
 
 
 class TerminateOnNaN(Callback):

@@ -517,6 +517,35 @@ def test_early_stopping_restores_best_weights(rng):
     assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), rec.weights[-1]))
 
 
+def test_early_stopping_restores_batchnorm_statistics_of_the_best_epoch(rng):
+    # the running statistics are state, not weights: restoring the weights alone would
+    # evaluate the best epoch's weights with the last epoch's statistics
+    X, y = _blobs(rng, n=80)
+    model = fm.Sequential([fm.Dense(4, 16), fm.BatchNorm(16), fm.ReLU(), fm.Dense(16, 3)],
+                          loss="softmax_crossentropy", optimizer=fm.Adam(lr=0.05), seed=0)
+
+    class States(fm.Callback):
+        def on_train_begin(self, logs=None):
+            self.states = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.states.append(self.model.layers[1].get_state())
+    rec = States()
+    stop = fm.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    yv = rng.permutation(y)
+    h = model.fit(X, y, epochs=40, batch_size=16, validation_data=(X, yv), callbacks=[rec, stop])
+    best = int(np.argmin(h["val_loss"]))
+    assert best < len(h.epoch) - 1
+    got = model.layers[1].get_state()
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(got[key], rec.states[best][key])
+        assert not np.array_equal(got[key], rec.states[-1][key])
+    # so evaluation reproduces the best epoch's validation loss
+    val_loss = model.evaluate(X, yv)["loss"]
+    print(f"best epoch {best} of {len(h.epoch)}: val_loss {h['val_loss'][best]:.6f}, restored {val_loss:.6f}")
+    assert val_loss == pytest.approx(h["val_loss"][best], rel=1e-5)
+
+
 def test_early_stopping_patience_counts_like_keras(rng):
     X, y = _blobs(rng, n=80)
     model = fm.Sequential([fm.Dense(4, 16), fm.ReLU(), fm.Dense(16, 3)], loss="softmax_crossentropy",

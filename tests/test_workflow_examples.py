@@ -4,6 +4,7 @@ Each example's ``main(argv)`` runs in-process (the scripts are loaded by path),
 on data made in tmp_path or, for the cat gallery, the real cat files.
 """
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +113,35 @@ def test_cat_gallery_trains_saves_and_reloads(data_dir, tmp_path, capsys):
     loaded = capsys.readouterr().out
     assert "loaded" in loaded
     assert last_pairs(loaded)["test_acc"] == got["test_acc"]
+
+
+def test_cat_cnn_holds_out_a_validation_split_and_is_deterministic(data_dir, capsys):
+    cnn = example("cat_cnn")
+    args = ["--data", str(data_dir / "catvnoncat"), "--epochs", "2", "--filters", "4,8", "--val", "0.2",
+            "--batchnorm"]
+    cnn.main(args)
+    first = capsys.readouterr().out
+    got = last_pairs(first)
+    assert set(got) == {"train_acc", "test_acc", "val_acc", "seconds", "ms_per_epoch", "params"}
+    # conv 3->4 (108 + 4), BN 4 (8), conv 4->8 (288 + 8), BN 8 (16), dense 8->1 (8 + 1)
+    assert got["params"] == 441
+    assert "trained on 168 images, validated on 41" in first   # 20 % of 72 cats (14), of 137 non-cats (27)
+    assert all(0 <= got[k] <= 1 for k in ("train_acc", "test_acc", "val_acc"))
+    # the same seed gives the same split, weights, augmentation and so the same figures
+    cnn.main(args)
+    second = capsys.readouterr().out
+    again = last_pairs(second)
+    assert all(again[k] == got[k] for k in ("train_acc", "test_acc", "val_acc"))
+    epochs = [[ln for ln in out.splitlines() if ln.startswith("epoch ")] for out in (first, second)]
+    assert len(epochs[0]) == 2 and epochs[0] == epochs[1]
+
+
+def test_cat_cnn_trains_on_all_209_images_without_val(data_dir, capsys):
+    example("cat_cnn").main(["--data", str(data_dir / "catvnoncat"), "--epochs", "1", "--filters", "4",
+                             "--no-flip", "--shift", "0", "--head", "flat", "--dropout", "0.5"])
+    out = capsys.readouterr().out
+    got = last_pairs(out)
+    assert "trained on 209 images" in out and "val_acc" not in got
+    # no BatchNorm by default; the flat head reads the whole 4 x 32 x 32 map
+    assert got["params"] == 3 * 4 * 9 + 4 + 4 * 32 * 32 + 1
+    assert re.search(r"test image 0: predicted '(cat|non-cat)'", out)
