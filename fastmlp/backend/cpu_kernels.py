@@ -414,60 +414,102 @@ def _out_range(count, size, offset, stride):
     return lo, max(lo, hi)
 
 
+# The image kernels index 1-D slices from 0 (``d = dst[lo:hi]; for k in range(hi - lo)``): an
+# index that might be negative makes Numba add a wrap-around test that stops LLVM from
+# vectorising (a 14-element copy ran 20x slower, measured).
+
+@njit(inline="always", error_model="numpy")
+def _copy(dst, src):
+    # dst[:] = src, 1-D of the same size
+    for k in range(dst.size):
+        dst[k] = src[k]
+
+
+@njit(inline="always", error_model="numpy")
+def _fill0(dst):
+    for k in range(dst.size):
+        dst[k] = 0
+
+
 def _im2col(cols, x, kh, kw, stride, pad):
-    # x (N, C, H, W); cols (C*KH*KW, N*L), column n*L + oh*OW + ow, row (c*KH + i)*KW + j
+    # x (N, C, H, W) C-contiguous; cols (C*KH*KW, N*L), column n*L + oh*OW + ow, row
+    # (c*KH + i)*KW + j. A thread writes whole rows of cols (one (c, i, j) tap each), image
+    # by image. With stride 1 and OW == W (a "same" convolution) the block of an image is
+    # the plane shifted by (i - P)*W + j - P: one flat copy, then the padding columns zeroed;
+    # otherwise a copy per output row.
     n, c, h, w = x.shape
     oh = (h + 2 * pad - kh) // stride + 1
     ow = (w + 2 * pad - kw) // stride + 1
     npix = oh * ow
-    for plane in prange(n * c):
-        img = plane // c
-        ch = plane - img * c
-        for i in range(kh):
-            p_lo, p_hi = _out_range(oh, h, i - pad, stride)
-            for j in range(kw):
-                r = (ch * kh + i) * kw + j
-                q_lo, q_hi = _out_range(ow, w, j - pad, stride)
-                for p in range(oh):
-                    col0 = img * npix + p * ow
-                    if p < p_lo or p >= p_hi:
-                        for q in range(ow):
-                            cols[r, col0 + q] = 0
-                        continue
-                    ih = p * stride + i - pad
-                    for q in range(q_lo):
-                        cols[r, col0 + q] = 0
-                    iw0 = j - pad
-                    for q in range(q_lo, q_hi):
-                        cols[r, col0 + q] = x[img, ch, ih, q * stride + iw0]
-                    for q in range(q_hi, ow):
-                        cols[r, col0 + q] = 0
+    planes = x.reshape(n, c, h * w)
+    flat = stride == 1 and ow == w
+    for r in prange(c * kh * kw):
+        ch = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        p_lo, p_hi = _out_range(oh, h, i - pad, stride)
+        q_lo, q_hi = _out_range(ow, w, j - pad, stride)
+        crow = cols[r]
+        for img in range(n):
+            src = planes[img, ch]
+            dst = crow[img * npix:(img + 1) * npix]
+            _fill0(dst[:p_lo * ow])
+            _fill0(dst[p_hi * ow:])
+            if flat:
+                shift = (i - pad) * w + j - pad
+                t_lo = max(p_lo * ow, -shift)          # what the clipping drops is padding
+                t_hi = min(p_hi * ow, h * w - shift)
+                if t_hi > t_lo:
+                    _copy(dst[t_lo:t_hi], src[t_lo + shift:t_hi + shift])
+                for p in range(p_lo, p_hi):
+                    _fill0(dst[p * ow:p * ow + q_lo])
+                    _fill0(dst[p * ow + q_hi:(p + 1) * ow])
+                continue
+            for p in range(p_lo, p_hi):
+                row = dst[p * ow:(p + 1) * ow]
+                _fill0(row[:q_lo])
+                _fill0(row[q_hi:])
+                if q_hi > q_lo:
+                    s0 = (p * stride + i - pad) * w + q_lo * stride + j - pad
+                    seg = row[q_lo:q_hi]
+                    if stride == 1:
+                        _copy(seg, src[s0:s0 + seg.size])
+                    else:
+                        for k in range(seg.size):
+                            seg[k] = src[s0 + k * stride]
 
 
 def _col2im(dx, cols, kh, kw, stride, pad):
-    # dx (N, C, H, W) = the adjoint of im2col of cols (C*KH*KW, N*L); each (image, channel)
-    # plane is summed by one thread in the fixed (i, j, oh, ow) order
+    # dx (N, C, H, W) C-contiguous = the adjoint of im2col of cols (C*KH*KW, N*L); each
+    # (image, channel) plane is summed by one thread in the fixed (i, j, oh, ow) order, a
+    # contiguous run of cols per output row (the CUDA twin gathers in the same order)
     n, c, h, w = dx.shape
     oh = (h + 2 * pad - kh) // stride + 1
     ow = (w + 2 * pad - kw) // stride + 1
     npix = oh * ow
+    planes = dx.reshape(n, c, h * w)
     for plane in prange(n * c):
         img = plane // c
         ch = plane - img * c
-        for a in range(h):
-            for b in range(w):
-                dx[img, ch, a, b] = 0
+        out = planes[img, ch]
+        _fill0(out)
         for i in range(kh):
             p_lo, p_hi = _out_range(oh, h, i - pad, stride)
             for j in range(kw):
-                r = (ch * kh + i) * kw + j
                 q_lo, q_hi = _out_range(ow, w, j - pad, stride)
-                iw0 = j - pad
+                if q_hi <= q_lo:
+                    continue
+                src = cols[(ch * kh + i) * kw + j, img * npix:(img + 1) * npix]
                 for p in range(p_lo, p_hi):
-                    ih = p * stride + i - pad
-                    col0 = img * npix + p * ow
-                    for q in range(q_lo, q_hi):
-                        dx[img, ch, ih, q * stride + iw0] += cols[r, col0 + q]
+                    d0 = (p * stride + i - pad) * w + q_lo * stride + j - pad
+                    seg = src[p * ow + q_lo:p * ow + q_hi]
+                    if stride == 1:
+                        acc = out[d0:d0 + seg.size]
+                        for k in range(seg.size):
+                            acc[k] += seg[k]
+                    else:
+                        for k in range(seg.size):
+                            out[d0 + k * stride] += seg[k]
 
 
 def _conv_bias_forward(y, z, b):
