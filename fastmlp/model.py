@@ -17,6 +17,7 @@ from . import gram as gram_path
 from . import io as fio
 from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN
 from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
+from .conv import Conv2D, MaxPool2D
 from .layers import Activation, Dense, Layer
 from .losses import Loss, SoftmaxCrossEntropy, get_loss
 from .optimizers import SGD, get_optimizer
@@ -119,15 +120,26 @@ class Sequential:
         return self
 
     def _plan_fusion(self):
-        """Fuse an activation that directly follows a Dense into the Dense's kernel."""
+        """Fuse an activation that directly follows a Dense into the Dense's kernel, and an
+        activation + MaxPool2D (or a MaxPool2D alone) that follows a Conv2D into the Conv2D's."""
         for layer in self.layers:
-            if isinstance(layer, Activation):
+            if isinstance(layer, (Activation, MaxPool2D)):
                 layer.fused = False
             if isinstance(layer, Dense):
                 layer.act_code, layer.alpha = 0, 0.0
-        for prev, layer in zip(self.layers, self.layers[1:]):
+            if isinstance(layer, Conv2D):
+                layer.fuse_pool(0, 0.0, None)
+        for i, (prev, layer) in enumerate(zip(self.layers, self.layers[1:])):
             if isinstance(prev, Dense) and isinstance(layer, Activation) and prev.act_code == 0:
                 prev.act_code, prev.alpha, layer.fused = layer.code, layer.alpha, True
+            if isinstance(prev, Conv2D):
+                after = self.layers[i + 2] if i + 2 < len(self.layers) else None
+                if isinstance(layer, MaxPool2D):
+                    prev.fuse_pool(0, 0.0, layer)
+                    layer.fused = True
+                elif isinstance(layer, Activation) and isinstance(after, MaxPool2D):
+                    prev.fuse_pool(layer.code, layer.alpha, after)
+                    layer.fused = after.fused = True
 
     def _require_built(self, X_shape=None):
         if not self.built:
@@ -681,6 +693,9 @@ def _workspace_bytes(layer, n, item):
         return 0
     if kind == "Conv2D":
         cols = layer.in_channels * layer.kh * layer.kw * n * layer.oh * layer.ow
+        if layer.pool is not None:                       # cols, z, pooled y, int32 argmax (+ dx)
+            pooled = size(layer.pool.output_shape)
+            return (cols + out + pooled + dx) * item + pooled * 4
         return (cols + 2 * out + dx) * item              # cols, z, y (+ dx)
     if kind == "MaxPool2D":
         return (out + dx) * item + out * 4               # y, int32 argmax (+ dx)

@@ -153,6 +153,16 @@ def conv_bias_backward(dz, db, dy):
     _pick(K.conv_bias_backward, dy.size)(dz, db, _per_image(dy))
 
 
+def conv_bias_act_pool_forward(y, argmax, z, b, oh, ow, code, alpha, k, stride):
+    # z (M, N*OH*OW); b (M,); y, argmax (N, M, PH, PW), argmax int32 = oh*OW + ow
+    _pick(K.conv_bias_act_pool_forward, z.size)(y, argmax, z, b, oh, ow, code, alpha, k, stride)
+
+
+def conv_bias_act_pool_backward(dz, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
+    # dy, y, argmax (N, M, PH, PW); dz (M, N*OH*OW); db (M,)
+    _pick(K.conv_bias_act_pool_backward, dz.size)(dz, db, dy, y, argmax, oh, ow, code, alpha, k, stride)
+
+
 def maxpool_forward(y, argmax, x, k, stride):
     # x (N, C, H, W); y, argmax (N, C, OH, OW), argmax int32
     _pick(K.maxpool_forward, x.size)(y, argmax, x, k, stride)

@@ -593,6 +593,117 @@ def _maxpool_backward(dx, dy, argmax, k, stride):
                 dx[img, ch, ih, a - ih * w] += dy[img, ch, p, q]
 
 
+@njit(inline="always", error_model="numpy")
+def _pool_row(yr, ar, src, bias, r0, ow, code, al, k, stride):
+    # one row of pooled outputs yr, ar (PW,) from the conv output plane src (OH*OW,): windows
+    # of rows r0 .. r0 + K - 1; a NaN counts as the maximum (the first one wins)
+    for q in range(yr.size):
+        iw0 = q * stride
+        arg = r0 * ow + iw0
+        best = _act(src[arg] + bias, code, al)
+        for i in range(k):
+            for j in range(k):
+                a = (r0 + i) * ow + iw0 + j
+                v = _act(src[a] + bias, code, al)
+                if v > best or (v != v and best == best):
+                    best = v
+                    arg = a
+        yr[q] = best
+        ar[q] = arg
+
+
+@njit(inline="always", error_model="numpy")
+def _has_nan(v):
+    # whether the 1-D v holds a NaN (a loop LLVM vectorises: no early exit)
+    bad = False
+    for t in range(v.size):
+        bad |= v[t] != v[t]
+    return bad
+
+
+@njit(inline="always", error_model="numpy")
+def _max4_first(a, b, c, d, i0, i1, i2, i3):
+    # (max of a, b, c, d, the index i of the first one equal to it); no NaN among them
+    best = max(max(a, b), max(c, d))
+    arg = i3
+    arg = i2 if c == best else arg
+    arg = i1 if b == best else arg
+    arg = i0 if a == best else arg
+    return best, arg
+
+
+@njit(inline="always", error_model="numpy")
+def _pool_row_2x2(yr, ar, s0, s1, bias, base0, base1, code, al):
+    # _pool_row for K = S = 2 on NaN-free rows, as selects that LLVM vectorises; s0, s1 are
+    # the window rows (2*PW,) starting at base0, base1 of the plane. ReLU and identity get
+    # loops of their own: LLVM does not vectorise through _act's switch on the code
+    # (5x slower, measured), nor through a helper that stores into yr and ar itself.
+    if code == RELU:
+        for q in range(yr.size):
+            a = s0[2 * q] + bias
+            b = s0[2 * q + 1] + bias
+            c = s1[2 * q] + bias
+            d = s1[2 * q + 1] + bias
+            yr[q], ar[q] = _max4_first(a if a > 0 else a * 0, b if b > 0 else b * 0,
+                                       c if c > 0 else c * 0, d if d > 0 else d * 0,
+                                       base0 + 2 * q, base0 + 2 * q + 1, base1 + 2 * q, base1 + 2 * q + 1)
+    elif code == IDENTITY:
+        for q in range(yr.size):
+            yr[q], ar[q] = _max4_first(s0[2 * q] + bias, s0[2 * q + 1] + bias, s1[2 * q] + bias,
+                                       s1[2 * q + 1] + bias,
+                                       base0 + 2 * q, base0 + 2 * q + 1, base1 + 2 * q, base1 + 2 * q + 1)
+    else:
+        for q in range(yr.size):
+            yr[q], ar[q] = _max4_first(_act(s0[2 * q] + bias, code, al), _act(s0[2 * q + 1] + bias, code, al),
+                                       _act(s1[2 * q] + bias, code, al), _act(s1[2 * q + 1] + bias, code, al),
+                                       base0 + 2 * q, base0 + 2 * q + 1, base1 + 2 * q, base1 + 2 * q + 1)
+
+
+def _conv_bias_act_pool_forward(y, argmax, z, b, oh, ow, code, alpha, k, stride):
+    # z (M, N*L) = W @ cols, L = OH*OW; b (M,); y, argmax (N, M, PH, PW): max pooling of
+    # act(z + b) laid out as (N, M, OH, OW), argmax = oh*OW + ow, the first maximum in
+    # row-major window order, a NaN the maximum; see reference.conv_bias_act_pool_forward.
+    # A plane with no NaN in z and a finite bias (so none in act(z + b)) takes the 2x2 path.
+    n, m, ph, pw = y.shape
+    npix = oh * ow
+    al = cast_like(alpha, z)
+    fast = k == 2 and stride == 2
+    for plane in prange(n * m):
+        img = plane // m
+        ch = plane - img * m
+        bias = b[ch]
+        src = z[ch, img * npix:(img + 1) * npix]
+        clean = fast and bias - bias == 0 and not _has_nan(src)
+        for p in range(ph):
+            yr, ar = y[img, ch, p], argmax[img, ch, p]
+            r0 = p * stride
+            if clean:
+                _pool_row_2x2(yr, ar, src[r0 * ow:r0 * ow + 2 * pw], src[(r0 + 1) * ow:(r0 + 1) * ow + 2 * pw],
+                              bias, r0 * ow, (r0 + 1) * ow, code, al)
+            else:
+                _pool_row(yr, ar, src, bias, r0, ow, code, al, k, stride)
+
+
+def _conv_bias_act_pool_backward(dz, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
+    # dz (M, N*L) = 0 except at each window's argmax, which gets dy * act'(y) (summed in
+    # row-major window order where windows overlap); db (M,) = sums of dz in float64.
+    # dy, y, argmax (N, M, PH, PW); k, stride unused here (the CUDA twin gathers with them)
+    n, m, ph, pw = dy.shape
+    npix = oh * ow
+    one, zero, al = cast_like(1.0, dz), cast_like(0.0, dz), cast_like(alpha, dz)
+    for ch in prange(m):
+        s = 0.0
+        for img in range(n):
+            dst = dz[ch, img * npix:(img + 1) * npix]
+            _fill0(dst)
+            for p in range(ph):
+                gr, yr, ar = dy[img, ch, p], y[img, ch, p], argmax[img, ch, p]
+                for q in range(pw):
+                    dst[ar[q]] += gr[q] * _grad_factor(yr[q], code, al, one, zero)
+            s += _sum4(dst)
+        db[ch] = s
+
+
 # Row reductions in float64 with four interleaved partial sums: a fixed order (so
 # deterministic) that does not wait on one add at a time.
 
@@ -755,6 +866,8 @@ conv_bias_forward = _twins(_conv_bias_forward)
 conv_bias_backward = _twins(_conv_bias_backward)
 maxpool_forward = _twins(_maxpool_forward)
 maxpool_backward = _twins(_maxpool_backward)
+conv_bias_act_pool_forward = _twins(_conv_bias_act_pool_forward)
+conv_bias_act_pool_backward = _twins(_conv_bias_act_pool_backward)
 batchnorm_forward = _twins(_batchnorm_forward)
 batchnorm_backward = _twins(_batchnorm_backward)
 dropout_forward = _twins(_dropout_forward)

@@ -267,6 +267,27 @@ def maxpool_backward(dx, dy, argmax, k, stride):
     dx[...] = flat.reshape(n, c, h, w)
 
 
+def conv_bias_act_pool_forward(y, argmax, z, b, oh, ow, code, alpha, k, stride):
+    """Conv2D's epilogue fused with the activation and max pooling that follow it.
+
+    z (M, N*L) = W @ cols with L = OH*OW; b (M,); y, argmax (N, M, PH, PW) as
+    maxpool_forward of act(z + b) laid out as (N, M, OH, OW): argmax = oh*OW + ow in
+    the conv output plane, ties to the first maximum in row-major window order."""
+    n, m = y.shape[:2]
+    a = np.empty((n, m, oh * ow))
+    conv_bias_forward(a, z, b)
+    maxpool_forward(y, argmax, act(a, code, alpha).reshape(n, m, oh, ow), k, stride)
+
+
+def conv_bias_act_pool_backward(dz, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
+    # dz (M, N*L) = 0 except at each window's argmax (N, M, PH, PW), which receives
+    # dy * act'(y) (dy, y (N, M, PH, PW): y the pooled output); db (M,) = sums of dz
+    n, m = dy.shape[:2]
+    da = np.empty((n, m, oh, ow))
+    maxpool_backward(da, dy * act_grad_from_output(y, code, alpha), argmax, k, stride)
+    conv_bias_backward(dz, db, da.reshape(n, m, oh * ow))
+
+
 def batchnorm_forward(y, mean, invstd, running_mean, running_var, x, gamma, beta,
                       momentum, eps, training):
     """Batch normalisation of x (N, C, L) per channel c over its N*L values
