@@ -686,8 +686,11 @@ def _conv_bias_act_pool_forward(y, argmax, z, b, oh, ow, code, alpha, k, stride)
 
 def _conv_bias_act_pool_backward(dz, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
     # dz (M, N*L) = 0 except at each window's argmax, which gets dy * act'(y) (summed in
-    # row-major window order where windows overlap); db (M,) = sums of dz in float64.
-    # dy, y, argmax (N, M, PH, PW); k, stride unused here (the CUDA twin gathers with them)
+    # row-major window order where windows overlap); db (M,) = the sum of those gradients
+    # in float64, in (image, window) order: the sum of dz without its zeros.
+    # dy, y, argmax (N, M, PH, PW); k, stride unused here (the CUDA twin gathers with them).
+    # (Writing each dz row once with selects instead of zeroing and scattering was 3x
+    # slower, measured: LLVM does not vectorise the interleaved stores.)
     n, m, ph, pw = dy.shape
     npix = oh * ow
     one, zero, al = cast_like(1.0, dz), cast_like(0.0, dz), cast_like(alpha, dz)
@@ -699,8 +702,9 @@ def _conv_bias_act_pool_backward(dz, db, dy, y, argmax, oh, ow, code, alpha, k, 
             for p in range(ph):
                 gr, yr, ar = dy[img, ch, p], y[img, ch, p], argmax[img, ch, p]
                 for q in range(pw):
-                    dst[ar[q]] += gr[q] * _grad_factor(yr[q], code, al, one, zero)
-            s += _sum4(dst)
+                    g = gr[q] * _grad_factor(yr[q], code, al, one, zero)
+                    dst[ar[q]] += g
+                    s += np.float64(g)
         db[ch] = s
 
 
