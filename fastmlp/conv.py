@@ -12,7 +12,10 @@ When the model finds an activation and a MaxPool2D (or a MaxPool2D alone) right
 after a Conv2D, it fuses them into the Conv2D (``fuse_pool``): one kernel then
 reads z once and writes only the pooled output and its argmax, and backward
 scatters dy straight into dz (``conv_bias_act_pool_forward`` / ``_backward``).
-The full-size (N, M, OH, OW) activation is never stored. This layout keeps
+The full-size (N, M, OH, OW) activation is never stored. The fused path keeps z
+transposed, zt (N*L, M) = cols.T @ W2.T, and forms dW.T = cols @ dzt (then
+``transpose``): OpenBLAS runs these thin products up to 2x faster than
+W2 @ cols and dz @ cols.T (measured on P3's shapes, one thread). This layout keeps
 every kernel's inner loop on contiguous memory (a row of an image, a run of
 L outputs) and the GEMMs large; (N*L, C*KH*KW) would need a transposing copy
 on the way in and out.
@@ -127,32 +130,41 @@ class Conv2D(Layer):
         be, b, pool = self.be, self.params[1], self.pool
         cols = self.workspace("cols", (self.w2.shape[1], n * npix))
         be.im2col(cols, x, self.kh, self.kw, self.stride, self.padding)
-        z = self.workspace("z", (self.out_channels, n * npix))
-        be.matmul(z, self.w2, cols)
         self.x_shape, self.cols = x.shape, cols
         if pool is None:
+            z = self.workspace("z", (self.out_channels, n * npix))
+            be.matmul(z, self.w2, cols)
             y = self.workspace("y", (n, self.out_channels, self.oh, self.ow))
             be.conv_bias_forward(y, z, b)
             return y
+        # fused: z transposed, (N*L, M), which BLAS forms faster for these thin products
+        zt = self.workspace("zt", (n * npix, self.out_channels))
+        be.matmul(zt, cols.T, self.w2.T)
         y = self.workspace("pooled", (n,) + pool.output_shape)
         argmax = self.workspace("argmax", y.shape, np.int32)
-        be.conv_bias_act_pool_forward(y, argmax, z, b, self.oh, self.ow, self.act_code, self.alpha,
+        be.conv_bias_act_pool_forward(y, argmax, zt, b, self.oh, self.ow, self.act_code, self.alpha,
                                       pool.k, pool.stride)
         self.y, self.argmax = y, argmax
         return y
 
     def backward(self, dy):
         # dy is (N, M, OH, OW) (the pooled shape when fused); returns dx (N, C, H, W) or None.
-        # z's workspace becomes dz, and cols (no longer needed once dW is known) becomes dcols.
+        # z's (zt's) workspace becomes dz (dzt), and cols (no longer needed once dW is known)
+        # becomes dcols.
         be, pool = self.be, self.pool
         cols = self.cols
-        dz = self.workspace("z", (self.out_channels, cols.shape[1]))
         if pool is None:
+            dz = self.workspace("z", (self.out_channels, cols.shape[1]))
             be.conv_bias_backward(dz, self.grads[1], dy)
+            be.matmul(self.dw2, dz, cols.T)
         else:
-            be.conv_bias_act_pool_backward(dz, self.grads[1], dy, self.y, self.argmax, self.oh, self.ow,
+            dzt = self.workspace("zt", (cols.shape[1], self.out_channels))
+            be.conv_bias_act_pool_backward(dzt, self.grads[1], dy, self.y, self.argmax, self.oh, self.ow,
                                            self.act_code, self.alpha, pool.k, pool.stride)
-        be.matmul(self.dw2, dz, cols.T)
+            dwt = self.workspace("dwt", (cols.shape[0], self.out_channels))
+            be.matmul(dwt, cols, dzt)                 # dW.T: the faster orientation for BLAS
+            be.transpose(self.dw2, dwt)
+            dz = dzt.T
         if not self.needs_dx:
             return None
         be.matmul(cols, self.w2.T, dz)

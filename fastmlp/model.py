@@ -693,9 +693,10 @@ def _workspace_bytes(layer, n, item):
         return 0
     if kind == "Conv2D":
         cols = layer.in_channels * layer.kh * layer.kw * n * layer.oh * layer.ow
-        if layer.pool is not None:                       # cols, z, pooled y, int32 argmax (+ dx)
+        if layer.pool is not None:     # cols, zt, pooled y, int32 argmax, dW.T (+ dx)
             pooled = size(layer.pool.output_shape)
-            return (cols + out + pooled + dx) * item + pooled * 4
+            dwt = layer.in_channels * layer.kh * layer.kw * layer.out_channels
+            return (cols + out + pooled + dwt + dx) * item + pooled * 4
         return (cols + 2 * out + dx) * item              # cols, z, y (+ dx)
     if kind == "MaxPool2D":
         return (out + dx) * item + out * 4               # y, int32 argmax (+ dx)

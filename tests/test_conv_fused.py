@@ -40,11 +40,12 @@ def _pooled(oh, ow, k, s):
 
 def _case(rng, shape, dtype, ties):
     n, m, oh, ow, k, s = shape
+    # z transposed, zt (N*L, M), as the fused kernels take it
     if ties:   # small integers: many equal values in a window, before and after the activation
-        z = rng.integers(-2, 3, (m, n * oh * ow)).astype(dtype)
+        z = rng.integers(-2, 3, (n * oh * ow, m)).astype(dtype)
         b = rng.integers(-1, 2, m).astype(dtype)
     else:
-        z = rng.standard_normal((m, n * oh * ow)).astype(dtype)
+        z = rng.standard_normal((n * oh * ow, m)).astype(dtype)
         b = rng.standard_normal(m).astype(dtype)
     return z, b, (n, m) + _pooled(oh, ow, k, s)
 
@@ -77,14 +78,27 @@ def test_fused_kernels_match_reference(shape, code, alpha, twin, dtype, ties, rn
     assert max(errs) <= KERNEL_TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("twin", TWINS)
+@pytest.mark.parametrize("shape", [(9, 16), (144, 32), (1, 5), (3, 1)])
+def test_transpose_kernel(shape, twin, dtype, rng):
+    # the fused conv forms dW.T (C*KH*KW, M) and puts it in W's layout (M, C*KH*KW)
+    a = rng.standard_normal(shape).astype(dtype)
+    want = np.empty(shape[::-1])
+    R.transpose(want, a)
+    out = np.full(shape[::-1], np.nan, dtype)
+    K.transpose[twin](out, a)
+    np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("shape", [(1, 2, 4, 4, 2, 2), (1, 1, 5, 5, 3, 1)])
 def test_fused_nan_is_the_maximum(shape, rng):
     # the first NaN of a window wins, in the 2x2 path's planes and in the general one
     n, m, oh, ow, k, s = shape
     z, b, yshape = _case(rng, shape, np.float64, False)
-    z[0, 1] = np.nan
-    z[0, oh * ow - 1] = np.nan
-    z[m - 1, ow + 1] = np.nan
+    z[1, 0] = np.nan
+    z[oh * ow - 1, 0] = np.nan
+    z[ow + 1, m - 1] = np.nan
     want_y, want_arg, _, _ = _reference(z, b, yshape, oh, ow, R.RELU, 0.0, k, s, np.ones(yshape))
     for twin in TWINS:
         y, arg = np.empty(yshape), np.empty(yshape, np.int32)
@@ -131,6 +145,10 @@ def test_cuda_fused_kernels_match_reference(rng):
                     errs = [_rel(be.to_host(y), want_y), _rel(be.to_host(dz), want_dz),
                             _rel(be.to_host(db), want_db)]
                     assert max(errs) <= KERNEL_TOL[dtype], (shape, code, ties, dtype, errs)
+        a = rng.standard_normal((144, 32)).astype(dtype)
+        out = be.empty((32, 144), dtype)
+        be.transpose(out, be.to_device(a))
+        np.testing.assert_array_equal(be.to_host(out), a.T)
 
 
 # --------------------------------------------------------------------------- the model

@@ -613,11 +613,13 @@ def _pool_row(yr, ar, src, bias, r0, ow, code, al, k, stride):
 
 
 @njit(inline="always", error_model="numpy")
-def _has_nan(v):
-    # whether the 1-D v holds a NaN (a loop LLVM vectorises: no early exit)
+def _has_nan(rows):
+    # whether the 2-D rows hold a NaN (loops LLVM vectorises: no early exit)
     bad = False
-    for t in range(v.size):
-        bad |= v[t] != v[t]
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        for c in range(r.size):
+            bad |= r[c] != r[c]
     return bad
 
 
@@ -633,72 +635,66 @@ def _max4_first(a, b, c, d, i0, i1, i2, i3):
 
 
 @njit(inline="always", error_model="numpy")
-def _pool_row_2x2(yr, ar, s0, s1, bias, base0, base1, code, al):
-    # _pool_row for K = S = 2 on NaN-free rows, as selects that LLVM vectorises; s0, s1 are
-    # the window rows (2*PW,) starting at base0, base1 of the plane. ReLU and identity get
-    # loops of their own: LLVM does not vectorise through _act's switch on the code
-    # (5x slower, measured), nor through a helper that stores into yr and ar itself.
-    if code == RELU:
-        for q in range(yr.size):
-            a = s0[2 * q] + bias
-            b = s0[2 * q + 1] + bias
-            c = s1[2 * q] + bias
-            d = s1[2 * q + 1] + bias
-            yr[q], ar[q] = _max4_first(a if a > 0 else a * 0, b if b > 0 else b * 0,
-                                       c if c > 0 else c * 0, d if d > 0 else d * 0,
-                                       base0 + 2 * q, base0 + 2 * q + 1, base1 + 2 * q, base1 + 2 * q + 1)
-    elif code == IDENTITY:
-        for q in range(yr.size):
-            yr[q], ar[q] = _max4_first(s0[2 * q] + bias, s0[2 * q + 1] + bias, s1[2 * q] + bias,
-                                       s1[2 * q + 1] + bias,
-                                       base0 + 2 * q, base0 + 2 * q + 1, base1 + 2 * q, base1 + 2 * q + 1)
-    else:
-        for q in range(yr.size):
-            yr[q], ar[q] = _max4_first(_act(s0[2 * q] + bias, code, al), _act(s0[2 * q + 1] + bias, code, al),
-                                       _act(s1[2 * q] + bias, code, al), _act(s1[2 * q + 1] + bias, code, al),
-                                       base0 + 2 * q, base0 + 2 * q + 1, base1 + 2 * q, base1 + 2 * q + 1)
+def _pool_image_2x2(y, argmax, rows, b, img, ow, code, al):
+    # K = S = 2 for image img, every channel at once: y, argmax (N, M, PH, PW); rows (L, M)
+    # its block of zt, no NaN in act(rows + b). The inner loop runs over the channels,
+    # contiguous in zt, and LLVM vectorises it once the caller has made ``code`` a literal
+    # (_act's switch on a run-time code stops it: 3x slower, measured; so do views of y).
+    ph, pw = y.shape[2], y.shape[3]
+    for p in range(ph):
+        for q in range(pw):
+            i0 = 2 * p * ow + 2 * q          # the window's four pixels: i0, i0 + 1, i2, i2 + 1
+            i2 = i0 + ow
+            ra, rb, rc, rd = rows[i0], rows[i0 + 1], rows[i2], rows[i2 + 1]
+            for ch in range(b.size):
+                y[img, ch, p, q], argmax[img, ch, p, q] = _max4_first(
+                    _act(ra[ch] + b[ch], code, al), _act(rb[ch] + b[ch], code, al),
+                    _act(rc[ch] + b[ch], code, al), _act(rd[ch] + b[ch], code, al), i0, i0 + 1, i2, i2 + 1)
 
 
-def _conv_bias_act_pool_forward(y, argmax, z, b, oh, ow, code, alpha, k, stride):
-    # z (M, N*L) = W @ cols, L = OH*OW; b (M,); y, argmax (N, M, PH, PW): max pooling of
+def _conv_bias_act_pool_forward(y, argmax, zt, b, oh, ow, code, alpha, k, stride):
+    # zt (N*L, M) = cols.T @ W2.T, L = OH*OW; b (M,); y, argmax (N, M, PH, PW): max pooling of
     # act(z + b) laid out as (N, M, OH, OW), argmax = oh*OW + ow, the first maximum in
     # row-major window order, a NaN the maximum; see reference.conv_bias_act_pool_forward.
-    # A plane with no NaN in z and a finite bias (so none in act(z + b)) takes the 2x2 path.
+    # One thread an image. K = S = 2 on an image with no NaN in zt (and a finite bias, so
+    # none in act(z + b)) runs across the channels; anything else a window at a time.
     n, m, ph, pw = y.shape
     npix = oh * ow
-    al = cast_like(alpha, z)
+    al = cast_like(alpha, zt)
     fast = k == 2 and stride == 2
-    for plane in prange(n * m):
-        img = plane // m
-        ch = plane - img * m
-        bias = b[ch]
-        src = z[ch, img * npix:(img + 1) * npix]
-        clean = fast and bias - bias == 0 and not _has_nan(src)
-        for p in range(ph):
-            yr, ar = y[img, ch, p], argmax[img, ch, p]
-            r0 = p * stride
-            if clean:
-                _pool_row_2x2(yr, ar, src[r0 * ow:r0 * ow + 2 * pw], src[(r0 + 1) * ow:(r0 + 1) * ow + 2 * pw],
-                              bias, r0 * ow, (r0 + 1) * ow, code, al)
+    for ch in range(m):
+        fast &= b[ch] - b[ch] == 0
+    for img in prange(n):
+        rows = zt[img * npix:(img + 1) * npix]
+        if fast and not _has_nan(rows):
+            if code == RELU:
+                _pool_image_2x2(y, argmax, rows, b, img, ow, RELU, al)
+            elif code == IDENTITY:
+                _pool_image_2x2(y, argmax, rows, b, img, ow, IDENTITY, al)
             else:
-                _pool_row(yr, ar, src, bias, r0, ow, code, al, k, stride)
+                _pool_image_2x2(y, argmax, rows, b, img, ow, code, al)
+            continue
+        for ch in range(m):
+            for p in range(ph):
+                _pool_row(y[img, ch, p], argmax[img, ch, p], rows[:, ch], b[ch], p * stride, ow, code, al,
+                          k, stride)
 
 
-def _conv_bias_act_pool_backward(dz, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
-    # dz (M, N*L) = 0 except at each window's argmax, which gets dy * act'(y) (summed in
-    # row-major window order where windows overlap); db (M,) = the sum of those gradients
-    # in float64, in (image, window) order: the sum of dz without its zeros.
+def _conv_bias_act_pool_backward(dzt, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
+    # dzt (N*L, M), dz transposed: 0 except at each window's argmax, which gets dy * act'(y)
+    # (summed in row-major window order where windows overlap); db (M,) = the sum of those
+    # gradients in float64, in (image, window) order: the sum of dz without its zeros.
     # dy, y, argmax (N, M, PH, PW); k, stride unused here (the CUDA twin gathers with them).
-    # (Writing each dz row once with selects instead of zeroing and scattering was 3x
-    # slower, measured: LLVM does not vectorise the interleaved stores.)
     n, m, ph, pw = dy.shape
     npix = oh * ow
-    one, zero, al = cast_like(1.0, dz), cast_like(0.0, dz), cast_like(alpha, dz)
+    one, zero, al = cast_like(1.0, dzt), cast_like(0.0, dzt), cast_like(alpha, dzt)
+    flat = dzt.reshape(dzt.size)
+    for img in prange(n):
+        _fill0(flat[img * npix * m:(img + 1) * npix * m])
     for ch in prange(m):
         s = 0.0
         for img in range(n):
-            dst = dz[ch, img * npix:(img + 1) * npix]
-            _fill0(dst)
+            dst = dzt[img * npix:(img + 1) * npix, ch]
             for p in range(ph):
                 gr, yr, ar = dy[img, ch, p], y[img, ch, p], argmax[img, ch, p]
                 for q in range(pw):
@@ -706,6 +702,14 @@ def _conv_bias_act_pool_backward(dz, db, dy, y, argmax, oh, ow, code, alpha, k, 
                     dst[ar[q]] += g
                     s += np.float64(g)
         db[ch] = s
+
+
+def _transpose(out, a):
+    # out (B, A) = a.T for a (A, B): a weight gradient computed transposed, put in its layout
+    na, nb = a.shape
+    for j in prange(nb):
+        for i in range(na):
+            out[j, i] = a[i, j]
 
 
 # Row reductions in float64 with four interleaved partial sums: a fixed order (so
@@ -872,6 +876,7 @@ maxpool_forward = _twins(_maxpool_forward)
 maxpool_backward = _twins(_maxpool_backward)
 conv_bias_act_pool_forward = _twins(_conv_bias_act_pool_forward)
 conv_bias_act_pool_backward = _twins(_conv_bias_act_pool_backward)
+transpose = _twins(_transpose)
 batchnorm_forward = _twins(_batchnorm_forward)
 batchnorm_backward = _twins(_batchnorm_backward)
 dropout_forward = _twins(_dropout_forward)
