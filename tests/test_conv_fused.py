@@ -34,6 +34,11 @@ def _rel(got, want):
     return float(np.abs(got - want).max() / scale) if want.size else 0.0
 
 
+def _scratch(m):
+    # the Numba backward's (BLOCKS, M) float64 partial sums (cpu.py passes its own)
+    return np.full((K.BIAS_GRAD_BLOCKS, m), np.nan)
+
+
 def _pooled(oh, ow, k, s):
     return (oh - k) // s + 1, (ow - k) // s + 1
 
@@ -71,7 +76,7 @@ def test_fused_kernels_match_reference(shape, code, alpha, twin, dtype, ties, rn
     dy = rng.standard_normal(yshape).astype(dtype)
     want_y, want_arg, want_dz, want_db = _reference(z, b, yshape, oh, ow, code, alpha, k, s, dy)
     dz, db = np.full(z.shape, np.nan, dtype), np.full(m, np.nan, dtype)
-    K.conv_bias_act_pool_backward[twin](dz, db, dy, y, arg, oh, ow, code, alpha, k, s)
+    K.conv_bias_act_pool_backward[twin](dz, db, _scratch(m), dy, y, arg, oh, ow, code, alpha, k, s)
     errs = [_rel(y, want_y), _rel(dz, want_dz), _rel(db, want_db)]
     print(f"fused {shape} code={code} twin={twin} ties={ties} {dtype.__name__}: y, dz, db {errs}")
     np.testing.assert_array_equal(arg, want_arg)
@@ -118,7 +123,7 @@ def test_fused_parallel_twin_is_bitwise_serial(rng):
         y, arg = np.empty(yshape, np.float32), np.empty(yshape, np.int32)
         K.conv_bias_act_pool_forward[twin](y, arg, z, b, oh, ow, R.RELU, 0.0, k, s)
         dz, db = np.empty_like(z), np.empty(m, np.float32)
-        K.conv_bias_act_pool_backward[twin](dz, db, dy, y, arg, oh, ow, R.RELU, 0.0, k, s)
+        K.conv_bias_act_pool_backward[twin](dz, db, _scratch(m), dy, y, arg, oh, ow, R.RELU, 0.0, k, s)
         out.append((y, arg, dz, db))
     for a, c in zip(*out):
         np.testing.assert_array_equal(a, c)

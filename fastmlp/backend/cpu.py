@@ -160,7 +160,8 @@ def conv_bias_act_pool_forward(y, argmax, zt, b, oh, ow, code, alpha, k, stride)
 
 def conv_bias_act_pool_backward(dzt, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
     # dy, y, argmax (N, M, PH, PW); dzt (N*OH*OW, M), dz transposed; db (M,)
-    _pick(K.conv_bias_act_pool_backward, dzt.size)(dzt, db, dy, y, argmax, oh, ow, code, alpha, k, stride)
+    _pick(K.conv_bias_act_pool_backward, dzt.size)(dzt, db, _partial_sums(dzt.shape[1]), dy, y, argmax,
+                                                   oh, ow, code, alpha, k, stride)
 
 
 def transpose(out, a):

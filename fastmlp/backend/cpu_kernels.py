@@ -613,13 +613,11 @@ def _pool_row(yr, ar, src, bias, r0, ow, code, al, k, stride):
 
 
 @njit(inline="always", error_model="numpy")
-def _has_nan(rows):
-    # whether the 2-D rows hold a NaN (loops LLVM vectorises: no early exit)
+def _has_nan(v):
+    # whether the 1-D v holds a NaN (a loop LLVM vectorises: no early exit)
     bad = False
-    for t in range(rows.shape[0]):
-        r = rows[t]
-        for c in range(r.size):
-            bad |= r[c] != r[c]
+    for t in range(v.size):
+        bad |= v[t] != v[t]
     return bad
 
 
@@ -664,9 +662,10 @@ def _conv_bias_act_pool_forward(y, argmax, zt, b, oh, ow, code, alpha, k, stride
     fast = k == 2 and stride == 2
     for ch in range(m):
         fast &= b[ch] - b[ch] == 0
+    flat = zt.reshape(zt.size)
     for img in prange(n):
         rows = zt[img * npix:(img + 1) * npix]
-        if fast and not _has_nan(rows):
+        if fast and not _has_nan(flat[img * npix * m:(img + 1) * npix * m]):
             if code == RELU:
                 _pool_image_2x2(y, argmax, rows, b, img, ow, RELU, al)
             elif code == IDENTITY:
@@ -680,27 +679,53 @@ def _conv_bias_act_pool_forward(y, argmax, zt, b, oh, ow, code, alpha, k, stride
                           k, stride)
 
 
-def _conv_bias_act_pool_backward(dzt, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
+@njit(inline="always", error_model="numpy")
+def _unpool_plane(rows, ch, dy, y, argmax, code, al, one, zero):
+    # rows[argmax, ch] += dy * act'(y) for one (image, channel) plane: dy, y, argmax (PH, PW);
+    # returns the float64 sum of those gradients, in two interleaved partial sums (even and
+    # odd windows of a row) that do not wait on one add at a time
+    s0 = 0.0
+    s1 = 0.0
+    for p in range(dy.shape[0]):
+        gr, yr, ar = dy[p], y[p], argmax[p]
+        for q in range(gr.size):
+            g = gr[q] * _grad_factor(yr[q], code, al, one, zero)
+            rows[ar[q], ch] += g
+            if q % 2 == 0:
+                s0 += np.float64(g)
+            else:
+                s1 += np.float64(g)
+    return s0 + s1
+
+
+def _conv_bias_act_pool_backward(dzt, db, partial, dy, y, argmax, oh, ow, code, alpha, k, stride):
     # dzt (N*L, M), dz transposed: 0 except at each window's argmax, which gets dy * act'(y)
-    # (summed in row-major window order where windows overlap); db (M,) = the sum of those
-    # gradients in float64, in (image, window) order: the sum of dz without its zeros.
-    # dy, y, argmax (N, M, PH, PW); k, stride unused here (the CUDA twin gathers with them).
+    # (summed in row-major window order where windows overlap); db (M,) = the sums of those
+    # gradients, the sums of dz without its zeros. dy, y, argmax (N, M, PH, PW); k, stride
+    # unused here (the CUDA twin gathers with them). partial is a (BLOCKS, M) float64 scratch
+    # owned by the caller: blocks of images sum into their own row, then the rows in order,
+    # so db depends on N only, not on the thread count. An image's block of dzt is zeroed
+    # and scattered into while it is in cache.
     n, m, ph, pw = dy.shape
     npix = oh * ow
     one, zero, al = cast_like(1.0, dzt), cast_like(0.0, dzt), cast_like(alpha, dzt)
     flat = dzt.reshape(dzt.size)
-    for img in prange(n):
-        _fill0(flat[img * npix * m:(img + 1) * npix * m])
-    for ch in prange(m):
+    nblocks = max(1, min(partial.shape[0], n))
+    for blk in prange(nblocks):
+        acc = partial[blk]
+        acc[:] = 0.0
+        for img in range(blk * n // nblocks, (blk + 1) * n // nblocks):
+            _fill0(flat[img * npix * m:(img + 1) * npix * m])
+            rows = dzt[img * npix:(img + 1) * npix]
+            for ch in range(m):
+                if code == RELU:
+                    acc[ch] += _unpool_plane(rows, ch, dy[img, ch], y[img, ch], argmax[img, ch], RELU, al, one, zero)
+                else:
+                    acc[ch] += _unpool_plane(rows, ch, dy[img, ch], y[img, ch], argmax[img, ch], code, al, one, zero)
+    for ch in range(m):
         s = 0.0
-        for img in range(n):
-            dst = dzt[img * npix:(img + 1) * npix, ch]
-            for p in range(ph):
-                gr, yr, ar = dy[img, ch, p], y[img, ch, p], argmax[img, ch, p]
-                for q in range(pw):
-                    g = gr[q] * _grad_factor(yr[q], code, al, one, zero)
-                    dst[ar[q]] += g
-                    s += np.float64(g)
+        for blk in range(nblocks):
+            s += partial[blk, ch]
         db[ch] = s
 
 
