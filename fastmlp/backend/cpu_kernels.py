@@ -461,9 +461,12 @@ def _im2col(cols, x, kh, kw, stride, pad):
                 t_hi = min(p_hi * ow, h * w - shift)
                 if t_hi > t_lo:
                     _copy(dst[t_lo:t_hi], src[t_lo + shift:t_hi + shift])
-                for p in range(p_lo, p_hi):
-                    _fill0(dst[p * ow:p * ow + q_lo])
-                    _fill0(dst[p * ow + q_hi:(p + 1) * ow])
+                for q in range(q_lo):               # the padding columns, one at a time
+                    for p in range(p_lo, p_hi):
+                        dst[p * ow + q] = 0
+                for q in range(q_hi, ow):
+                    for p in range(p_lo, p_hi):
+                        dst[p * ow + q] = 0
                 continue
             for p in range(p_lo, p_hi):
                 row = dst[p * ow:(p + 1) * ow]
