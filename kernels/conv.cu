@@ -16,7 +16,8 @@
 // OH = (H + 2P - KH) / S + 1 (floor); z, dz (M, N*L); y, dy of a convolution
 // (N, M, L); max pooling y, dy, argmax (N*C, OH, OW), argmax int32 = ih*W + iw
 // in the image plane (fused after a convolution: zt, dzt (N*L, M) = z, dz transposed,
-// y, dy, argmax (N, M, PH, PW), argmax = oh*OW + ow in the conv output plane); batch norm x, y, dy, dx (N, C, L) (L = 1 for (N, F)
+// y, dy, argmax (N, M, PH, PW), argmax = oh*OW + ow in the conv output plane);
+// batch norm x, y, dy, dx (N, C, L) (L = 1 for (N, F)
 // input), per-channel mean, invstd, running statistics and partial sums
 // float64; dropout flat (size,). T is float or double.
 //

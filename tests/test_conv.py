@@ -307,7 +307,8 @@ def test_float_conv_kernels_do_no_double_arithmetic():
     assert ok, log
     entries = _entries(ptx)
     for kernel in ("im2col", "col2im", "conv_bias_forward", "maxpool_forward", "maxpool_backward",
-                   "conv_bias_act_pool_forward", "conv_bias_act_pool_backward", "transpose", "batchnorm_apply", "batchnorm_backward_apply", "dropout_forward", "dropout_backward"):
+                   "conv_bias_act_pool_forward", "conv_bias_act_pool_backward", "transpose", "batchnorm_apply",
+                   "batchnorm_backward_apply", "dropout_forward", "dropout_backward"):
         body = entries[lowered[cuda_source.expr(kernel, "float")]]
         f64 = re.findall(r"^\s*(?:add|sub|mul|fma|div|sqrt|rcp)\.\S*f64.*$", body, flags=re.M)
         assert not f64, f"{kernel}<float> does double arithmetic:\n" + "\n".join(f64)

@@ -721,10 +721,11 @@ def _conv_bias_act_pool_backward(dzt, db, partial, dy, y, argmax, oh, ow, code, 
             _fill0(flat[img * npix * m:(img + 1) * npix * m])
             rows = dzt[img * npix:(img + 1) * npix]
             for ch in range(m):
-                if code == RELU:
-                    acc[ch] += _unpool_plane(rows, ch, dy[img, ch], y[img, ch], argmax[img, ch], RELU, al, one, zero)
+                gy, yy, ay = dy[img, ch], y[img, ch], argmax[img, ch]
+                if code == RELU:    # a literal code: _grad_factor's switch folds away
+                    acc[ch] += _unpool_plane(rows, ch, gy, yy, ay, RELU, al, one, zero)
                 else:
-                    acc[ch] += _unpool_plane(rows, ch, dy[img, ch], y[img, ch], argmax[img, ch], code, al, one, zero)
+                    acc[ch] += _unpool_plane(rows, ch, gy, yy, ay, code, al, one, zero)
     for ch in range(m):
         s = 0.0
         for blk in range(nblocks):
