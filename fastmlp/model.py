@@ -628,6 +628,8 @@ class Sequential:
             widths = {layer.out_features for layer in self.layers if isinstance(layer, Dense)}
             widths |= {w * layer.features for layer in self.layers if type(layer).__name__ == "BatchNorm"
                        for w in (1, 2)}
+            widths |= {layer.out_channels for layer in self.layers          # fused conv epilogues
+                       if isinstance(layer, Conv2D) and layer.pool is not None}
             scratch += sum(BIAS_GRAD_BLOCKS * w * 8 for w in widths)
         report = {"batch_size": n, "parameters": flat, "gradients": flat, "undo": flat,
                   "optimizer_state": flat * len(self._state), "workspaces": work,
