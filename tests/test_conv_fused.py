@@ -183,8 +183,8 @@ ACTS = [fm.ReLU, lambda: fm.LeakyReLU(0.2), fm.Tanh, fm.Sigmoid]
 
 @pytest.mark.parametrize("act", ACTS, ids=["relu", "leaky", "tanh", "sigmoid"])
 @pytest.mark.parametrize("k,s", [(2, 2), (3, 1), (2, 3)])
-def test_fused_model_equals_unfused(act, k, s, rng):
-    fused, plain = (_cnn(act(), fm.MaxPool2D(k, stride=s)) for _ in range(2))
+def test_fused_model_equals_unfused(act, k, s, device, rng):
+    fused, plain = (_cnn(act(), fm.MaxPool2D(k, stride=s), device=device) for _ in range(2))
     assert fused.layers[0].pool is fused.layers[2] and fused.layers[1].fused and fused.layers[2].fused
     _unfuse(plain)
     assert plain.layers[0].pool is None and not plain.layers[2].fused
@@ -210,8 +210,8 @@ def test_fused_model_float32_close_to_unfused(rng):
 
 
 @pytest.mark.parametrize("act", [fm.ReLU, fm.Tanh], ids=["relu", "tanh"])
-def test_fused_model_gradients(act, rng):
-    model = _cnn(act(), fm.MaxPool2D(2))
+def test_fused_model_gradients(act, device, rng):
+    model = _cnn(act(), fm.MaxPool2D(2), device=device)
     assert model.layers[0].pool is not None
     X, y = rng.standard_normal((3, 2, 8, 8)), rng.integers(0, 3, 3)
     err = gradcheck(model, X, y)
