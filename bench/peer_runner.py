@@ -554,8 +554,9 @@ def run(args):
 # fastmlp.backend.cpu ops by kind, for the split of a CNN step
 PROFILE_GROUPS = {
     "im2col": ("im2col",), "col2im": ("col2im",), "gemm": ("matmul",),
-    "conv bias + layout": ("conv_bias_forward", "conv_bias_backward"),
+    "conv bias + layout": ("conv_bias_forward", "conv_bias_backward", "transpose"),
     "maxpool": ("maxpool_forward", "maxpool_backward"),
+    "conv+act+pool fused": ("conv_bias_act_pool_forward", "conv_bias_act_pool_backward"),
     "relu": ("act_forward", "act_backward", "bias_act_forward", "act_backward_bias_grad"),
     "loss + update + gather": ("softmax_xent", "sgd_update", "gather_rows"),
 }

@@ -26,7 +26,8 @@ from fastmlp.backend import cpu  # noqa: E402
 OPS = ["matmul", "bias_act_forward", "act_backward_bias_grad", "act_forward", "act_backward",
        "softmax_xent", "bce_logits", "mse", "sgd_update", "adam_update", "gather_rows", "reg_penalty",
        "im2col", "col2im", "conv_bias_forward", "conv_bias_backward", "maxpool_forward",
-       "maxpool_backward", "batchnorm_forward", "batchnorm_backward"]
+       "maxpool_backward", "conv_bias_act_pool_forward", "conv_bias_act_pool_backward", "transpose",
+       "batchnorm_forward", "batchnorm_backward"]
 
 
 def build(workload, batch):

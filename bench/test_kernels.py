@@ -123,3 +123,52 @@ def test_gather_rows_numpy_peer(benchmark, b):
     idx = RNG.permutation(8000)[:b].astype(np.int64)
     benchmark(X.__getitem__, idx)
     _record(benchmark, 2 * b * 784 * 4)
+
+
+# P3's convolutions, batch 64: conv1 (1 -> 16 channels, 28x28) and conv2 (16 -> 32, 14x14),
+# 3x3, padding 1, each followed by ReLU and a 2x2 max pool (fused)
+P3_CONVS = [(1, 16, 28), (16, 32, 14)]   # C, M, H (= W)
+
+
+@pytest.mark.parametrize("c,m,h", P3_CONVS, ids=["conv1", "conv2"])
+@pytest.mark.parametrize("op", ["im2col", "col2im"])
+def test_p3_im2col_col2im(benchmark, op, c, m, h):
+    x = RNG.standard_normal((64, c, h, h)).astype(np.float32)
+    cols = np.empty((c * 9, 64 * h * h), np.float32)
+    ref = np.empty(cols.shape)
+    R.im2col(ref, x, 3, 3, 1, 1)
+    cpu.im2col(cols, x, 3, 3, 1, 1)
+    assert rel(cols, ref) < 1e-5
+    if op == "col2im":
+        dx_ref = np.empty(x.shape)
+        R.col2im(dx_ref, ref, 3, 3, 1, 1)
+        cpu.col2im(x, cols, 3, 3, 1, 1)
+        assert rel(x, dx_ref) < 1e-5
+        benchmark(cpu.col2im, x, cols, 3, 3, 1, 1)
+    else:
+        benchmark(cpu.im2col, cols, x, 3, 3, 1, 1)
+    _record(benchmark, cols.nbytes + x.nbytes)
+
+
+@pytest.mark.parametrize("c,m,h", P3_CONVS, ids=["conv1", "conv2"])
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_p3_conv_bias_act_pool(benchmark, op, c, m, h):
+    zt = RNG.standard_normal((64 * h * h, m)).astype(np.float32)
+    b = RNG.standard_normal(m).astype(np.float32)
+    shape = (64, m, h // 2, h // 2)
+    y, argmax = np.empty(shape, np.float32), np.empty(shape, np.int32)
+    y_ref, arg_ref = np.empty(shape), np.empty(shape, np.int64)
+    R.conv_bias_act_pool_forward(y_ref, arg_ref, zt, b, h, h, R.RELU, 0.0, 2, 2)
+    cpu.conv_bias_act_pool_forward(y, argmax, zt, b, h, h, R.RELU, 0.0, 2, 2)
+    assert rel(y, y_ref) < 1e-5 and np.array_equal(argmax, arg_ref)
+    if op == "backward":
+        dy = RNG.standard_normal(shape).astype(np.float32)
+        dzt, db = np.empty_like(zt), np.empty(m, np.float32)
+        dzt_ref, db_ref = np.empty(zt.shape), np.empty(m)
+        R.conv_bias_act_pool_backward(dzt_ref, db_ref, dy, y_ref, arg_ref, h, h, R.RELU, 0.0, 2, 2)
+        cpu.conv_bias_act_pool_backward(dzt, db, dy, y, argmax, h, h, R.RELU, 0.0, 2, 2)
+        assert rel(dzt, dzt_ref) < 1e-5 and rel(db, db_ref) < 1e-5
+        benchmark(cpu.conv_bias_act_pool_backward, dzt, db, dy, y, argmax, h, h, R.RELU, 0.0, 2, 2)
+    else:
+        benchmark(cpu.conv_bias_act_pool_forward, y, argmax, zt, b, h, h, R.RELU, 0.0, 2, 2)
+    _record(benchmark, zt.nbytes + y.nbytes + argmax.nbytes)

@@ -17,6 +17,7 @@ from . import gram as gram_path
 from . import io as fio
 from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN
 from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
+from .conv import Conv2D, MaxPool2D
 from .layers import Activation, Dense, Layer
 from .losses import Loss, SoftmaxCrossEntropy, get_loss
 from .optimizers import SGD, get_optimizer
@@ -126,15 +127,26 @@ class Sequential:
         return self
 
     def _plan_fusion(self):
-        """Fuse an activation that directly follows a Dense into the Dense's kernel."""
+        """Fuse an activation that directly follows a Dense into the Dense's kernel, and an
+        activation + MaxPool2D (or a MaxPool2D alone) that follows a Conv2D into the Conv2D's."""
         for layer in self.layers:
-            if isinstance(layer, Activation):
+            if isinstance(layer, (Activation, MaxPool2D)):
                 layer.fused = False
             if isinstance(layer, Dense):
                 layer.act_code, layer.alpha = 0, 0.0
-        for prev, layer in zip(self.layers, self.layers[1:]):
+            if isinstance(layer, Conv2D):
+                layer.fuse_pool(0, 0.0, None)
+        for i, (prev, layer) in enumerate(zip(self.layers, self.layers[1:])):
             if isinstance(prev, Dense) and isinstance(layer, Activation) and prev.act_code == 0:
                 prev.act_code, prev.alpha, layer.fused = layer.code, layer.alpha, True
+            if isinstance(prev, Conv2D):
+                after = self.layers[i + 2] if i + 2 < len(self.layers) else None
+                if isinstance(layer, MaxPool2D):
+                    prev.fuse_pool(0, 0.0, layer)
+                    layer.fused = True
+                elif isinstance(layer, Activation) and isinstance(after, MaxPool2D):
+                    prev.fuse_pool(layer.code, layer.alpha, after)
+                    layer.fused = after.fused = True
 
     def _require_built(self, X_shape=None):
         if not self.built:
@@ -670,6 +682,8 @@ class Sequential:
             widths = {layer.out_features for layer in self.layers if isinstance(layer, Dense)}
             widths |= {w * layer.features for layer in self.layers if type(layer).__name__ == "BatchNorm"
                        for w in (1, 2)}
+            widths |= {layer.out_channels for layer in self.layers          # fused conv epilogues
+                       if isinstance(layer, Conv2D) and layer.pool is not None}
             scratch += sum(BIAS_GRAD_BLOCKS * w * 8 for w in widths)
         report = {"batch_size": n, "parameters": flat, "gradients": flat, "undo": flat,
                   "optimizer_state": flat * len(self._state), "workspaces": work,
@@ -735,6 +749,10 @@ def _workspace_bytes(layer, n, item):
         return 0
     if kind == "Conv2D":
         cols = layer.in_channels * layer.kh * layer.kw * n * layer.oh * layer.ow
+        if layer.pool is not None:     # cols, zt, pooled y, int32 argmax, dW.T (+ dx)
+            pooled = size(layer.pool.output_shape)
+            dwt = layer.in_channels * layer.kh * layer.kw * layer.out_channels
+            return (cols + out + pooled + dwt + dx) * item + pooled * 4
         return (cols + 2 * out + dx) * item              # cols, z, y (+ dx)
     if kind == "MaxPool2D":
         return (out + dx) * item + out * 4               # y, int32 argmax (+ dx)

@@ -2,10 +2,12 @@
 // max pooling, batch normalisation and dropout.
 //
 // Must match (fastmlp/backend/reference.py): im2col, col2im, conv_bias_forward,
-// conv_bias_backward, maxpool_forward, maxpool_backward, batchnorm_forward,
+// conv_bias_backward, maxpool_forward, maxpool_backward, conv_bias_act_pool_forward,
+// conv_bias_act_pool_backward, transpose, batchnorm_forward,
 // batchnorm_backward, dropout_forward, dropout_backward.
 // CPU twins with the same names: fastmlp/backend/cpu_kernels.py. A reference op
 // that reduces is split here into passes (conv_bias_backward + column_sums;
+// conv_bias_act_pool_backward + channel_sums + column_sums over dzt seen as (N*L, M, 1);
 // channel_sums + batchnorm_mean / batchnorm_var + batchnorm_apply; ...) that
 // fastmlp/backend/cuda.py launches in order under the reference op's name.
 //
@@ -13,12 +15,14 @@
 // n*L + oh*OW + ow and row (c*KH + i)*KW + j, L = OH*OW,
 // OH = (H + 2P - KH) / S + 1 (floor); z, dz (M, N*L); y, dy of a convolution
 // (N, M, L); max pooling y, dy, argmax (N*C, OH, OW), argmax int32 = ih*W + iw
-// in the image plane; batch norm x, y, dy, dx (N, C, L) (L = 1 for (N, F)
+// in the image plane (fused after a convolution: zt, dzt (N*L, M) = z, dz transposed,
+// y, dy, argmax (N, M, PH, PW), argmax = oh*OW + ow in the conv output plane);
+// batch norm x, y, dy, dx (N, C, L) (L = 1 for (N, F)
 // input), per-channel mean, invstd, running statistics and partial sums
 // float64; dropout flat (size,). T is float or double.
 //
 // Launch configuration (fastmlp/backend/cuda.py): element-wise kernels
-// (im2col, col2im, conv_bias_forward, maxpool_*, batchnorm_apply,
+// (im2col, col2im, conv_bias_forward, maxpool_*, conv_bias_act_pool_*, transpose, batchnorm_apply,
 // batchnorm_backward_apply, dropout_*) run a 1-D grid-stride loop, 256 threads
 // a block, one thread an output element, consecutive threads on consecutive
 // elements so that writes coalesce. Per-channel reductions (conv_bias_backward,
@@ -27,7 +31,8 @@
 // fixed tree into partial[g, c]; a second kernel (one thread a channel) adds
 // the G partials in order.
 //
-// Determinism: no atomics anywhere. col2im and maxpool_backward gather: one
+// Determinism: no atomics anywhere. col2im, maxpool_backward and
+// conv_bias_act_pool_backward gather: one
 // thread per input pixel sums the windows that cover it, in the CPU twin's
 // order (row-major over the kernel, then over the outputs), so results are
 // bitwise reproducible for a given shape, and equal to the CPU's for col2im.
@@ -207,6 +212,122 @@ __global__ void maxpool_backward(T* dx, const T* dy, const int* argmax, long lon
             for (int q = q_lo; q <= q_hi; ++q)
                 if (ap[p * ow + q] == a) s += dyp[p * ow + q];
         dx[e] = s;
+    }
+}
+
+// --- convolution epilogue fused with its activation and max pooling -----------------
+// Activation codes and derivatives as kernels/dense.cu (reference.py: IDENTITY 0, RELU 1,
+// LEAKY_RELU 2, TANH 3, SIGMOID 4; the derivative from the output a = act(x)).
+
+#define FASTMLP_IDENTITY 0
+#define FASTMLP_RELU 1
+#define FASTMLP_LEAKY_RELU 2
+#define FASTMLP_TANH 3
+#define FASTMLP_SIGMOID 4
+
+__device__ __forceinline__ float tanh_t(float x) { return tanhf(x); }
+__device__ __forceinline__ double tanh_t(double x) { return tanh(x); }
+
+template <typename T>
+__device__ __forceinline__ T act_value(T x, int code, T alpha) {
+    // x * 0 (not 0) keeps NaN a NaN, as np.maximum does
+    switch (code) {
+    case FASTMLP_RELU: return x > T(0) ? x : x * T(0);
+    case FASTMLP_LEAKY_RELU: return x > T(0) ? x : alpha * x;
+    case FASTMLP_TANH: return tanh_t(x);
+    case FASTMLP_SIGMOID: return T(0.5) * (T(1) + tanh_t(T(0.5) * x));
+    default: return x;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ T act_grad(T a, int code, T alpha) {
+    switch (code) {
+    case FASTMLP_RELU: return a > T(0) ? T(1) : T(0);
+    case FASTMLP_LEAKY_RELU: return a > T(0) ? T(1) : alpha;
+    case FASTMLP_TANH: return T(1) - a * a;
+    case FASTMLP_SIGMOID: return a * (T(1) - a);
+    default: return T(1);
+    }
+}
+
+template <typename T>
+__global__ void conv_bias_act_pool_forward(T* y, int* argmax, const T* zt, const T* b, long long n,
+                                           long long m, int ph, int pw, int oh, int ow, int code,
+                                           double alpha, int k, int stride) {
+    // y, argmax (N, M, PH, PW): the max of each KxK window (stride S) of act(z + b), with
+    // zt (N*L, M) = z transposed seen as (N, M, OH, OW), and where it is (oh*OW + ow); the
+    // first maximum in row-major window order wins ties; a NaN counts as the maximum
+    const long long npix = (long long)oh * ow;
+    const long long nout = (long long)ph * pw;
+    const long long total = n * m * nout;
+    const T al = (T)alpha;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long plane = e / nout;            // img * M + ch
+        const int pix = (int)(e - plane * nout);
+        const long long ch = plane % m, img = plane / m;
+        const int ih0 = (pix / pw) * stride, iw0 = (pix - (pix / pw) * pw) * stride;
+        const T* zp = zt + img * npix * m + ch;      // element a of the plane: zp[a * m]
+        const T bias = b[ch];
+        int arg = ih0 * ow + iw0;
+        T best = act_value(zp[(long long)arg * m] + bias, code, al);
+        for (int i = 0; i < k; ++i) {
+            for (int j = 0; j < k; ++j) {
+                const int a = (ih0 + i) * ow + iw0 + j;
+                const T v = act_value(zp[(long long)a * m] + bias, code, al);
+                if (v > best || (v != v && best == best)) {
+                    best = v;
+                    arg = a;
+                }
+            }
+        }
+        y[e] = best;
+        argmax[e] = arg;
+    }
+}
+
+template <typename T>
+__global__ void conv_bias_act_pool_backward(T* dzt, const T* dy, const T* y, const int* argmax, long long n,
+                                            long long m, int ph, int pw, int oh, int ow, int code,
+                                            double alpha, int k, int stride) {
+    // dzt (N*L, M), dz transposed: each conv output pixel sums dy * act'(y) (dy, y, argmax
+    // (N, M, PH, PW)) over the windows whose argmax it is, in row-major window order -- a
+    // gather, no atomics; 0 elsewhere. db is then channel_sums + column_sums over dzt (cuda.py).
+    const long long npix = (long long)oh * ow;
+    const long long nout = (long long)ph * pw;
+    const long long total = n * npix * m;
+    const T al = (T)alpha;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long row = e / m;                 // img * L + a
+        const long long ch = e - row * m;
+        const long long img = row / npix;
+        const int a = (int)(row - img * npix);
+        const int ih = a / ow, iw = a - (a / ow) * ow;
+        // windows p with p*S <= ih < p*S + K, likewise q
+        const int p_lo = ih - k + 1 <= 0 ? 0 : (ih - k + stride) / stride;
+        const int q_lo = iw - k + 1 <= 0 ? 0 : (iw - k + stride) / stride;
+        const int p_hi = min(ph - 1, ih / stride), q_hi = min(pw - 1, iw / stride);
+        const long long base = (img * m + ch) * nout;
+        T s = T(0);
+        for (int p = p_lo; p <= p_hi; ++p)
+            for (int q = q_lo; q <= q_hi; ++q) {
+                const long long o = base + (long long)p * pw + q;
+                if (argmax[o] == a) s += dy[o] * act_grad(y[o], code, al);
+            }
+        dzt[e] = s;
+    }
+}
+
+template <typename T>
+__global__ void transpose(T* out, const T* a, long long na, long long nb) {
+    // out (B, A) = a.T for a (A, B); one thread an element of out
+    const long long total = na * nb;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long j = e / na;
+        out[e] = a[(e - j * na) * nb + j];
     }
 }
 

@@ -271,6 +271,11 @@ def test_cuda_wrappers_launch_what_the_kernels_take(shape, dtype):
     ph, pw = _out(h, 2, 2, 0), _out(w, 2, 2, 0)
     be.maxpool_forward(f(n, c, ph, pw), np.zeros((n, c, ph, pw), np.int32), f(*shape), 2, 2)
     be.maxpool_backward(f(*shape), f(n, c, ph, pw), np.zeros((n, c, ph, pw), np.int32), 2, 2)
+    qh, qw = _out(oh, 2, 2, 0), _out(ow, 2, 2, 0)          # a conv with ReLU and 2x2 pool fused
+    fused = (f(n, 5, qh, qw), np.zeros((n, 5, qh, qw), np.int32))
+    be.conv_bias_act_pool_forward(*fused, f(n * oh * ow, 5), f(5), oh, ow, 1, 0.0, 2, 2)
+    be.conv_bias_act_pool_backward(f(n * oh * ow, 5), f(5), f(n, 5, qh, qw), *fused, oh, ow, 1, 0.0, 2, 2)
+    be.transpose(f(5, c * 9), f(c * 9, 5))
     for x in (f(*shape), f(n, c)):
         stats = [np.zeros(c) for _ in range(4)]
         for training in (True, False):
@@ -287,6 +292,9 @@ def test_cuda_wrappers_launch_what_the_kernels_take(shape, dtype):
         be.maxpool_forward(f(n, c, ph, pw), np.zeros((n, c, ph, pw), np.int64), f(*shape), 2, 2)
     with pytest.raises(ValueError, match="cols"):
         be.im2col(f(c * 9, n * oh * ow + 1), f(*shape), 3, 3, 2, 1)
+    with pytest.raises(ValueError, match="pooled shape"):
+        be.conv_bias_act_pool_forward(f(n, 5, qh + 1, qw), np.zeros((n, 5, qh + 1, qw), np.int32),
+                                      f(n * oh * ow, 5), f(5), oh, ow, 1, 0.0, 2, 2)
 
 
 def test_float_conv_kernels_do_no_double_arithmetic():
@@ -299,7 +307,8 @@ def test_float_conv_kernels_do_no_double_arithmetic():
     assert ok, log
     entries = _entries(ptx)
     for kernel in ("im2col", "col2im", "conv_bias_forward", "maxpool_forward", "maxpool_backward",
-                   "batchnorm_apply", "batchnorm_backward_apply", "dropout_forward", "dropout_backward"):
+                   "conv_bias_act_pool_forward", "conv_bias_act_pool_backward", "transpose", "batchnorm_apply",
+                   "batchnorm_backward_apply", "dropout_forward", "dropout_backward"):
         body = entries[lowered[cuda_source.expr(kernel, "float")]]
         f64 = re.findall(r"^\s*(?:add|sub|mul|fma|div|sqrt|rcp)\.\S*f64.*$", body, flags=re.M)
         assert not f64, f"{kernel}<float> does double arithmetic:\n" + "\n".join(f64)

@@ -735,6 +735,8 @@ def _actual_bytes(model, b):
     total += model._dlogits_bufs[b].nbytes
     widths = {layer.out_features for layer in model.layers if isinstance(layer, fm.Dense)}
     widths |= {w * layer.features for layer in model.layers if isinstance(layer, fm.BatchNorm) for w in (1, 2)}
+    widths |= {layer.out_channels for layer in model.layers           # a fused conv epilogue's sums
+               if isinstance(layer, fm.Conv2D) and layer.pool is not None}
     total += sum(cpu_backend._partial_sums(w).nbytes for w in widths)
     return total
 

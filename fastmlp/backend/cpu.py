@@ -153,6 +153,22 @@ def conv_bias_backward(dz, db, dy):
     _pick(K.conv_bias_backward, dy.size)(dz, db, _per_image(dy))
 
 
+def conv_bias_act_pool_forward(y, argmax, zt, b, oh, ow, code, alpha, k, stride):
+    # zt (N*OH*OW, M), z transposed; b (M,); y, argmax (N, M, PH, PW), argmax int32 = oh*OW + ow
+    _pick(K.conv_bias_act_pool_forward, zt.size)(y, argmax, zt, b, oh, ow, code, alpha, k, stride)
+
+
+def conv_bias_act_pool_backward(dzt, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
+    # dy, y, argmax (N, M, PH, PW); dzt (N*OH*OW, M), dz transposed; db (M,)
+    _pick(K.conv_bias_act_pool_backward, dzt.size)(dzt, db, _partial_sums(dzt.shape[1]), dy, y, argmax,
+                                                   oh, ow, code, alpha, k, stride)
+
+
+def transpose(out, a):
+    # out (B, A) = a.T for a (A, B)
+    _pick(K.transpose, a.size)(out, a)
+
+
 def maxpool_forward(y, argmax, x, k, stride):
     # x (N, C, H, W); y, argmax (N, C, OH, OW), argmax int32
     _pick(K.maxpool_forward, x.size)(y, argmax, x, k, stride)

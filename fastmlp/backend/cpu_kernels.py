@@ -414,60 +414,105 @@ def _out_range(count, size, offset, stride):
     return lo, max(lo, hi)
 
 
+# The image kernels index 1-D slices from 0 (``d = dst[lo:hi]; for k in range(hi - lo)``): an
+# index that might be negative makes Numba add a wrap-around test that stops LLVM from
+# vectorising (a 14-element copy ran 20x slower, measured).
+
+@njit(inline="always", error_model="numpy")
+def _copy(dst, src):
+    # dst[:] = src, 1-D of the same size
+    for k in range(dst.size):
+        dst[k] = src[k]
+
+
+@njit(inline="always", error_model="numpy")
+def _fill0(dst):
+    for k in range(dst.size):
+        dst[k] = 0
+
+
 def _im2col(cols, x, kh, kw, stride, pad):
-    # x (N, C, H, W); cols (C*KH*KW, N*L), column n*L + oh*OW + ow, row (c*KH + i)*KW + j
+    # x (N, C, H, W) C-contiguous; cols (C*KH*KW, N*L), column n*L + oh*OW + ow, row
+    # (c*KH + i)*KW + j. A thread writes whole rows of cols (one (c, i, j) tap each), image
+    # by image. With stride 1 and OW == W (a "same" convolution) the block of an image is
+    # the plane shifted by (i - P)*W + j - P: one flat copy, then the padding columns zeroed;
+    # otherwise a copy per output row.
     n, c, h, w = x.shape
     oh = (h + 2 * pad - kh) // stride + 1
     ow = (w + 2 * pad - kw) // stride + 1
     npix = oh * ow
-    for plane in prange(n * c):
-        img = plane // c
-        ch = plane - img * c
-        for i in range(kh):
-            p_lo, p_hi = _out_range(oh, h, i - pad, stride)
-            for j in range(kw):
-                r = (ch * kh + i) * kw + j
-                q_lo, q_hi = _out_range(ow, w, j - pad, stride)
-                for p in range(oh):
-                    col0 = img * npix + p * ow
-                    if p < p_lo or p >= p_hi:
-                        for q in range(ow):
-                            cols[r, col0 + q] = 0
-                        continue
-                    ih = p * stride + i - pad
-                    for q in range(q_lo):
-                        cols[r, col0 + q] = 0
-                    iw0 = j - pad
-                    for q in range(q_lo, q_hi):
-                        cols[r, col0 + q] = x[img, ch, ih, q * stride + iw0]
-                    for q in range(q_hi, ow):
-                        cols[r, col0 + q] = 0
+    planes = x.reshape(n, c, h * w)
+    flat = stride == 1 and ow == w
+    for r in prange(c * kh * kw):
+        ch = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        p_lo, p_hi = _out_range(oh, h, i - pad, stride)
+        q_lo, q_hi = _out_range(ow, w, j - pad, stride)
+        crow = cols[r]
+        for img in range(n):
+            src = planes[img, ch]
+            dst = crow[img * npix:(img + 1) * npix]
+            _fill0(dst[:p_lo * ow])
+            _fill0(dst[p_hi * ow:])
+            if flat:
+                shift = (i - pad) * w + j - pad
+                t_lo = max(p_lo * ow, -shift)          # what the clipping drops is padding
+                t_hi = min(p_hi * ow, h * w - shift)
+                if t_hi > t_lo:
+                    _copy(dst[t_lo:t_hi], src[t_lo + shift:t_hi + shift])
+                for q in range(q_lo):               # the padding columns, one at a time
+                    for p in range(p_lo, p_hi):
+                        dst[p * ow + q] = 0
+                for q in range(q_hi, ow):
+                    for p in range(p_lo, p_hi):
+                        dst[p * ow + q] = 0
+                continue
+            for p in range(p_lo, p_hi):
+                row = dst[p * ow:(p + 1) * ow]
+                _fill0(row[:q_lo])
+                _fill0(row[q_hi:])
+                if q_hi > q_lo:
+                    s0 = (p * stride + i - pad) * w + q_lo * stride + j - pad
+                    seg = row[q_lo:q_hi]
+                    if stride == 1:
+                        _copy(seg, src[s0:s0 + seg.size])
+                    else:
+                        for k in range(seg.size):
+                            seg[k] = src[s0 + k * stride]
 
 
 def _col2im(dx, cols, kh, kw, stride, pad):
-    # dx (N, C, H, W) = the adjoint of im2col of cols (C*KH*KW, N*L); each (image, channel)
-    # plane is summed by one thread in the fixed (i, j, oh, ow) order
+    # dx (N, C, H, W) C-contiguous = the adjoint of im2col of cols (C*KH*KW, N*L); each
+    # (image, channel) plane is summed by one thread in the fixed (i, j, oh, ow) order, a
+    # contiguous run of cols per output row (the CUDA twin gathers in the same order)
     n, c, h, w = dx.shape
     oh = (h + 2 * pad - kh) // stride + 1
     ow = (w + 2 * pad - kw) // stride + 1
     npix = oh * ow
+    planes = dx.reshape(n, c, h * w)
     for plane in prange(n * c):
         img = plane // c
         ch = plane - img * c
-        for a in range(h):
-            for b in range(w):
-                dx[img, ch, a, b] = 0
+        out = planes[img, ch]
+        _fill0(out)
         for i in range(kh):
             p_lo, p_hi = _out_range(oh, h, i - pad, stride)
             for j in range(kw):
-                r = (ch * kh + i) * kw + j
                 q_lo, q_hi = _out_range(ow, w, j - pad, stride)
-                iw0 = j - pad
+                if q_hi <= q_lo:
+                    continue
+                src = cols[(ch * kh + i) * kw + j, img * npix:(img + 1) * npix]
                 for p in range(p_lo, p_hi):
-                    ih = p * stride + i - pad
-                    col0 = img * npix + p * ow
-                    for q in range(q_lo, q_hi):
-                        dx[img, ch, ih, q * stride + iw0] += cols[r, col0 + q]
+                    d0 = (p * stride + i - pad) * w + q_lo * stride + j - pad
+                    seg = src[p * ow + q_lo:p * ow + q_hi]
+                    if stride == 1:
+                        acc = out[d0:d0 + seg.size]
+                        for k in range(seg.size):
+                            acc[k] += seg[k]
+                    else:
+                        for k in range(seg.size):
+                            out[d0 + k * stride] += seg[k]
 
 
 def _conv_bias_forward(y, z, b):
@@ -549,6 +594,151 @@ def _maxpool_backward(dx, dy, argmax, k, stride):
                 a = argmax[img, ch, p, q]
                 ih = a // w
                 dx[img, ch, ih, a - ih * w] += dy[img, ch, p, q]
+
+
+@njit(inline="always", error_model="numpy")
+def _pool_row(yr, ar, src, bias, r0, ow, code, al, k, stride):
+    # one row of pooled outputs yr, ar (PW,) from the conv output plane src (OH*OW,): windows
+    # of rows r0 .. r0 + K - 1; a NaN counts as the maximum (the first one wins)
+    for q in range(yr.size):
+        iw0 = q * stride
+        arg = r0 * ow + iw0
+        best = _act(src[arg] + bias, code, al)
+        for i in range(k):
+            for j in range(k):
+                a = (r0 + i) * ow + iw0 + j
+                v = _act(src[a] + bias, code, al)
+                if v > best or (v != v and best == best):
+                    best = v
+                    arg = a
+        yr[q] = best
+        ar[q] = arg
+
+
+@njit(inline="always", error_model="numpy")
+def _has_nan(v):
+    # whether the 1-D v holds a NaN (a loop LLVM vectorises: no early exit)
+    bad = False
+    for t in range(v.size):
+        bad |= v[t] != v[t]
+    return bad
+
+
+@njit(inline="always", error_model="numpy")
+def _max4_first(a, b, c, d, i0, i1, i2, i3):
+    # (max of a, b, c, d, the index i of the first one equal to it); no NaN among them
+    best = max(max(a, b), max(c, d))
+    arg = i3
+    arg = i2 if c == best else arg
+    arg = i1 if b == best else arg
+    arg = i0 if a == best else arg
+    return best, arg
+
+
+@njit(inline="always", error_model="numpy")
+def _pool_image_2x2(y, argmax, rows, b, img, ow, code, al):
+    # K = S = 2 for image img, every channel at once: y, argmax (N, M, PH, PW); rows (L, M)
+    # its block of zt, no NaN in act(rows + b). The inner loop runs over the channels,
+    # contiguous in zt, and LLVM vectorises it once the caller has made ``code`` a literal
+    # (_act's switch on a run-time code stops it: 3x slower, measured; so do views of y).
+    ph, pw = y.shape[2], y.shape[3]
+    for p in range(ph):
+        for q in range(pw):
+            i0 = 2 * p * ow + 2 * q          # the window's four pixels: i0, i0 + 1, i2, i2 + 1
+            i2 = i0 + ow
+            ra, rb, rc, rd = rows[i0], rows[i0 + 1], rows[i2], rows[i2 + 1]
+            for ch in range(b.size):
+                y[img, ch, p, q], argmax[img, ch, p, q] = _max4_first(
+                    _act(ra[ch] + b[ch], code, al), _act(rb[ch] + b[ch], code, al),
+                    _act(rc[ch] + b[ch], code, al), _act(rd[ch] + b[ch], code, al), i0, i0 + 1, i2, i2 + 1)
+
+
+def _conv_bias_act_pool_forward(y, argmax, zt, b, oh, ow, code, alpha, k, stride):
+    # zt (N*L, M) = cols.T @ W2.T, L = OH*OW; b (M,); y, argmax (N, M, PH, PW): max pooling of
+    # act(z + b) laid out as (N, M, OH, OW), argmax = oh*OW + ow, the first maximum in
+    # row-major window order, a NaN the maximum; see reference.conv_bias_act_pool_forward.
+    # One thread an image. K = S = 2 on an image with no NaN in zt (and a finite bias, so
+    # none in act(z + b)) runs across the channels; anything else a window at a time.
+    n, m, ph, pw = y.shape
+    npix = oh * ow
+    al = cast_like(alpha, zt)
+    fast = k == 2 and stride == 2
+    for ch in range(m):
+        fast &= b[ch] - b[ch] == 0
+    flat = zt.reshape(zt.size)
+    for img in prange(n):
+        rows = zt[img * npix:(img + 1) * npix]
+        if fast and not _has_nan(flat[img * npix * m:(img + 1) * npix * m]):
+            if code == RELU:
+                _pool_image_2x2(y, argmax, rows, b, img, ow, RELU, al)
+            elif code == IDENTITY:
+                _pool_image_2x2(y, argmax, rows, b, img, ow, IDENTITY, al)
+            else:
+                _pool_image_2x2(y, argmax, rows, b, img, ow, code, al)
+            continue
+        for ch in range(m):
+            for p in range(ph):
+                _pool_row(y[img, ch, p], argmax[img, ch, p], rows[:, ch], b[ch], p * stride, ow, code, al,
+                          k, stride)
+
+
+@njit(inline="always", error_model="numpy")
+def _unpool_plane(rows, ch, dy, y, argmax, code, al, one, zero):
+    # rows[argmax, ch] += dy * act'(y) for one (image, channel) plane: dy, y, argmax (PH, PW);
+    # returns the float64 sum of those gradients, in two interleaved partial sums (even and
+    # odd windows of a row) that do not wait on one add at a time
+    s0 = 0.0
+    s1 = 0.0
+    for p in range(dy.shape[0]):
+        gr, yr, ar = dy[p], y[p], argmax[p]
+        for q in range(gr.size):
+            g = gr[q] * _grad_factor(yr[q], code, al, one, zero)
+            rows[ar[q], ch] += g
+            if q % 2 == 0:
+                s0 += np.float64(g)
+            else:
+                s1 += np.float64(g)
+    return s0 + s1
+
+
+def _conv_bias_act_pool_backward(dzt, db, partial, dy, y, argmax, oh, ow, code, alpha, k, stride):
+    # dzt (N*L, M), dz transposed: 0 except at each window's argmax, which gets dy * act'(y)
+    # (summed in row-major window order where windows overlap); db (M,) = the sums of those
+    # gradients, the sums of dz without its zeros. dy, y, argmax (N, M, PH, PW); k, stride
+    # unused here (the CUDA twin gathers with them). partial is a (BLOCKS, M) float64 scratch
+    # owned by the caller: blocks of images sum into their own row, then the rows in order,
+    # so db depends on N only, not on the thread count. An image's block of dzt is zeroed
+    # and scattered into while it is in cache.
+    n, m, ph, pw = dy.shape
+    npix = oh * ow
+    one, zero, al = cast_like(1.0, dzt), cast_like(0.0, dzt), cast_like(alpha, dzt)
+    flat = dzt.reshape(dzt.size)
+    nblocks = max(1, min(partial.shape[0], n))
+    for blk in prange(nblocks):
+        acc = partial[blk]
+        acc[:] = 0.0
+        for img in range(blk * n // nblocks, (blk + 1) * n // nblocks):
+            _fill0(flat[img * npix * m:(img + 1) * npix * m])
+            rows = dzt[img * npix:(img + 1) * npix]
+            for ch in range(m):
+                gy, yy, ay = dy[img, ch], y[img, ch], argmax[img, ch]
+                if code == RELU:    # a literal code: _grad_factor's switch folds away
+                    acc[ch] += _unpool_plane(rows, ch, gy, yy, ay, RELU, al, one, zero)
+                else:
+                    acc[ch] += _unpool_plane(rows, ch, gy, yy, ay, code, al, one, zero)
+    for ch in range(m):
+        s = 0.0
+        for blk in range(nblocks):
+            s += partial[blk, ch]
+        db[ch] = s
+
+
+def _transpose(out, a):
+    # out (B, A) = a.T for a (A, B): a weight gradient computed transposed, put in its layout
+    na, nb = a.shape
+    for j in prange(nb):
+        for i in range(na):
+            out[j, i] = a[i, j]
 
 
 # Row reductions in float64 with four interleaved partial sums: a fixed order (so
@@ -713,6 +903,9 @@ conv_bias_forward = _twins(_conv_bias_forward)
 conv_bias_backward = _twins(_conv_bias_backward)
 maxpool_forward = _twins(_maxpool_forward)
 maxpool_backward = _twins(_maxpool_backward)
+conv_bias_act_pool_forward = _twins(_conv_bias_act_pool_forward)
+conv_bias_act_pool_backward = _twins(_conv_bias_act_pool_backward)
+transpose = _twins(_transpose)
 batchnorm_forward = _twins(_batchnorm_forward)
 batchnorm_backward = _twins(_batchnorm_backward)
 dropout_forward = _twins(_dropout_forward)

@@ -501,6 +501,66 @@ def maxpool_backward(dx, dy, argmax, k, stride):
          np.int32(oh), np.int32(ow)))
 
 
+def _pool_dims(y_shape, oh, ow, k, stride):
+    # (N, M, PH, PW) of a KxK, stride-S max pooling of an OH x OW conv output, checked
+    n, m, ph, pw = y_shape
+    if (ph, pw) != ((oh - k) // stride + 1, (ow - k) // stride + 1):
+        raise ValueError(f"expected a pooled shape (N, M, {(oh - k) // stride + 1}, "
+                         f"{(ow - k) // stride + 1}) for OH={oh}, OW={ow}, K={k}, S={stride}, got {y_shape}")
+    return n, m, ph, pw
+
+
+def conv_bias_act_pool_forward(y, argmax, zt, b, oh, ow, code, alpha, k, stride):
+    # zt (N*OH*OW, M), z transposed; b (M,); y, argmax (N, M, PH, PW), argmax int32 = oh*OW + ow
+    n, m, ph, pw = _pool_dims(y.shape, oh, ow, k, stride)
+    _same_shape("zt", zt, (n * oh * ow, m))
+    _same_shape("b", b, (m,))
+    _check_argmax(argmax, y.shape)
+    t = _ftype(y, zt, b)
+    if y.size == 0:
+        return
+    _kernel("conv", src.expr("conv_bias_act_pool_forward", t))(
+        (_blocks(y.size),), (_THREADS,),
+        (y, argmax, zt, b, np.int64(n), np.int64(m), np.int32(ph), np.int32(pw), np.int32(oh),
+         np.int32(ow), np.int32(code), np.float64(alpha), np.int32(k), np.int32(stride)))
+
+
+def conv_bias_act_pool_backward(dzt, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
+    # dy, y, argmax (N, M, PH, PW); dzt (N*OH*OW, M), a gather; db (M,) = column sums of dzt
+    # through float64 partial sums (channel_sums over dzt seen as (N*L, M, 1))
+    n, m, ph, pw = _pool_dims(dy.shape, oh, ow, k, stride)
+    _same_shape("y", y, dy.shape)
+    _same_shape("dzt", dzt, (n * oh * ow, m))
+    _same_shape("db", db, (m,))
+    _check_argmax(argmax, dy.shape)
+    t = _ftype(dzt, db, dy, y)
+    if dzt.size == 0:
+        return
+    _kernel("conv", src.expr("conv_bias_act_pool_backward", t))(
+        (_blocks(dzt.size),), (_THREADS,),
+        (dzt, dy, y, argmax, np.int64(n), np.int64(m), np.int32(ph), np.int32(pw), np.int32(oh),
+         np.int32(ow), np.int32(code), np.float64(alpha), np.int32(k), np.int32(stride)))
+    count = n * oh * ow
+    g = _channel_grid(count, m)
+    scratch = _workspace(g * m + 1)
+    partial, center = scratch[:g * m], scratch[g * m:]   # center: unread when not squared
+    _kernel("conv", src.expr("channel_sums", t))(
+        (g, m), (_THREADS,), (partial, dzt, center, np.int64(count), np.int64(m), np.int64(1), np.int32(0)))
+    _kernel("conv", src.expr("column_sums", t))(
+        (_cdiv(m, _THREADS),), (_THREADS,), (db, partial, np.int64(g), np.int64(m)))
+
+
+def transpose(out, a):
+    # out (B, A) = a.T for a (A, B)
+    na, nb = a.shape
+    _same_shape("out", out, (nb, na))
+    t = _ftype(out, a)
+    if a.size == 0:
+        return
+    _kernel("conv", src.expr("transpose", t))(
+        (_blocks(a.size),), (_THREADS,), (out, a, np.int64(na), np.int64(nb)))
+
+
 def batchnorm_forward(y, mean, invstd, running_mean, running_var, x, gamma, beta,
                       momentum, eps, training):
     # x, y (N, F) or (N, C, H, W) seen as (N, C, L); mean, invstd, running_* (C,) float64

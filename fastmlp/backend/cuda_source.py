@@ -42,6 +42,7 @@ def _family_exprs():
         "augment": t1("augment_images"),
         "conv": (t1("im2col") + t1("col2im") + t1("conv_bias_forward") + t1("conv_bias_backward")
                  + t1("column_sums") + t1("maxpool_forward") + t1("maxpool_backward")
+                 + t1("conv_bias_act_pool_forward") + t1("conv_bias_act_pool_backward") + t1("transpose")
                  + t1("channel_sums") + ["batchnorm_mean", "batchnorm_var", "batchnorm_eval_stats"]
                  + t1("batchnorm_apply") + t1("batchnorm_backward_sums")
                  + t1("batchnorm_backward_finish") + t1("batchnorm_backward_apply")

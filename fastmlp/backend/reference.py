@@ -267,6 +267,35 @@ def maxpool_backward(dx, dy, argmax, k, stride):
     dx[...] = flat.reshape(n, c, h, w)
 
 
+def conv_bias_act_pool_forward(y, argmax, zt, b, oh, ow, code, alpha, k, stride):
+    """Conv2D's epilogue fused with the activation and max pooling that follow it.
+
+    zt (N*L, M) = cols.T @ W2.T, z transposed (a row per conv output pixel, L = OH*OW);
+    b (M,); y, argmax (N, M, PH, PW) as maxpool_forward of act(z + b) laid out as
+    (N, M, OH, OW): argmax = oh*OW + ow in the conv output plane, ties to the first
+    maximum in row-major window order."""
+    n, m = y.shape[:2]
+    a = np.empty((n, m, oh * ow))
+    conv_bias_forward(a, np.asarray(zt).T, b)
+    maxpool_forward(y, argmax, act(a, code, alpha).reshape(n, m, oh, ow), k, stride)
+
+
+def conv_bias_act_pool_backward(dzt, db, dy, y, argmax, oh, ow, code, alpha, k, stride):
+    # dzt (N*L, M), dz transposed: 0 except at each window's argmax (N, M, PH, PW), which
+    # receives dy * act'(y) (dy, y (N, M, PH, PW): y the pooled output); db (M,) = sums of dz
+    n, m = dy.shape[:2]
+    da = np.empty((n, m, oh, ow))
+    maxpool_backward(da, dy * act_grad_from_output(y, code, alpha), argmax, k, stride)
+    dz = np.empty((m, n * oh * ow))
+    conv_bias_backward(dz, db, da.reshape(n, m, oh * ow))
+    dzt[...] = dz.T
+
+
+def transpose(out, a):
+    # out (B, A) = a.T for a (A, B): a weight gradient computed transposed, put in its layout
+    out[...] = np.asarray(a, np.float64).T
+
+
 def batchnorm_forward(y, mean, invstd, running_mean, running_var, x, gamma, beta,
                       momentum, eps, training):
     """Batch normalisation of x (N, C, L) per channel c over its N*L values
