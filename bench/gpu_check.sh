@@ -32,4 +32,6 @@ if [[ $what == cat || $what == all ]]; then
     python3 examples/cat_vs_noncat.py --device cuda --dtype $dt \
         --data "$FASTMLP_DATA/catvnoncat" 2>&1 | tail -4
   done | tee "$OUT/cat_cuda.log"
+  python3 examples/cat_cnn.py --device cuda --filters 8,16,32,64 --batchnorm --head flat --dropout 0.5 \
+      --seed 1 --data "$FASTMLP_DATA/catvnoncat" 2>&1 | tail -2 | tee -a "$OUT/cat_cuda.log"
 fi

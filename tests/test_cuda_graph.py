@@ -82,13 +82,15 @@ def test_a_learning_rate_changed_by_a_callback_is_a_new_graph():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("batchnorm", [True, False])  # without: Conv2D + ReLU + MaxPool2D fused
 @gpu
-def test_cnn_graph_fit_equals_eager_fit():
+def test_cnn_graph_fit_equals_eager_fit(batchnorm):
     r = np.random.default_rng(1)
     X, y = r.standard_normal((24, 1, 10, 10)), r.integers(0, 4, 24)
 
     def make(graphs):
-        m = fm.Sequential([fm.Conv2D(1, 4, 3, padding=1), fm.BatchNorm(4), fm.ReLU(), fm.MaxPool2D(2),
+        bn = [fm.BatchNorm(4)] if batchnorm else []
+        m = fm.Sequential([fm.Conv2D(1, 4, 3, padding=1)] + bn + [fm.ReLU(), fm.MaxPool2D(2),
                            fm.Flatten(), fm.Dense(100, 4)], loss="softmax_crossentropy",
                           optimizer=fm.SGD(0.05), device="cuda", dtype="float64", seed=3)
         m.cuda_graphs = graphs
