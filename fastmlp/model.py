@@ -449,6 +449,14 @@ class Sequential:
         self._graphs = StepGraphs()  # kept after fit for inspection (captured, replays, disabled)
         return self._graphs
 
+    @property
+    def cuda_graph_info(self):
+        """What the last ``fit`` did with CUDA graphs: {"captured", "replays", "disabled"}
+        (disabled: why a capture was refused, else None), or None when it used none."""
+        g = getattr(self, "_graphs", None)
+        return None if g is None else {"captured": g.captured, "replays": g.replays,
+                                       "disabled": g.disabled}
+
     def _graph_step(self, graphs, key, step):
         """step() through the graph of key (and of the optimizer's scalars, which a
         callback may change between epochs). Capturing records launches without running

@@ -60,7 +60,9 @@ def test_graph_fit_equals_eager_fit_bitwise(batch_size):
     assert g._graphs is not None and g._graphs.disabled is None, g._graphs and g._graphs.disabled
     assert g._graphs.captured == (1 if batch_size is None else 2)
     assert g._graphs.replays > 0
-    assert e._graphs is None
+    assert g.cuda_graph_info == {"captured": g._graphs.captured, "replays": g._graphs.replays,
+                                 "disabled": None}
+    assert e._graphs is None and e.cuda_graph_info is None
     for a, b in zip(g.get_weights(), e.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert hg.history["loss"] == he.history["loss"]
@@ -120,7 +122,7 @@ def test_no_graphs_on_the_cpu():
     X, y = _data()
     m = fm.Sequential([fm.Dense(20, 3)], loss="softmax_crossentropy", seed=0)
     m.fit(X, y, epochs=1, batch_size=16)
-    assert m._graphs is None and m.optimizer.t == 5
+    assert m._graphs is None and m.cuda_graph_info is None and m.optimizer.t == 5
 
 
 # --- the state machine, on a stand-in CuPy (runs everywhere) --------------------------
