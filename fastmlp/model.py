@@ -17,12 +17,11 @@ from . import gram as gram_path
 from . import io as fio
 from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN
 from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
-from .conv import Conv2D, MaxPool2D
+from .conv import Conv2D, Flatten, MaxPool2D
 from .layers import Activation, Dense, Layer
 from .losses import Loss, SoftmaxCrossEntropy, get_loss
-from .optimizers import SGD, get_optimizer
-from .conv import Conv2D, Flatten, MaxPool2D
 from .normalization import BatchNorm
+from .optimizers import SGD, get_optimizer
 from .validation import (all_finite, check_batch_size, check_count, check_dtype, check_features,
                          check_fits_dtype, check_lazy_features, check_same_length)
 
