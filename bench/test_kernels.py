@@ -89,7 +89,7 @@ def test_optimizer_update(benchmark, opt, p):
     ref = params.astype(np.float64)
     r1, r2, rprev, rbad = np.zeros(p), np.zeros(p), np.empty(p), np.zeros(1, np.int64)
     if opt == "adam":
-        args = (1e-3, 0.9, 0.999, 1e-8, 1)
+        args = (1e-3, 0.9, 0.999, 1e-8, np.array([1], np.int64))
         cpu.adam_update(params, prev, s1, s2, bad, grads, *seg, *args)
         R.adam_update(ref, rprev, r1, r2, rbad, grads.astype(np.float64), *seg, *args)
         fn, call = cpu.adam_update, (params, prev, s1, s2, bad, grads, *seg, *args)

@@ -21,7 +21,7 @@ from .conv import Conv2D, Flatten, MaxPool2D
 from .layers import Activation, Dense, Layer
 from .losses import Loss, SoftmaxCrossEntropy, get_loss
 from .normalization import BatchNorm
-from .optimizers import SGD, get_optimizer
+from .optimizers import SGD, Adam, get_optimizer
 from .validation import (all_finite, check_batch_size, check_count, check_dtype, check_features,
                          check_fits_dtype, check_lazy_features, check_same_length)
 
@@ -438,8 +438,9 @@ class Sequential:
     # ------------------------------------------------------------------ CUDA graphs
     def _step_graphs(self, lazy, augment):
         """A ``StepGraphs`` when this fit's steps can be replayed as CUDA graphs, else None:
-        on the GPU, SGD (fixed scalars), data on the device, no host-drawn randomness."""
-        if not (self.be.name == "cuda" and self.cuda_graphs and type(self.optimizer) is SGD
+        on the GPU, SGD or Adam (fixed scalars; Adam's step count lives on the device),
+        data on the device, no host-drawn randomness."""
+        if not (self.be.name == "cuda" and self.cuda_graphs and type(self.optimizer) in (SGD, Adam)
                 and self._gram is None and augment is None and not lazy
                 and all(isinstance(layer, _GRAPH_SAFE) for layer in self.layers)):
             self._graphs = None
@@ -458,12 +459,14 @@ class Sequential:
 
     def _graph_step(self, graphs, key, step):
         """step() through the graph of key (and of the optimizer's scalars, which a
-        callback may change between epochs). Capturing records launches without running
-        them, so the Python-side step count is set once here."""
-        t = self.optimizer.t
+        callback may change between epochs). A replay runs no Python and a capture runs
+        it without running the launches, so the optimizer's step count is set here."""
+        opt = self.optimizer
+        t = opt.t
+        opt.prepare_step(self.be)  # eager host work, never inside a capture
         before = graphs.captured
-        graphs.run(key + tuple(sorted(self.optimizer.get_config().items())), step)
-        self.optimizer.t = t + 1
+        graphs.run(key + tuple(sorted(opt.get_config().items())), step)
+        opt.set_step(t + 1)
         if graphs.captured != before:
             graphs.keep.append([list(layer._ws.values()) for layer in self.layers])
 

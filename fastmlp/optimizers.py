@@ -4,6 +4,7 @@ The update rules are those of ``torch.optim.SGD`` (dampening 0) and
 ``torch.optim.Adam``, with the L1/L2 gradient of each parameter's segment
 added to its gradient inside the same kernel.
 """
+import numpy as np
 
 
 def _positive(name, value, owner, allow_zero=False):
@@ -22,6 +23,14 @@ class Optimizer:
 
     def load_state_dict(self, d):
         self.t = int(d.get("step", 0))
+
+    # A step replayed as a CUDA graph runs no Python: Sequential calls prepare_step (eagerly,
+    # never while capturing) before such a step and set_step(t + 1) after it.
+    def prepare_step(self, be):
+        pass
+
+    def set_step(self, t):
+        self.t = t
 
 
 class SGD(Optimizer):
@@ -62,11 +71,28 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = float(beta1), float(beta2)
         self.eps = _positive("eps", eps, "Adam", allow_zero=True)
         self.t = 0
+        self._count = None     # the step count as a (1,) int64 array of the backend
+        self._count_at = None  # the value it holds, as far as the host knows
+
+    def prepare_step(self, be):
+        """The device count equal to self.t, written from the host when it may differ
+        (a new backend, load_state_dict, a reset after divergence)."""
+        if self._count is None or type(self._count) is not be.xp.ndarray:
+            self._count, self._count_at = be.zeros((1,), np.int64), None
+        if self._count_at != self.t:
+            self._count[...] = self.t
+            self._count_at = self.t
+
+    def set_step(self, t):
+        self.t = self._count_at = t
 
     def step(self, be, params, prev, bad, grads, state, seg):
+        self.prepare_step(be)
         self.t += 1
+        be.xp.add(self._count, 1, out=self._count)  # on the device: a graph replays the increment
+        self._count_at = self.t
         be.adam_update(params, prev, state[0], state[1], bad, grads, seg[0], seg[1], seg[2],
-                       self.lr, self.beta1, self.beta2, self.eps, self.t)
+                       self.lr, self.beta1, self.beta2, self.eps, self._count)
 
     def get_config(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

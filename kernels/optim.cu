@@ -83,13 +83,15 @@ template <typename T, typename B>
 __global__ void adam_update(T* params, T* prev, T* m, T* v, B* bad, const T* grads,
                             const long long* seg_start, const double* seg_l1, const double* seg_l2,
                             long long p, long long s, double lr, double beta1, double beta2,
-                            double eps, long long step) {
-    // step counts from 1; m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+                            double eps, const long long* step) {
+    // *step: the step's count, from 1 (in device memory: a CUDA graph replays it as it
+    // changes); m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
     // params -= (lr / (1 - b1^step)) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)
     __shared__ double step_size, sqrt_bc2;
     if (threadIdx.x == 0) {  // once a block, not once a thread: pow is dear in double
-        step_size = lr / (1.0 - pow(beta1, (double)step));
-        sqrt_bc2 = sqrt(1.0 - pow(beta2, (double)step));
+        const double t = (double)step[0];
+        step_size = lr / (1.0 - pow(beta1, t));
+        sqrt_bc2 = sqrt(1.0 - pow(beta2, t));
     }
     __syncthreads();
     int nbad = 0;

@@ -303,8 +303,9 @@ def test_adam_update(segs, betas, eps, dtype, which, rng):
             rp, rm, rv = (a.astype(np.float64) for a in (params, m, v))
         before, rbefore = params.copy(), rp.copy()
         rprev, rbad = np.empty_like(rp), np.zeros(1, np.int64)
-        R.adam_update(rp, rprev, rm, rv, rbad, grads.astype(np.float64), *seg, lr, *betas, eps, step)
-        fn(params, prev, m, v, bad, grads, *seg, lr, *betas, eps, step)
+        count = np.array([step], np.int64)
+        R.adam_update(rp, rprev, rm, rv, rbad, grads.astype(np.float64), *seg, lr, *betas, eps, count)
+        fn(params, prev, m, v, bad, grads, *seg, lr, *betas, eps, count)
         label = f"adam {betas} {segs} {which} {dtype.__name__} step {step}"
         np.testing.assert_array_equal(prev, before)
         assert bad[0] == 0
@@ -327,7 +328,7 @@ def test_update_counts_non_finite(opt, which, rng):
     before = params.copy()
     if opt == "adam":
         _pick("adam_update", which)(params, prev, np.zeros(14), np.zeros(14), bad, grads, *seg,
-                                    0.01, 0.9, 0.999, 1e-8, 1)
+                                    0.01, 0.9, 0.999, 1e-8, np.array([1], np.int64))
     else:
         _pick("sgd_update", which)(params, prev, np.zeros(14), bad, grads, *seg, 0.1,
                                    0.9 if opt == "momentum" else 0.0, False)

@@ -262,7 +262,8 @@ def _run_every_op(be, dtype, idx_dtype, n, m):
     bad = np.zeros(1, dtype=idx_dtype)
     be.sgd_update(f(p), f(p), f(p), bad, f(p), *seg, 0.1, 0.9, True)
     be.sgd_update(f(p), f(p), None, bad, f(p), *seg, 0.1, 0.0, False)
-    be.adam_update(f(p), f(p), f(p), np.abs(f(p)), bad, f(p), *seg, 1e-3, 0.9, 0.999, 1e-8, 3)
+    be.adam_update(f(p), f(p), f(p), np.abs(f(p)), bad, f(p), *seg, 1e-3, 0.9, 0.999, 1e-8,
+                   np.array([3], np.int64))
     be.add_reg_grad(f(p), f(p), *seg)
     be.reg_penalty(np.zeros(1), f(p), *seg)
     be.gather_rows(f(n, 2, 3), f(n + 4, 2, 3), rng.integers(0, n + 4, n).astype(idx_dtype))
@@ -605,9 +606,10 @@ def test_adam_update(cuda, dtype, p, cover_all, planted_bad, bad_dtype):
         g = grads * step if not planted_bad else grads
         with np.errstate(invalid="ignore", over="ignore"):   # the planted inf / nan
             ref.adam_update(want["params"], want["prev"], want["m"], want["v"], bad_want,
-                            g.astype(np.float64), *seg, *hyper, step)
+                            g.astype(np.float64), *seg, *hyper, np.array([step], np.int64))
         cuda.adam_update(got["params"], got["prev"], got["m"], got["v"], bad,
-                         cuda.to_device(g.astype(dtype)), *segd, *hyper, step)
+                         cuda.to_device(g.astype(dtype)), *segd, *hyper,
+                         cuda.to_device(np.array([step], np.int64)))
     finite = np.isfinite(want["params"])
     for k in want:
         g = cuda.to_host(got[k]).astype(np.float64)

@@ -4,7 +4,8 @@ On a GPU (marked ``gpu``): a fit through graphs gives bitwise the weights of the
 same fit run eagerly (same kernels, same launch shapes), for full-batch and
 mini-batch training with a partial last batch, dense and convolutional models,
 and a learning rate changed by a callback between epochs; steps that cannot be
-replayed (Adam, Dropout, augmentation) run eagerly. Everywhere: the state
+replayed (Dropout, augmentation) run eagerly; Adam's step count lives on the
+device and follows the CPU run across fits and a state reload. Everywhere: the state
 machine of ``StepGraphs`` (run eagerly, capture, replay; refuse allocations
 while capturing; fall back to eager steps on any capture failure) on a
 stand-in CuPy.
@@ -52,11 +53,16 @@ def _fit_both(make, X, y, **fit):
     return out
 
 
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
 @pytest.mark.parametrize("batch_size", [None, 16])  # full batch; 70 = 4 x 16 + 6: two graphs
 @gpu
-def test_graph_fit_equals_eager_fit_bitwise(batch_size):
+def test_graph_fit_equals_eager_fit_bitwise(batch_size, optimizer):
     X, y = _data()
-    (g, hg), (e, he) = _fit_both(_dense_model, X, y, epochs=6, batch_size=batch_size)
+
+    def make(graphs):
+        opt = fm.SGD(0.1, momentum=0.9) if optimizer == "momentum" else fm.Adam(0.01)
+        return _dense_model(graphs, optimizer=opt)
+    (g, hg), (e, he) = _fit_both(make, X, y, epochs=6, batch_size=batch_size)
     assert g._graphs is not None and g._graphs.disabled is None, g._graphs and g._graphs.disabled
     assert g._graphs.captured == (1 if batch_size is None else 2)
     assert g._graphs.replays > 0
@@ -67,6 +73,11 @@ def test_graph_fit_equals_eager_fit_bitwise(batch_size):
         np.testing.assert_array_equal(a, b)
     assert hg.history["loss"] == he.history["loss"]
     assert g.optimizer.t == e.optimizer.t == (6 if batch_size is None else 30)
+    # a second fit goes on from the step count (Adam's bias correction) bitwise alike
+    g.fit(X, y, epochs=2, batch_size=batch_size)
+    e.fit(X, y, epochs=2, batch_size=batch_size)
+    for a, b in zip(g.get_weights(), e.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 class _HalveLr(fm.callbacks.Callback):
@@ -107,15 +118,43 @@ def test_cnn_graph_fit_equals_eager_fit(batchnorm):
 
 
 @gpu
+def test_adam_graph_matches_the_cpu_reference_step_count():
+    """Adam's bias correction reads the step count from the device: after a graph fit,
+    a state reload and more steps, the weights follow the CPU float64 run."""
+    X, y = _data()
+    models = []
+    for device in ("cuda", "cpu"):
+        m = fm.Sequential([fm.Dense(20, 8), fm.ReLU(), fm.Dense(8, 3)], loss="softmax_crossentropy",
+                          optimizer=fm.Adam(0.01), device=device, dtype="float64", seed=4)
+        m.fit(X, y, epochs=3, batch_size=16)
+        m.optimizer.load_state_dict({"step": 100})  # as a resumed run would
+        m.fit(X, y, epochs=2, batch_size=16)
+        models.append(m)
+    assert models[0].cuda_graph_info["disabled"] is None and models[0].optimizer.t == 110
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@gpu
 def test_steps_that_draw_on_the_host_run_eagerly():
     X, y = _data()
-    m = _dense_model(True, optimizer=fm.Adam(0.01))
-    m.fit(X, y, epochs=2, batch_size=16)
-    assert m._graphs is None
     m = fm.Sequential([fm.Dense(20, 8), fm.ReLU(), fm.Dropout(0.5), fm.Dense(8, 3)],
                       loss="softmax_crossentropy", device="cuda", seed=1)
     m.fit(X, y, epochs=1, batch_size=16)
     assert m._graphs is None
+
+
+def test_adam_device_step_count_follows_the_host():
+    opt, be = fm.Adam(0.01), fm.backend.get_backend("cpu")
+    opt.prepare_step(be)
+    assert opt._count.tolist() == [0]
+    opt.load_state_dict({"step": 41})
+    opt.prepare_step(be)
+    assert opt._count.tolist() == [41]
+    opt.set_step(42)          # after a replayed step, which incremented the device count
+    opt._count += 1
+    opt.prepare_step(be)      # in sync: nothing written
+    assert opt._count.tolist() == [42] and opt.t == 42
 
 
 def test_no_graphs_on_the_cpu():

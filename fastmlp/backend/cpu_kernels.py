@@ -327,7 +327,8 @@ def _adam_segment(w, prev, m, v, g, beta1, beta2, eps, step_size, sqrt_bc2, l1, 
 
 def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
                  lr, beta1, beta2, eps, step):
-    # torch.optim.Adam; step counts from 1
+    # torch.optim.Adam; step (1,) int64 holds the step's count, from 1
+    step = float(step[0])
     bc1 = 1.0 - beta1 ** step
     step_size = lr / bc1
     sqrt_bc2 = math.sqrt(1.0 - beta2 ** step)

@@ -298,12 +298,14 @@ def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
         _same_shape(what, a, params.shape)
     s = _segments(seg_start, seg_l1, seg_l2)
     bt = _bad_type(bad)
+    if step.dtype != np.int64 or step.shape != (1,):
+        raise TypeError(f"expected step as an int64 device array of shape (1,), got {step.dtype} {step.shape}")
     if params.size == 0:
         return
     _kernel("optim", src.expr("adam_update", t, bt))(
         (_blocks(params.size),), (_THREADS,),
         (params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2, np.int64(params.size), s,
-         np.float64(lr), np.float64(beta1), np.float64(beta2), np.float64(eps), np.int64(step)))
+         np.float64(lr), np.float64(beta1), np.float64(beta2), np.float64(eps), step))
 
 
 def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):

@@ -166,7 +166,9 @@ def sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
 
 def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
                 lr, beta1, beta2, eps, step):
-    """torch.optim.Adam step (step counts from 1), L1/L2 added to the gradient."""
+    """torch.optim.Adam step, L1/L2 added to the gradient. step (1,) int64 holds the
+    step's count (from 1): a device array on the GPU, so that a CUDA graph replays it."""
+    step = float(step[0])
     g = grads + _reg_grad(params, seg_start, seg_l1, seg_l2)
     m[...] = beta1 * m + (1.0 - beta1) * g
     v[...] = beta2 * v + (1.0 - beta2) * g * g
