@@ -216,40 +216,9 @@ __global__ void maxpool_backward(T* dx, const T* dy, const int* argmax, long lon
 }
 
 // --- convolution epilogue fused with its activation and max pooling -----------------
-// Activation codes and derivatives as kernels/dense.cu (reference.py: IDENTITY 0, RELU 1,
-// LEAKY_RELU 2, TANH 3, SIGMOID 4; the derivative from the output a = act(x)).
+// Activation codes and derivatives: kernels/activation.cuh, shared with dense.cu.
 
-#define FASTMLP_IDENTITY 0
-#define FASTMLP_RELU 1
-#define FASTMLP_LEAKY_RELU 2
-#define FASTMLP_TANH 3
-#define FASTMLP_SIGMOID 4
-
-__device__ __forceinline__ float tanh_t(float x) { return tanhf(x); }
-__device__ __forceinline__ double tanh_t(double x) { return tanh(x); }
-
-template <typename T>
-__device__ __forceinline__ T act_value(T x, int code, T alpha) {
-    // x * 0 (not 0) keeps NaN a NaN, as np.maximum does
-    switch (code) {
-    case FASTMLP_RELU: return x > T(0) ? x : x * T(0);
-    case FASTMLP_LEAKY_RELU: return x > T(0) ? x : alpha * x;
-    case FASTMLP_TANH: return tanh_t(x);
-    case FASTMLP_SIGMOID: return T(0.5) * (T(1) + tanh_t(T(0.5) * x));
-    default: return x;
-    }
-}
-
-template <typename T>
-__device__ __forceinline__ T act_grad(T a, int code, T alpha) {
-    switch (code) {
-    case FASTMLP_RELU: return a > T(0) ? T(1) : T(0);
-    case FASTMLP_LEAKY_RELU: return a > T(0) ? T(1) : alpha;
-    case FASTMLP_TANH: return T(1) - a * a;
-    case FASTMLP_SIGMOID: return a * (T(1) - a);
-    default: return T(1);
-    }
-}
+#include "activation.cuh"
 
 template <typename T>
 __global__ void conv_bias_act_pool_forward(T* y, int* argmax, const T* zt, const T* b, long long n,

@@ -127,6 +127,27 @@ def test_cuda_source_lists_every_family_for_float_and_double():
         cuda_source.source("nope")
 
 
+def test_cuda_source_inlines_the_shared_activation_header(monkeypatch, tmp_path):
+    # dense.cu and conv.cu share kernels/activation.cuh: inlined once each, no #include
+    # directive left for NVRTC, and a #line that gives back the .cu file's numbering
+    for family in ("dense", "conv"):
+        code = cuda_source.source(family)
+        assert code.count("__device__ __forceinline__ T act_value(") == 1
+        assert not re.search(r'^\s*#include', code, re.M)
+        raw = open(cuda_source.path(family), encoding="utf-8").read().splitlines()
+        at = raw.index('#include "activation.cuh"') + 1
+        line = re.search(rf'^#line (\d+) "{family}.cu"$', code, re.M)
+        assert line and int(line.group(1)) == at + 1
+        after = code[line.end() + 1:].splitlines()
+        assert after == raw[at:], "the rest of the file follows unchanged"
+    # a header that is not there is named in the error
+    shutil.copytree(cuda_source.kernels_dir(), tmp_path / "k")
+    os.remove(tmp_path / "k" / "activation.cuh")
+    monkeypatch.setattr(cuda_source, "kernels_dir", lambda: str(tmp_path / "k"))
+    with pytest.raises(FileNotFoundError, match="activation.cuh"):
+        cuda_source.source("dense")
+
+
 def test_cuda_source_finds_kernels_in_a_wheel_layout(tmp_path):
     # the wheel ships kernels/ as fastmlp/_kernels (pyproject force-include)
     site = tmp_path / "site"

@@ -11,6 +11,7 @@ instantiations NVRTC is asked to emit (``bias_act_forward<float>``); the
 backend retrieves each kernel by exactly that string.
 """
 import os
+import re
 import sys
 
 # NVRTC options for every family (CuPy adds the -arch of the device it runs on).
@@ -84,10 +85,29 @@ def path(family):
     return os.path.join(kernels_dir(), family + ".cu")
 
 
+_INCLUDE = re.compile(r'#include "([\w.]+\.cuh)"\s*')
+
+
 def source(family):
-    """The CUDA C source of one family, as NVRTC compiles it."""
+    """The CUDA C source of one family, as NVRTC compiles it: the .cu file with each
+    ``#include "name.cuh"`` line replaced by that header from the same folder (one string
+    for NVRTC, and for CuPy's cache key), then a #line directive, so that compiler
+    messages keep the .cu file's line numbers."""
     with open(path(family), encoding="utf-8") as f:
-        return f.read()
+        lines = f.read().splitlines(keepends=True)
+    out = []
+    for number, line in enumerate(lines, 1):
+        m = _INCLUDE.fullmatch(line)
+        if m is None:
+            out.append(line)
+            continue
+        header = os.path.join(kernels_dir(), m.group(1))
+        if not os.path.isfile(header):
+            raise FileNotFoundError(f"{family}.cu line {number}: expected the header {header}, found none")
+        with open(header, encoding="utf-8") as f:
+            out.append(f.read())
+        out.append(f'#line {number + 1} "{family}.cu"\n')
+    return "".join(out)
 
 
 def options(family):
