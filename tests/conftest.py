@@ -5,6 +5,7 @@ over ``DEVICES`` themselves); the "cuda" case is marked ``gpu`` and skips with
 the reason ``fastmlp.backend.cuda_available()`` gives where no GPU is usable.
 """
 import os
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,21 @@ def data_dir():
     if not path.is_dir():
         pytest.skip(f"data folder {path} not found (set FASTMLP_DATA to the folder holding catvnoncat/)")
     return path
+
+
+def train_step_growth(model, X, y, batch_size=64, steps=10):
+    """Peak bytes of Python objects traced over ``steps`` training steps of one batch,
+    after a warm-up epoch and step (the no-per-step-allocation checks)."""
+    model.fit(X, y, epochs=1, batch_size=batch_size)
+    xb, tb = model._batch_buffers(batch_size, *model._prepare(X, y))
+    model._train_step(xb, tb)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(steps):
+            model._train_step(xb, tb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - base, xb.nbytes

@@ -6,7 +6,6 @@ largest reference value), float32 ones to 1e-5; gradients match centred
 differences to a relative error of 1e-6; a planted wrong backward fails.
 """
 import itertools
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from fastmlp.backend import cpu_kernels as K
 from fastmlp.backend import reference as R
 from fastmlp.data import make_shapes
 from fastmlp.gradcheck import gradcheck, gradcheck_layer
+
+from conftest import train_step_growth
 
 TOL = 1e-6
 KERNEL_TOL = {np.float64: 1e-12, np.float32: 1e-5}
@@ -587,18 +588,6 @@ def test_small_cnn_learns_shapes():
 
 def test_cnn_train_step_allocates_nothing(rng):
     X, y = rng.random((128, 1, 28, 28), dtype=np.float32), rng.integers(0, 4, 128)
-    model = _small_cnn(4)
-    model.fit(X, y, epochs=1, batch_size=64)
-    xb, tb = model._batch_buffers(64, *model._prepare(X, y))
-    model._train_step(xb, tb)
-    tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        for _ in range(10):
-            model._train_step(xb, tb)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    print(f"peak traced growth over 10 CNN steps: {peak - base} bytes")
-    assert peak - base < 4096 < xb.nbytes
+    growth, batch_bytes = train_step_growth(_small_cnn(4), X, y)
+    print(f"peak traced growth over 10 CNN steps: {growth} bytes")
+    assert growth < 4096 < batch_bytes

@@ -6,7 +6,6 @@ reference value), float32 to 1e-5; the argmax exactly (ties to the first maximum
 row-major window order, a NaN the maximum); fused against unfused float64 models to 1e-12;
 gradients against centred differences to 1e-6; a planted wrong backward fails.
 """
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -18,6 +17,8 @@ from fastmlp.backend import reference as R
 from fastmlp.conv import Conv2D, MaxPool2D
 from fastmlp.gradcheck import gradcheck
 from fastmlp.layers import Activation
+
+from conftest import train_step_growth
 
 KERNEL_TOL = {np.float64: 1e-12, np.float32: 1e-5}
 TWINS = [0, 1]   # serial, parallel
@@ -273,17 +274,6 @@ def test_fused_cnn_train_step_allocates_nothing(rng):
     X, y = rng.random((128, 2, 8, 8), dtype=np.float32), rng.integers(0, 3, 128)
     model = _cnn(fm.ReLU(), fm.MaxPool2D(2), dtype="float32")
     assert model.layers[0].pool is not None and model.layers[3].pool is not None
-    model.fit(X, y, epochs=1, batch_size=64)
-    xb, tb = model._batch_buffers(64, *model._prepare(X, y))
-    model._train_step(xb, tb)
-    tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        for _ in range(10):
-            model._train_step(xb, tb)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    print(f"peak traced growth over 10 fused CNN steps: {peak - base} bytes")
-    assert peak - base < 4096 < xb.nbytes
+    growth, batch_bytes = train_step_growth(model, X, y)
+    print(f"peak traced growth over 10 fused CNN steps: {growth} bytes")
+    assert growth < 4096 < batch_bytes
