@@ -469,3 +469,25 @@ def test_cpu_picks_the_parallel_twin_by_work_size(monkeypatch, rng):
     idx = np.array([4, 0, 4], np.int64)
     cpu.gather_rows(out, x, idx)
     np.testing.assert_array_equal(out, x[idx])
+
+
+def test_small_gemms_run_on_one_blas_thread_and_give_it_back(monkeypatch):
+    """cpu_gemm's shape rule: below SMALL_MACS one BLAS thread, then the count is put
+    back; above it nothing is touched. The real setter leaves BLAS as it found it."""
+    from threadpoolctl import threadpool_info
+    from fastmlp.backend import cpu_gemm
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    rng = np.random.default_rng(3)
+    a, b = rng.random((8, 9), dtype=np.float32), rng.random((9, 7), dtype=np.float32)
+    out = np.empty((8, 7), np.float32)
+    cpu_gemm.matmul(out, a, b)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-6)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+    calls = []
+    monkeypatch.setattr(cpu_gemm, "_blas", [calls.append, 4])
+    cpu_gemm.matmul(out, a, b)
+    assert calls == [1, 4]
+    monkeypatch.setattr(cpu_gemm, "SMALL_MACS", 8 * 9 * 7)  # now this product is "big"
+    cpu_gemm.matmul(out, a, b)
+    assert calls == [1, 4]
+    np.testing.assert_allclose(out, a @ b, rtol=1e-6)

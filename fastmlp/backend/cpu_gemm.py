@@ -22,13 +22,20 @@ _blas = []
 
 
 def _controller():
-    """threadpoolctl's handle on NumPy's BLAS, or None if it can't be found."""
+    """(set_num_threads of NumPy's BLAS, its thread count), or (None, 1) if it can't be found.
+
+    threadpoolctl finds the library; for OpenBLAS its C setter is looked up once here,
+    since threadpoolctl's own set_num_threads looks the symbol up (and builds its name)
+    on every call, twice per small GEMM on the hot path."""
     if not _blas:
         try:
             from threadpoolctl import ThreadpoolController
             found = ThreadpoolController().select(user_api="blas").lib_controllers
             ctl = found[0] if found else None
-            _blas.extend([ctl, ctl.get_num_threads() if ctl is not None else 1])
+            setter = ctl.set_num_threads if ctl is not None else None
+            if ctl is not None and ctl.internal_api == "openblas":
+                setter = getattr(ctl, "_get_symbol", lambda name: None)("openblas_set_num_threads") or setter
+            _blas.extend([setter, ctl.get_num_threads() if ctl is not None else 1])
         except Exception:  # threadpoolctl missing or BLAS not introspectable
             _blas.extend([None, 1])
     return _blas[0], _blas[1]
@@ -36,18 +43,18 @@ def _controller():
 
 def threads_for(m, k, n):
     """BLAS threads for an (m, k) @ (k, n) product."""
-    ctl, most = _controller()
+    _, most = _controller()
     return 1 if m * k * n < SMALL_MACS else most
 
 
 def matmul(out, a, b):
     """out = a @ b; a and b may be transposed views."""
-    ctl, most = _controller()
-    if ctl is not None and most > 1 and a.shape[0] * a.shape[1] * b.shape[1] < SMALL_MACS:
-        ctl.set_num_threads(1)
+    set_threads, most = _controller()
+    if set_threads is not None and most > 1 and a.shape[0] * a.shape[1] * b.shape[1] < SMALL_MACS:
+        set_threads(1)
         try:
             np.matmul(a, b, out=out)
         finally:
-            ctl.set_num_threads(most)
+            set_threads(most)
     else:
         np.matmul(a, b, out=out)
