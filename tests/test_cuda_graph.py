@@ -200,8 +200,7 @@ def _fake_cupy(log):
         Stream=lambda non_blocking: _FakeStream(log),
         get_current_stream=lambda: _FakeStream(log),
         get_allocator=lambda: state["allocator"],
-        set_allocator=lambda a: state.__setitem__("allocator", a),
-        runtime=types.SimpleNamespace(getLastError=lambda: 0))
+        set_allocator=lambda a: state.__setitem__("allocator", a))
     fake.cuda, fake.state = cuda, state
     return fake
 

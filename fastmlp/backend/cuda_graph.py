@@ -93,8 +93,4 @@ class StepGraphs:
                 return stream.end_capture()
         except Exception as e:  # noqa: BLE001 -- any failure: run eagerly from now on
             self.disabled = f"{type(e).__name__}: {e}"
-            try:
-                cupy.cuda.runtime.getLastError()  # clear a sticky launch error of the failed capture
-            except Exception:
-                pass
             return None
