@@ -5,9 +5,10 @@ and the step's time is the host's: Python, argument checks and one launch per
 op. A CUDA graph records the step's launches once and replays them with one
 call. ``Sequential.fit`` uses it on ``device="cuda"`` when a step is a fixed
 sequence of launches on fixed buffers with fixed scalar arguments (see
-``Sequential._graph_safe``): SGD (its scalars do not change from step to step;
-Adam's step count does), no host-drawn randomness (Dropout, Augment), data
-already on the device. Anything else runs eagerly, as before.
+``Sequential._step_graphs``): SGD or Adam (Adam's step count, which changes,
+lives in device memory and is incremented by a launch of the step), no
+host-drawn randomness (Dropout, Augment), data already on the device. Anything
+else runs eagerly, as before.
 
 ``StepGraphs.run(key, step)``:
   1st call for a key: runs ``step`` eagerly on the capture stream, so that
