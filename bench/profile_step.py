@@ -27,7 +27,7 @@ OPS = ["matmul", "bias_act_forward", "act_backward_bias_grad", "act_forward", "a
        "softmax_xent", "bce_logits", "mse", "sgd_update", "adam_update", "gather_rows", "reg_penalty",
        "im2col", "col2im", "conv_bias_forward", "conv_bias_backward", "maxpool_forward",
        "maxpool_backward", "conv_bias_act_pool_forward", "conv_bias_act_pool_backward", "transpose",
-       "batchnorm_forward", "batchnorm_backward"]
+       "batchnorm_forward", "batchnorm_backward", "conv_act_pool_forward", "conv_act_pool_backward"]
 
 
 def build(workload, batch):

@@ -20,6 +20,15 @@ every kernel's inner loop on contiguous memory (a row of an image, a run of
 L outputs) and the GEMMs large; (N*L, C*KH*KW) would need a transposing copy
 on the way in and out.
 
+The fused path takes the batch in chunks of images (``_chunks``) sized by the
+backend's ``conv_chunk_bytes``: on the CPU a chunk's cols and zt fit a core's L2
+cache, and ``conv_act_pool_forward`` / ``_backward`` run each chunk on one thread,
+in that thread's own scratch (backend/cpu_conv.py); backward forms a chunk's cols
+again from x instead of keeping the whole batch's. On the GPU the batch is one
+chunk and the same ops run as separate kernels (backend/conv_chunks.py). Each
+chunk's dW.T and db are summed in chunk order, so the result does not depend on
+the thread count.
+
 Shapes: N batch, C input channels, M output channels (filters), H, W input
 height and width, KH, KW kernel, S stride, P zero padding, OH, OW output
 height and width (floor((H + 2P - KH) / S) + 1, as PyTorch), L = OH * OW.
@@ -90,6 +99,7 @@ class Conv2D(Layer):
         self.l1 = _check_coef("l1", l1, "Conv2D")
         self.l2 = _check_coef("l2", l2, "Conv2D")
         self.act_code, self.alpha, self.pool = IDENTITY, 0.0, None
+        self._edges = {}
 
     def fuse_pool(self, act_code, alpha, pool):
         """Run the activation (code, alpha) and MaxPool2D ``pool`` that follow in this layer's
@@ -122,28 +132,67 @@ class Conv2D(Layer):
         self.w2 = params[0].reshape(self.out_channels, ckk)
         self.dw2 = grads[0].reshape(self.out_channels, ckk)
 
+    def _chunks(self, n):
+        """(edges, B): the fused path takes images edges[c] .. edges[c + 1] - 1 as chunk c, B
+        images at most. A chunk's cols and zt take about the backend's ``conv_chunk_bytes``
+        (the whole batch when that is None); their count is a multiple of 4 and depends on
+        the geometry only, never on the thread count."""
+        budget = self.be.conv_chunk_bytes
+        key = (n, budget, np.dtype(self.dtype).itemsize)
+        found = self._edges.get(key)
+        if found is None:
+            count = 1
+            if budget is not None:
+                per_image = (self.w2.shape[1] + self.out_channels) * self.oh * self.ow * key[2]
+                count = min(n, -(-n * per_image // budget // 4) * 4)
+            edges = np.array([c * n // count for c in range(count + 1)], dtype=np.int64)
+            found = self._edges[key] = (edges, int(np.diff(edges).max()))
+        return found
+
+    def _scratch(self, n):
+        """(cols, zt): per thread, room for the largest chunk's cols (C*KH*KW, B*L) and zt (B*L, M)."""
+        _, most = self._chunks(n)
+        rows, t = most * self.oh * self.ow, self.be.threads()
+        return (self.workspace("cols", (t, self.w2.shape[1] * rows)),
+                self.workspace("zt", (t, rows * self.out_channels)))
+
+    def workspace_nbytes(self, n):
+        """Bytes of the workspaces a training step on a batch of n holds (Sequential.memory_report)."""
+        item = np.dtype(self.dtype).itemsize
+        ckk, m, npix = self.w2.shape[1], self.out_channels, self.oh * self.ow
+        dx = n * int(np.prod(self.input_shape)) if self.needs_dx else 0
+        if self.pool is None:                               # cols, z, y (+ dx)
+            return (ckk * n * npix + 2 * m * n * npix + dx) * item
+        edges, most = self._chunks(n)
+        count = len(edges) - 1
+        scratch = self.be.threads() * most * npix * (ckk + m)      # cols, zt per thread
+        pooled = n * int(np.prod(self.pool.output_shape))         # pooled y, int32 argmax
+        sums = (ckk * m + count * m) if count > 1 else 0          # dW.T, db summed over the chunks
+        return (scratch + pooled + count * ckk * m + sums + dx) * item + pooled * 4
+
     def forward(self, x, training):
         # x is (N, C, H, W); returns y (N, M, OH, OW), or with a fused pool its output
-        # (N, M, PH, PW); keeps cols (C*KH*KW, N*L) (and the pooled y, argmax) for backward
+        # (N, M, PH, PW); keeps cols (C*KH*KW, N*L), or when fused x, the pooled y and argmax
         n = x.shape[0]
         npix = self.oh * self.ow
         be, b, pool = self.be, self.params[1], self.pool
-        cols = self.workspace("cols", (self.w2.shape[1], n * npix))
-        be.im2col(cols, x, self.kh, self.kw, self.stride, self.padding)
-        self.x_shape, self.cols = x.shape, cols
+        self.x, self.x_shape = x, x.shape
         if pool is None:
+            cols = self.cols = self.workspace("cols", (self.w2.shape[1], n * npix))
+            be.im2col(cols, x, self.kh, self.kw, self.stride, self.padding)
             z = self.workspace("z", (self.out_channels, n * npix))
             be.matmul(z, self.w2, cols)
             y = self.workspace("y", (n, self.out_channels, self.oh, self.ow))
             be.conv_bias_forward(y, z, b)
             return y
-        # fused: z transposed, (N*L, M), which BLAS forms faster for these thin products
-        zt = self.workspace("zt", (n * npix, self.out_channels))
-        be.matmul(zt, cols.T, self.w2.T)
+        # fused, a chunk of images at a time: im2col -> zt = cols.T @ W2.T (z transposed, which
+        # BLAS forms faster for these thin products) -> act + pool, while the chunk is in cache
         y = self.workspace("pooled", (n,) + pool.output_shape)
         argmax = self.workspace("argmax", y.shape, np.int32)
-        be.conv_bias_act_pool_forward(y, argmax, zt, b, self.oh, self.ow, self.act_code, self.alpha,
-                                      pool.k, pool.stride)
+        edges, _ = self._chunks(n)
+        be.conv_act_pool_forward(y, argmax, *self._scratch(n), x, self.w2, b, edges, self.kh, self.kw,
+                                 self.stride, self.padding, self.oh, self.ow, self.act_code, self.alpha, pool.k,
+                                 pool.stride)
         self.y, self.argmax = y, argmax
         return y
 
@@ -152,24 +201,33 @@ class Conv2D(Layer):
         # z's (zt's) workspace becomes dz (dzt), and cols (no longer needed once dW is known)
         # becomes dcols.
         be, pool = self.be, self.pool
-        cols = self.cols
+        dx = self.workspace("dx", self.x_shape) if self.needs_dx else None
         if pool is None:
+            cols = self.cols
             dz = self.workspace("z", (self.out_channels, cols.shape[1]))
             be.conv_bias_backward(dz, self.grads[1], dy)
             be.matmul(self.dw2, dz, cols.T)
-        else:
-            dzt = self.workspace("zt", (cols.shape[1], self.out_channels))
-            be.conv_bias_act_pool_backward(dzt, self.grads[1], dy, self.y, self.argmax, self.oh, self.ow,
-                                           self.act_code, self.alpha, pool.k, pool.stride)
-            dwt = self.workspace("dwt", (cols.shape[0], self.out_channels))
-            be.matmul(dwt, cols, dzt)                 # dW.T: the faster orientation for BLAS
-            be.transpose(self.dw2, dwt)
-            dz = dzt.T
-        if not self.needs_dx:
-            return None
-        be.matmul(cols, self.w2.T, dz)
-        dx = self.workspace("dx", self.x_shape)
-        be.col2im(dx, cols, self.kh, self.kw, self.stride, self.padding)
+            if dx is not None:
+                be.matmul(cols, self.w2.T, dz)
+                be.col2im(dx, cols, self.kh, self.kw, self.stride, self.padding)
+            return dx
+        # fused, chunk by chunk: cols again from x (forward's are still there when the batch
+        # is one chunk), dzt from dy, dW.T = cols @ dzt (the faster orientation for BLAS),
+        # dcols = W2.T @ dz, col2im. Each chunk's dW.T and db go to their own rows, summed in
+        # chunk order at the end.
+        n, m = dy.shape[0], self.out_channels
+        edges, _ = self._chunks(n)
+        count = len(edges) - 1
+        dwt = self.workspace("dwt", (count, self.w2.shape[1], m))
+        db = self.grads[1].reshape(1, m) if count == 1 else self.workspace("db", (count, m))
+        be.conv_act_pool_backward(dx, dwt, db, *self._scratch(n), self.x, self.w2, dy, self.y, self.argmax, edges,
+                                  self.kh, self.kw, self.stride, self.padding, self.oh, self.ow, self.act_code,
+                                  self.alpha, pool.k, pool.stride)
+        dw_t = dwt[0]
+        if count > 1:
+            be.xp.sum(db, axis=0, out=self.grads[1])
+            dw_t = be.xp.sum(dwt, axis=0, out=self.workspace("dwt_sum", dw_t.shape))
+        be.transpose(self.dw2, dw_t)
         return dx
 
     def get_config(self):

@@ -32,6 +32,8 @@ EVAL_BATCH = 1024
 
 
 class Sequential:
+    _kernel_thread_gemms = False     # set by _plan_fusion
+
     def __init__(self, layers, loss=None, optimizer=None, device="cpu", dtype="float32",
                  seed=None, input_shape=None):
         if not isinstance(layers, (list, tuple)) or not layers:
@@ -146,6 +148,9 @@ class Sequential:
                 elif isinstance(layer, Activation) and isinstance(after, MaxPool2D):
                     prev.fuse_pool(layer.code, layer.alpha, after)
                     layer.fused = after.fused = True
+        # a fused Conv2D runs as chunked Numba kernels on the CPU: its GEMMs must share their threads
+        self._kernel_thread_gemms = bool(self.be.fused_conv_chunks) and any(
+            isinstance(layer, Conv2D) and layer.pool is not None for layer in self.layers)
 
     def _require_built(self, X_shape=None):
         if not self.built:
@@ -155,6 +160,7 @@ class Sequential:
 
     # ------------------------------------------------------------------ the step
     def _forward(self, x, training):
+        self.be.gemm_on_kernel_threads(self._kernel_thread_gemms)
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
@@ -757,13 +763,6 @@ def _workspace_bytes(layer, n, item):
     kind = type(layer).__name__
     if getattr(layer, "fused", False) or kind == "Flatten":
         return 0
-    if kind == "Conv2D":
-        cols = layer.in_channels * layer.kh * layer.kw * n * layer.oh * layer.ow
-        if layer.pool is not None:     # cols, zt, pooled y, int32 argmax, dW.T (+ dx)
-            pooled = size(layer.pool.output_shape)
-            dwt = layer.in_channels * layer.kh * layer.kw * layer.out_channels
-            return (cols + out + pooled + dwt + dx) * item + pooled * 4
-        return (cols + 2 * out + dx) * item              # cols, z, y (+ dx)
     if kind == "MaxPool2D":
         return (out + dx) * item + out * 4               # y, int32 argmax (+ dx)
     if kind == "BatchNorm":

@@ -277,6 +277,16 @@ def test_cuda_wrappers_launch_what_the_kernels_take(shape, dtype):
     be.conv_bias_act_pool_forward(*fused, f(n * oh * ow, 5), f(5), oh, ow, 1, 0.0, 2, 2)
     be.conv_bias_act_pool_backward(f(n * oh * ow, 5), f(5), f(n, 5, qh, qw), *fused, oh, ow, 1, 0.0, 2, 2)
     be.transpose(f(5, c * 9), f(c * 9, 5))
+    for edges in ([0, n], [0, n // 2, n]):     # Conv2D's fused path: the kernels above, chunk by chunk
+        edges = np.array(edges, np.int64)
+        rows = int(np.diff(edges).max()) * oh * ow
+        scratch = (f(1, c * 9 * rows), f(1, rows * 5))
+        be.conv_act_pool_forward(*fused, *scratch, f(*shape), f(5, c * 9), f(5), edges, 3, 3, 2, 1, oh, ow, 1,
+                                 0.0, 2, 2)
+        parts = (f(len(edges) - 1, c * 9, 5), f(len(edges) - 1, 5))
+        for dx in (f(*shape), None):
+            be.conv_act_pool_backward(dx, *parts, *scratch, f(*shape), f(5, c * 9), f(n, 5, qh, qw), *fused,
+                                      edges, 3, 3, 2, 1, oh, ow, 1, 0.0, 2, 2)
     for x in (f(*shape), f(n, c)):
         stats = [np.zeros(c) for _ in range(4)]
         for training in (True, False):

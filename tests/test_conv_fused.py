@@ -229,6 +229,8 @@ def test_planted_wrong_fused_backward_fails(monkeypatch, rng):
     model = _cnn(fm.Tanh(), fm.MaxPool2D(2))
     X, y = rng.standard_normal((3, 2, 8, 8)), rng.integers(0, 3, 3)
     monkeypatch.setattr(cpu, "conv_bias_act_pool_backward", corner)
+    monkeypatch.setattr(cpu, "fused_conv_chunks", False)     # the kernels one by one (the chunked
+    # kernel's own planted test is in test_cpu_threads.py)
     err = gradcheck(model, X, y, verbose=False)
     print(f"every pooled gradient to the plane's corner: rel err {err:.2e}")
     assert err > 1e-2

@@ -4,9 +4,10 @@ Every backend module (``cpu``, ``cuda``) exports the same names with the same
 signatures, so layers never import numpy or cupy for math. Ops write into
 caller-provided outputs; none allocates on the hot path.
 """
+import numba
 import numpy as np
 
-from . import cpu_gemm
+from . import conv_chunks, cpu_blas, cpu_conv, cpu_gemm
 from . import cpu_kernels as K
 
 name = "cpu"
@@ -35,7 +36,11 @@ def synchronize():
 
 
 def _pick(twins, work):
-    return twins[1] if work >= K.PARALLEL_MIN_WORK else twins[0]
+    # the parallel twin above PARALLEL_MIN_WORK elements, or above PARALLEL_MIN_WORK_SHARED
+    # while a model with chunked conv kernels runs (Numba's threads are awake and OpenBLAS's
+    # idle then, cpu_gemm.use_numba_threads)
+    least = K.PARALLEL_MIN_WORK_SHARED if cpu_gemm.on_numba_threads() else K.PARALLEL_MIN_WORK
+    return twins[1] if work >= least else twins[0]
 
 
 # --- GEMM: out = a @ b (a, b may be transposed views) ---------------------------
@@ -43,6 +48,11 @@ def _pick(twins, work):
 def matmul(out, a, b):
     # BLAS, with threads and operand orientation chosen once per shape (cpu_gemm.py)
     cpu_gemm.matmul(out, a, b)
+
+
+def gemm_on_kernel_threads(flag):
+    # big GEMMs on Numba's threads (True: a model with chunked conv kernels) or OpenBLAS's
+    cpu_gemm.use_numba_threads(flag)
 
 
 # --- dense: bias + activation, activation backward + bias gradient ------------
@@ -162,6 +172,58 @@ def conv_bias_act_pool_backward(dzt, db, dy, y, argmax, oh, ow, code, alpha, k, 
     # dy, y, argmax (N, M, PH, PW); dzt (N*OH*OW, M), dz transposed; db (M,)
     _pick(K.conv_bias_act_pool_backward, dzt.size)(dzt, db, _partial_sums(dzt.shape[1]), dy, y, argmax,
                                                    oh, ow, code, alpha, k, stride)
+
+
+# --- Conv2D's fused path, a chunk of images per thread (cpu_conv.py) ------------
+
+# Conv2D cuts its batch into chunks of images whose cols and zt take about this many
+# bytes (a core's L2 cache holds them from im2col to the pooling; 1 MiB chunks ran 5 %
+# slower on P3); the count is a
+# multiple of 4, so 2 or 4 threads get equal shares.
+conv_chunk_bytes = 1 << 18
+# Whether conv_act_pool_forward / _backward run as one Numba kernel (cpu_conv.py);
+# if not (NumPy's OpenBLAS not found), as the kernels chunk after chunk (conv_chunks.py).
+fused_conv_chunks = cpu_blas.available()
+
+
+def threads():
+    # T: the threads a chunked kernel may run on, one scratch buffer each
+    return numba.get_num_threads()
+
+
+class _OwnOps:
+    # this module's ops, looked up when called (so a test can replace one): conv_chunks runs them
+    def __getattr__(self, name):
+        return globals()[name]
+
+
+_OWN_OPS = _OwnOps()
+
+
+def conv_act_pool_forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, code, alpha,
+                          k, pstride):
+    # y, argmax (N, M, PH, PW); cols, zt (T, ...) scratch; x (N, C, H, W); w2 (M, C*KH*KW);
+    # edges (chunks + 1,) int64
+    if not fused_conv_chunks:
+        return conv_chunks.forward(_OWN_OPS, y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride,
+                                   pad, oh, ow, code, alpha, k, pstride)
+    cpu_blas.single_threaded(cpu_conv.forward, y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow,
+                             code, alpha, k, pstride, cpu_blas.gemm_for(w2.dtype))
+
+
+def conv_act_pool_backward(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, kh, kw, stride, pad, oh, ow,
+                           code, alpha, k, pstride):
+    # dx (N, C, H, W) or None; dwt (chunks, C*KH*KW, M), db (chunks, M); the rest as forward
+    if not fused_conv_chunks:
+        return conv_chunks.backward(_OWN_OPS, dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges,
+                                    kh, kw, stride, pad, oh, ow, code, alpha, k, pstride)
+    t, m = cols.shape[0], w2.shape[0]
+    partial = _scratch.get(("conv", t, m))
+    if partial is None:
+        partial = _scratch[("conv", t, m)] = np.empty((t, K.BIAS_GRAD_BLOCKS, m), dtype=np.float64)
+    cpu_blas.single_threaded(cpu_conv.backward, x if dx is None else dx, dwt, db, partial, cols, dzt, x, w2, dy,
+                             y, argmax, edges, kh, kw, stride, pad, oh, ow, code, alpha, k, pstride,
+                             dx is not None, cpu_blas.gemm_for(w2.dtype))
 
 
 def transpose(out, a):

@@ -14,7 +14,10 @@ call, so the caller's own NumPy code never inherits our setting.
 """
 import os
 
+import numba
 import numpy as np
+
+from . import cpu_blas
 
 SMALL_MACS = int(os.environ.get("FASTMLP_BLAS_SMALL", 1 << 22))
 
@@ -41,6 +44,24 @@ def _controller():
     return _blas[0], _blas[1]
 
 
+_on_numba = [False]
+
+
+def use_numba_threads(flag):
+    """Run big GEMMs on Numba's threads (cpu_blas) from now on, or (False) on OpenBLAS's.
+
+    A model whose convolutions run as chunked Numba kernels needs the first: OpenBLAS's
+    threads keep spinning after each GEMM and then take the cores that the next Numba
+    kernel needs (P3, 2 cores: 22 ms a step against 7 ms). An MLP runs faster on the
+    second (about 5 % on P2), so each model says which before its steps."""
+    _on_numba[0] = bool(flag) and cpu_blas.available()
+
+
+def on_numba_threads():
+    """Whether big GEMMs run on Numba's threads now."""
+    return _on_numba[0]
+
+
 def threads_for(m, k, n):
     """BLAS threads for an (m, k) @ (k, n) product."""
     _, most = _controller()
@@ -50,7 +71,11 @@ def threads_for(m, k, n):
 def matmul(out, a, b):
     """out = a @ b; a and b may be transposed views."""
     set_threads, most = _controller()
-    if set_threads is not None and most > 1 and a.shape[0] * a.shape[1] * b.shape[1] < SMALL_MACS:
+    small = a.shape[0] * a.shape[1] * b.shape[1] < SMALL_MACS
+    if not small and _on_numba[0] and numba.get_num_threads() > 1:
+        if cpu_blas.matmul(out, a, b, numba.get_num_threads()):
+            return
+    if set_threads is not None and most > 1 and small:
         set_threads(1)
         try:
             np.matmul(a, b, out=out)

@@ -16,7 +16,7 @@ nothing once the workspace has grown to the largest shape seen.
 import numpy as np
 import cupy
 
-from . import cuda_blas
+from . import conv_chunks, cuda_blas
 from . import cuda_source as src
 
 name = "cuda"
@@ -121,7 +121,48 @@ def synchronize():
     cupy.cuda.Device().synchronize()
 
 
+# --- Conv2D's fused path --------------------------------------------------------
+
+# None: Conv2D takes the whole batch as one chunk (the GPU wants large launches)
+conv_chunk_bytes = None
+# no single chunked kernel here: im2col, matmul and the fused pooling kernels (conv_chunks.py)
+fused_conv_chunks = False
+
+
+def threads():
+    # T: one scratch buffer for the kernels (the host thread launches them all)
+    return 1
+
+
+class _OwnOps:
+    # this module's ops, looked up when called (so a test can replace one): conv_chunks runs them
+    def __getattr__(self, name):
+        return globals()[name]
+
+
+_OWN_OPS = _OwnOps()
+
+
+def conv_act_pool_forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, code, alpha,
+                          k, pstride):
+    # y, argmax (N, M, PH, PW); cols, zt (1, ...) scratch; x (N, C, H, W); w2 (M, C*KH*KW)
+    conv_chunks.forward(_OWN_OPS, y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow,
+                        code, alpha, k, pstride)
+
+
+def conv_act_pool_backward(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, kh, kw, stride, pad, oh, ow,
+                           code, alpha, k, pstride):
+    # dx (N, C, H, W) or None; dwt (chunks, C*KH*KW, M), db (chunks, M); the rest as forward
+    conv_chunks.backward(_OWN_OPS, dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, kh, kw,
+                         stride, pad, oh, ow, code, alpha, k, pstride)
+
+
 # --- GEMM: out = a @ b (a, b may be transposed views) ---------------------------
+
+def gemm_on_kernel_threads(flag):
+    # nothing to choose on the GPU (the CPU backend picks the threads of its GEMMs)
+    pass
+
 
 def matmul(out, a, b):
     # cuBLAS called directly (capturable into a CUDA graph); CuPy for other layouts

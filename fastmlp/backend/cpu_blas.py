@@ -1,0 +1,165 @@
+"""GEMMs on Numba's threads: NumPy's own OpenBLAS called from parallel Numba kernels.
+
+NumPy's OpenBLAS threads a big GEMM itself, and its worker threads then spin
+for a while (about 0.1 s) waiting for the next one. Numba's parallel kernels
+run on a second pool of threads (OpenMP's); on the project's 2-core machine a
+Numba kernel that needs a core OpenBLAS is spinning on waits for the OS to
+preempt the spinner (P3 with its chunked conv kernels, cpu_conv.py: 22 ms a
+step with OpenBLAS threading the dense GEMMs, 7 ms with this module). So a
+model with chunked conv kernels runs its big GEMMs here (cpu_gemm.matmul):
+a Numba ``prange`` calls OpenBLAS's ``cblas_?gemm`` once per block, OpenBLAS
+held to one thread meanwhile. A product is cut into T blocks (T = Numba's
+thread count) of output rows, of output columns, or of the inner dimension
+(partial products, summed in block order), whichever has each thread move the
+fewest elements. cpu_conv's kernels call the same ``cblas_?gemm`` directly.
+
+The blocks depend on the shape and T only, so a run is bitwise repeatable.
+The symbols are looked up in the OpenBLAS that NumPy itself loaded (its wheels
+ship ``scipy_openblas64_``, 64-bit integers); where they are not found
+(another BLAS, another build) or ``FASTMLP_NUMBA_BLAS=0``, ``available()`` is
+False: GEMMs stay on np.matmul and Conv2D runs its kernels chunk after chunk.
+"""
+import ctypes
+import os
+
+import numpy as np
+from numba import njit, prange
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+ALIGN = 8           # block edges on multiples of 8 rows / columns (whole SIMD vectors)
+
+_I64, _INT = ctypes.c_int64, ctypes.c_int
+
+
+def _prototype(real):
+    # cblas_?gemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), ILP64
+    return ctypes.CFUNCTYPE(None, _INT, _INT, _INT, _I64, _I64, _I64, real, ctypes.c_void_p, _I64,
+                            ctypes.c_void_p, _I64, real, ctypes.c_void_p, _I64)
+
+
+def _numpy_openblas():
+    """(sgemm, dgemm, set_num_threads, get_num_threads) ctypes functions of NumPy's OpenBLAS,
+    or None."""
+    if os.environ.get("FASTMLP_NUMBA_BLAS", "1") == "0":
+        return None
+    try:
+        from threadpoolctl import threadpool_info
+        numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+        for info in threadpool_info():
+            path = info.get("filepath") or ""
+            if info.get("internal_api") != "openblas" or not path.startswith(numpy_dir) or "numpy" not in path:
+                continue
+            lib = ctypes.CDLL(path)
+            for prefix in ("scipy_", ""):
+                try:
+                    return (_prototype(ctypes.c_float)((f"{prefix}cblas_sgemm64_", lib)),
+                            _prototype(ctypes.c_double)((f"{prefix}cblas_dgemm64_", lib)),
+                            ctypes.CFUNCTYPE(None, _INT)((f"{prefix}openblas_set_num_threads64_", lib)),
+                            ctypes.CFUNCTYPE(_INT)((f"{prefix}openblas_get_num_threads64_", lib)))
+                except AttributeError:
+                    continue
+    except Exception:  # threadpoolctl missing, a library that can't be opened, ...
+        return None
+    return None
+
+
+_found = _numpy_openblas()
+_sgemm, _dgemm, _set_threads, _get_threads = _found if _found is not None else (None,) * 4
+
+
+def available():
+    """Whether big GEMMs run here (NumPy's OpenBLAS was found)."""
+    return _found is not None
+
+
+def gemm_for(dtype):
+    """The cblas_?gemm of ``dtype`` (float32 or float64) for a Numba kernel, or None."""
+    return {np.dtype(np.float32): _sgemm, np.dtype(np.float64): _dgemm}.get(np.dtype(dtype))
+
+
+def single_threaded(fn, *args):
+    """fn(*args) with NumPy's OpenBLAS held to one thread, its thread count put back after:
+    Numba's threads then each call it without OpenBLAS starting threads of its own."""
+    before = _get_threads()
+    _set_threads(1)
+    try:
+        fn(*args)
+    finally:
+        _set_threads(before)
+
+
+def _layout(x):
+    """(transpose flag, leading dimension) of a 2-D operand, or None if BLAS can't take it."""
+    s0, s1 = (s // x.itemsize for s in x.strides)
+    if s1 == 1 and s0 >= max(1, x.shape[1]):
+        return NO_TRANS, s0
+    if s0 == 1 and s1 >= max(1, x.shape[0]):
+        return TRANS, s1
+    return None
+
+
+def blocks(m, k, n, threads):
+    """(axis, edges): the product cut at ``edges`` into T blocks of output rows (axis 0), of
+    output columns (1) or of the inner dimension k (2: each block a partial (m, n) product,
+    summed afterwards), whichever has each thread read and write the fewest elements."""
+    cost = {0: m * k // threads + k * n, 1: m * k + k * n // threads,
+            2: (m * k + k * n) // threads + 2 * threads * m * n}
+    fits = {0: m >= ALIGN * threads, 1: n >= ALIGN * threads, 2: k >= ALIGN * threads}
+    axis = min((a for a in cost if fits[a]), key=cost.get, default=0)
+    size = (m, n, k)[axis]
+    edges = [0] + [min(size, -(-size * t // threads // ALIGN) * ALIGN) for t in range(1, threads)] + [size]
+    return axis, np.array(edges, dtype=np.int64)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _gemm_blocks(gemm, c, a, b, m, n, k, ta, lda, tb, ldb, ldc, axis, edges, item):
+    # c (m, n) = op(a) @ op(b), one cblas call per block of rows (axis 0) or columns of c; with
+    # axis 2, block t writes op(a)[:, lo:hi] @ op(b)[lo:hi] to the t-th (m, n) matrix at c
+    # (ldc = n). c, a, b are addresses, item the bytes of one element.
+    for t in prange(edges.size - 1):
+        lo, hi = edges[t], edges[t + 1]
+        if hi <= lo:
+            continue
+        if axis == 0:       # rows lo .. hi of c and of op(a)
+            a_at = a + (lo * lda if ta == NO_TRANS else lo) * item
+            gemm(ROW_MAJOR, ta, tb, hi - lo, n, k, 1.0, a_at, lda, b, ldb, 0.0, c + lo * ldc * item, ldc)
+        elif axis == 1:     # columns lo .. hi of c and of op(b)
+            b_at = b + (lo if tb == NO_TRANS else lo * ldb) * item
+            gemm(ROW_MAJOR, ta, tb, m, hi - lo, k, 1.0, a, lda, b_at, ldb, 0.0, c + lo * item, ldc)
+        else:               # columns lo .. hi of op(a), rows lo .. hi of op(b)
+            a_at = a + (lo if ta == NO_TRANS else lo * lda) * item
+            b_at = b + (lo * ldb if tb == NO_TRANS else lo) * item
+            gemm(ROW_MAJOR, ta, tb, m, n, hi - lo, 1.0, a_at, lda, b_at, ldb, 0.0, c + t * m * n * item, n)
+
+
+def matmul(out, a, b, threads):
+    """out = a @ b in ``threads`` blocks on Numba's threads; False (nothing done) if BLAS can't
+    take these operands (a dtype other than float32/float64, a layout without a unit stride)."""
+    gemm = gemm_for(out.dtype) if available() else None
+    if gemm is None or a.dtype != out.dtype or b.dtype != out.dtype:
+        return False
+    la, lb, lc = _layout(a), _layout(b), _layout(out)
+    if la is None or lb is None or lc is None or lc[0] != NO_TRANS:
+        return False
+    m, k = a.shape
+    n = b.shape[1]
+    axis, edges = blocks(m, k, n, threads)
+    c = out if axis < 2 else _partials((edges.size - 1, m, n), out.dtype)
+    single_threaded(_gemm_blocks, gemm, c.ctypes.data, a.ctypes.data, b.ctypes.data, m, n, k,
+                 la[0], la[1], lb[0], lb[1], lc[1] if axis < 2 else n, axis, edges, out.itemsize)
+    if axis == 2:           # the partial products summed in block order
+        out[...] = c[0]
+        for t in range(1, c.shape[0]):
+            np.add(out, c[t], out=out)
+    return True
+
+
+_scratch = {}
+
+
+def _partials(shape, dtype):
+    # the (T, m, n) partial products of a k-split GEMM, one buffer per shape, reused
+    buf = _scratch.get((shape, dtype))
+    if buf is None:
+        buf = _scratch[(shape, dtype)] = np.empty(shape, dtype)
+    return buf

@@ -1,0 +1,228 @@
+"""The CPU step on Numba's threads: GEMMs cut into blocks of NumPy's OpenBLAS calls
+(cpu_blas), Conv2D's fused path a chunk of images per thread (cpu_conv), and the model's
+choice between those and OpenBLAS's own threads.
+
+Every result is compared with np.matmul, or with the same layer run as separate kernels
+chunk after chunk (the path the GPU takes): float64 to 1e-12, float32 to 1e-5, relative to
+the largest value. Gradients against centred differences; a planted wrong chunked kernel fails.
+"""
+import numba
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import fastmlp as fm
+from fastmlp.backend import cpu, cpu_blas, cpu_gemm
+from fastmlp.gradcheck import gradcheck
+
+needs_blas = pytest.mark.skipif(not cpu_blas.available(), reason="NumPy's OpenBLAS symbols not found")
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def _rel(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-300))
+
+
+def _numpy_blas_threads():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+# --- cpu_blas: big GEMMs in blocks --------------------------------------------------
+
+@pytest.mark.parametrize("m, k, n, axis", [
+    (12544, 144, 32, 0),      # P3's conv forward: tall output, rows
+    (64, 1568, 256, 1),       # P3's dense forward: wide output, columns
+    (9, 50176, 16, 2),        # P3's first conv dW: a 9x16 output, the inner dimension
+    (144, 12544, 32, 2),      # P3's second conv dW
+    (1568, 64, 256, 0),
+])
+def test_blocks_pick_the_axis_that_moves_least_and_cover_it(m, k, n, axis):
+    got, edges = cpu_blas.blocks(m, k, n, 2)
+    assert got == axis
+    size = (m, n, k)[axis]
+    assert edges[0] == 0 and edges[-1] == size and np.all(np.diff(edges) >= 0)
+    assert all(e % cpu_blas.ALIGN == 0 for e in edges[1:-1])
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(64, 1568, 256), (300, 7, 33), (9, 5000, 16), (144, 2000, 32),
+                                     (257, 129, 65)])
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_block_gemm_matches_numpy_in_every_layout(dtype, m, k, n, ta, tb, threads, rng):
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    a, b = (a.T if ta else a), (b.T if tb else b)
+    out = np.full((m, n), np.nan, dtype)
+    assert cpu_blas.matmul(out, a, b, threads)
+    assert _rel(out, a.astype(np.float64) @ b.astype(np.float64)) < TOL[dtype] * 10
+
+
+@needs_blas
+def test_block_gemm_declines_what_blas_cannot_take(rng):
+    a, b = rng.standard_normal((20, 30)), rng.standard_normal((30, 40))
+    out = np.empty((20, 40))
+    assert not cpu_blas.matmul(out, a[:, ::2], b[::2], 2)                  # no unit stride
+    assert not cpu_blas.matmul(np.empty((20, 40), np.float32), a, b, 2)   # mixed dtypes
+    assert not cpu_blas.matmul(np.empty((20, 40), np.int64), a.astype(np.int64), b.astype(np.int64), 2)
+    assert not cpu_blas.matmul(np.empty((40, 20)).T, a, b, 2)             # a transposed output
+
+
+@needs_blas
+def test_block_gemm_gives_numpys_blas_its_thread_count_back(rng):
+    before = _numpy_blas_threads()
+    a, b = rng.standard_normal((600, 500)), rng.standard_normal((500, 400))
+    cpu_blas.matmul(np.empty((600, 400)), a, b, 2)
+    assert _numpy_blas_threads() == before
+
+
+@needs_blas
+def test_cpu_gemm_routes_big_products_by_the_models_choice(monkeypatch, rng):
+    calls = []
+    real = cpu_blas.matmul
+    monkeypatch.setattr(cpu_blas, "matmul", lambda *args: calls.append(args[3]) or real(*args))
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+    a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 300))
+    out = np.empty((300, 300))
+    try:
+        cpu_gemm.use_numba_threads(False)
+        cpu_gemm.matmul(out, a, b)
+        assert calls == [] and _rel(out, a @ b) < 1e-12
+        cpu_gemm.use_numba_threads(True)
+        cpu_gemm.matmul(out, a, b)
+        assert calls == [2] and _rel(out, a @ b) < 1e-12
+        cpu_gemm.matmul(np.empty((3, 3)), a[:3, :3], b[:3, :3])             # small: never split
+        assert calls == [2]
+    finally:
+        cpu_gemm.use_numba_threads(False)
+
+
+# --- Conv2D's fused path a chunk per thread -----------------------------------------
+
+def _cnn(dtype, c=2, size=9, k=3, stride=1, pad=1, pool=2, pool_stride=None, act=None, seed=0):
+    act = act or fm.ReLU()
+    conv1 = fm.Conv2D(c, 3, k, stride=stride, padding=pad)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    h, w = (size + 2 * pad - kh) // stride + 1, (size + 2 * pad - kw) // stride + 1
+    ps = pool_stride or pool
+    h, w = (h - pool) // ps + 1, (w - pool) // ps + 1
+    layers = [conv1, act, fm.MaxPool2D(pool, ps), fm.Conv2D(3, 4, 3, padding=1), fm.Tanh(),
+              fm.MaxPool2D(2), fm.Flatten()]
+    h, w = (h - 2) // 2 + 1, (w - 2) // 2 + 1
+    layers.append(fm.Dense(4 * h * w, 3))
+    return fm.Sequential(layers, loss="softmax_crossentropy", optimizer=fm.SGD(0.1, momentum=0.9),
+                         dtype=dtype, seed=seed, input_shape=(c, size, size))
+
+
+def _run(model, X, y, chunked, budget, monkeypatch):
+    """Loss, weights after two steps, and the first conv's output, on the chunked kernels or not."""
+    monkeypatch.setattr(cpu, "fused_conv_chunks", chunked)
+    monkeypatch.setattr(cpu, "conv_chunk_bytes", budget)
+    model.fit(X, y, epochs=2, batch_size=len(X), shuffle=False)
+    return model.get_weights(), np.array(model.layers[0].forward(X.astype(model.dtype), False))
+
+
+GEOMETRIES = [dict(), dict(k=1, pad=0), dict(k=(3, 2), pad=2), dict(stride=2, size=11),
+              dict(pool=3, pool_stride=2), dict(c=1, act=fm.LeakyReLU(0.1))]
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("n, budget", [(7, 1), (13, 3000), (5, None)])
+def test_chunked_kernels_match_the_kernels_run_chunk_by_chunk(dtype, geometry, n, budget, monkeypatch, rng):
+    X = rng.standard_normal((n, geometry.get("c", 2), geometry.get("size", 9), geometry.get("size", 9)))
+    y = rng.integers(0, 3, n)
+    want = _run(_cnn(dtype, **geometry), X, y, False, budget, monkeypatch)
+    got = _run(_cnn(dtype, **geometry), X, y, True, budget, monkeypatch)
+    tol = TOL[np.dtype(dtype).type] * 100
+    for g, w in zip(got[0], want[0]):
+        assert _rel(g, w) < tol
+    assert _rel(got[1], want[1]) < tol
+
+
+@needs_blas
+def test_chunks_do_not_change_the_result_beyond_rounding(monkeypatch, rng):
+    X, y = rng.standard_normal((12, 2, 9, 9)), rng.integers(0, 3, 12)
+    whole = _run(_cnn("float64"), X, y, True, None, monkeypatch)
+    per_image = _run(_cnn("float64"), X, y, True, 1, monkeypatch)
+    for a, b in zip(whole[0], per_image[0]):
+        assert _rel(a, b) < 1e-12
+
+
+@needs_blas
+def test_chunked_results_do_not_depend_on_the_thread_count(monkeypatch, rng):
+    monkeypatch.setattr(cpu, "conv_chunk_bytes", 1)                   # one image a chunk
+    model = _cnn("float32")
+    X = rng.standard_normal((16, 2, 9, 9)).astype(np.float32)
+    model.predict(X)
+    conv = model.layers[3]                                              # takes dx back too
+    x = np.array(model.layers[0].forward(X, False))
+    dy = rng.standard_normal(conv.forward(x, True).shape).astype(np.float32)     # the pooled shape
+    runs = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            y = np.array(conv.forward(x, True))
+            dx = np.array(conv.backward(dy))
+            runs.append([y, dx] + [np.array(g) for g in conv.grads])
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_blas
+@pytest.mark.parametrize("geometry", [dict(), dict(k=1, pad=0), dict(k=(3, 2)), dict(stride=2, size=11)])
+def test_chunked_gradients_match_finite_differences(geometry, monkeypatch, rng):
+    # tanh before the pools: ReLU's zeros tie in the windows, where the loss has kinks
+    monkeypatch.setattr(cpu, "conv_chunk_bytes", 1)
+    c, size = geometry.get("c", 2), geometry.get("size", 9)
+    model = _cnn("float64", act=fm.Tanh(), **geometry)
+    X, y = rng.standard_normal((3, c, size, size)), rng.integers(0, 3, 3)
+    assert gradcheck(model, X, y, verbose=False) < 1e-6
+
+
+@needs_blas
+def test_planted_wrong_chunked_backward_fails(monkeypatch, rng):
+    real = cpu.conv_act_pool_backward
+
+    def corner(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, *rest):
+        real(dx, dwt, db, cols, dzt, x, w2, dy, y, np.zeros_like(argmax), *rest)
+
+    monkeypatch.setattr(cpu, "conv_act_pool_backward", corner)
+    monkeypatch.setattr(cpu, "conv_chunk_bytes", 1)
+    model = _cnn("float64", act=fm.Tanh())
+    X, y = rng.standard_normal((3, 2, 9, 9)), rng.integers(0, 3, 3)
+    err = gradcheck(model, X, y, verbose=False)
+    print(f"every pooled gradient to the plane's corner: rel err {err:.2e}")
+    assert err > 1e-2
+
+
+@needs_blas
+def test_models_choose_the_gemm_threads_they_need(rng):
+    cnn = _cnn("float32")
+    mlp = fm.Sequential([fm.Dense(5, 4), fm.ReLU(), fm.Dense(4, 2)], loss="softmax_crossentropy", seed=0)
+    unfused = fm.Sequential([fm.Conv2D(1, 2, 3), fm.Flatten(), fm.Dense(2 * 7 * 7, 2)],
+                            loss="softmax_crossentropy", seed=0, input_shape=(1, 9, 9))
+    try:
+        cnn.predict(rng.standard_normal((2, 2, 9, 9)))
+        assert cpu_gemm.on_numba_threads()
+        mlp.predict(rng.standard_normal((2, 5)))
+        assert not cpu_gemm.on_numba_threads()
+        unfused.predict(rng.standard_normal((2, 1, 9, 9)))         # no fused Conv2D: OpenBLAS's
+        assert not cpu_gemm.on_numba_threads()
+    finally:
+        cpu_gemm.use_numba_threads(False)
+
+
+@needs_blas
+def test_chunked_cnn_step_allocates_nothing(rng):
+    from conftest import train_step_growth
+    X, y = rng.random((128, 2, 9, 9), dtype=np.float32), rng.integers(0, 3, 128)
+    growth, batch_bytes = train_step_growth(_cnn("float32"), X, y)
+    print(f"peak traced growth over 10 chunked CNN steps: {growth} bytes")
+    assert growth < 4096 < batch_bytes
