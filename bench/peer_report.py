@@ -96,18 +96,22 @@ def print_workload(result):
     if bad:
         print(f"  warning: one-step check failed for {', '.join(bad)}")
     if "profile" in r:
-        print_profile(r["profile"])
+        print_profile(r["profile"], "as it runs")
+    if "profile_ops" in r:
+        print_profile(r["profile_ops"], "the chunked conv kernels off, every op timed")
     sys.stdout.flush()
 
 
-def print_profile(prof):
+def print_profile(prof, how):
     """Where a fastmlp CNN step goes, by kind of op (every op wrapped with a timer)."""
-    print(f"  fastmlp step by op kind (a profiled epoch, {prof['step_ms']:.2f} ms/step with the timers):")
+    print(f"  fastmlp step by op kind ({how}; a profiled epoch, {prof['step_ms']:.2f} ms/step with the timers):")
     for k, ms in sorted(prof["ms_per_step"].items(), key=lambda kv: -kv[1]):
-        print(f"    {k:24s} {ms:8.3f} ms {100 * prof['share'][k]:6.1f}%")
+        if ms > 0:
+            print(f"    {k:24s} {ms:8.3f} ms {100 * prof['share'][k]:6.1f}%")
     sh = prof["share"]
-    print(f"    im2col + col2im {100 * (sh['im2col'] + sh['col2im']):.1f}% against GEMM "
-          f"{100 * sh['gemm']:.1f}% of the step")
+    if sh["im2col"] + sh["col2im"] > 0:
+        print(f"    im2col + col2im {100 * (sh['im2col'] + sh['col2im']):.1f}% against GEMM "
+              f"{100 * sh['gemm']:.1f}% of the step")
 
 
 def print_summary(results):
@@ -143,8 +147,10 @@ def key_values(results, peak_gflops, threads):
         if "fastmlp" in r["impls"]:
             pairs.append((f"{k}_frac_peak", f"{r['impls']['fastmlp']['frac_peak']:.3f}"))
         for name in ("im2col", "col2im", "gemm"):
-            if "profile" in r:
-                pairs.append((f"{k}_{name}_share", f"{r['profile']['share'][name]:.3f}"))
+            if "profile_ops" in r:
+                pairs.append((f"{k}_{name}_share", f"{r['profile_ops']['share'][name]:.3f}"))
+        if "profile" in r and "conv chunked kernels" in r["profile"]["share"]:
+            pairs.append((f"{k}_conv_kernels_share", f"{r['profile']['share']['conv chunked kernels']:.3f}"))
     checks = [c["ok"] for r in results for c in r["check"]["results"].values()]
     pairs.append(("check", "ok" if all(checks) else "fail"))
     return " ".join(f"{k}={v}" for k, v in pairs)

@@ -4,8 +4,10 @@ For each workload: the same initial weights go to every implementation; each
 takes one step and is compared with the NumPy float64 reference (P3, a CNN:
 with torch float64); then each warms up and the timed runs are interleaved.
 An implementation that fails (import, build, check or fit) is reported and
-left out; the others go on. On P3, a profiled run of fastmlp then splits its
-step into im2col, col2im, GEMM and the other kernels.
+left out; the others go on. On P3, profiled runs of fastmlp then split its
+step by kind of op: once as it runs (its convolutions one chunked kernel each way,
+backend/cpu_conv.py) and once with the chunked kernels off, so that im2col, col2im,
+the GEMMs and the pooling run as separate, timed calls on the same chunks.
 
 Shape vocabulary: N samples, B batch, D inputs of a layer, M outputs; images
 C channels, H x W pixels, K kernel side.
@@ -535,7 +537,8 @@ def run(args):
         result = describe(w) | {"reps": reps, "impls": impls, "errors": errors,
                                 "check": check, "speedup": speedups(impls)}
         if w.net == "cnn" and "fastmlp" in impls and args.device == "cpu":
-            result["profile"] = profile_fastmlp(ctx, w, weights)
+            result["profile"] = profile_fastmlp(ctx, w, weights, chunked=True)
+            result["profile_ops"] = profile_fastmlp(ctx, w, weights, chunked=False)
         results.append(result)
         peer_report.print_workload(result)
 
@@ -560,18 +563,31 @@ PROFILE_GROUPS = {
     "relu": ("act_forward", "act_backward", "bias_act_forward", "act_backward_bias_grad"),
     "loss + update + gather": ("softmax_xent", "sgd_update", "gather_rows"),
 }
+CHUNKED_GROUP = {"conv chunked kernels": ("conv_act_pool_forward", "conv_act_pool_backward")}
 
 
-def profile_fastmlp(ctx, w, weights):
+def profile_fastmlp(ctx, w, weights, chunked=True):
     """Seconds per step of each group of fastmlp.backend.cpu ops in one epoch of w, timed by
     wrapping every op with perf_counter (as bench/profile_step.py does; about 1 us a call).
-    "python" is the rest: the layer loop, argument checks, the wrappers."""
+    "python" is the rest: the layer loop, argument checks, the wrappers. chunked=False
+    turns the chunked conv kernels off (cpu.fused_conv_chunks): the same ops on the same
+    chunks then run as separate calls, each timed."""
     from fastmlp.backend import cpu
-    impl = FastmlpCNNImpl(ctx, w, weights)
-    impl.fit(1)                                     # warm-up
-    spent = dict.fromkeys(PROFILE_GROUPS, 0.0)
+    groups = PROFILE_GROUPS | (CHUNKED_GROUP if chunked and cpu.fused_conv_chunks else {})
+    saved = cpu.fused_conv_chunks
+    cpu.fused_conv_chunks = saved and chunked
+    try:
+        impl = FastmlpCNNImpl(ctx, w, weights)
+        impl.fit(1)                                     # warm-up
+        return _profile_epoch(cpu, impl, w, groups)
+    finally:
+        cpu.fused_conv_chunks = saved
+
+
+def _profile_epoch(cpu, impl, w, groups):
+    spent = dict.fromkeys(groups, 0.0)
     originals = {}
-    for group, names in PROFILE_GROUPS.items():
+    for group, names in groups.items():
         for name in names:
             fn = originals[name] = getattr(cpu, name)
 
