@@ -172,3 +172,44 @@ def test_p3_conv_bias_act_pool(benchmark, op, c, m, h):
     else:
         benchmark(cpu.conv_bias_act_pool_forward, y, argmax, zt, b, h, h, R.RELU, 0.0, 2, 2)
     _record(benchmark, zt.nbytes + y.nbytes + argmax.nbytes)
+
+
+def _p3_conv_layer(c, m, h):
+    import fastmlp as fm
+    model = fm.Sequential([fm.Conv2D(c, m, 3, padding=1, init="he"), fm.ReLU(), fm.MaxPool2D(2), fm.Flatten(),
+                           fm.Dense(m * (h // 2) ** 2, 10)], loss="softmax_crossentropy", seed=0,
+                          input_shape=(c, h, h))
+    x = RNG.standard_normal((64, c, h, h)).astype(np.float32)
+    model.predict(x)                        # builds the workspaces and sets the GEMM threads
+    return model.layers[0], x
+
+
+@pytest.mark.parametrize("c,m,h", P3_CONVS, ids=["conv1", "conv2"])
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked-kernel", "ops-one-by-one"])
+def test_p3_conv_layer_step(benchmark, monkeypatch, chunked, c, m, h):
+    """A fused Conv2D's forward + backward on P3's shapes: the chunked Numba kernels
+    (backend/cpu_conv.py) or the same ops on the same chunks as separate calls."""
+    layer, x = _p3_conv_layer(c, m, h)
+    layer.needs_dx = c > 1
+    dy = RNG.standard_normal((64, m, h // 2, h // 2)).astype(np.float32)
+    runs = []
+    for on in (True, False):                # both paths agree before either is timed
+        monkeypatch.setattr(cpu, "fused_conv_chunks", on and cpu.fused_conv_chunks)
+        y = np.array(layer.forward(x, True))
+        dx = layer.backward(dy)
+        runs.append([y, np.array(layer.grads[0])] + ([np.array(dx)] if dx is not None else []))
+    for a, b in zip(*runs):
+        assert rel(a, b) < 1e-5
+    monkeypatch.setattr(cpu, "fused_conv_chunks", chunked and cpu_blas_available())
+
+    def step():
+        layer.forward(x, True)
+        layer.backward(dy)
+    benchmark(step)
+    flops = 2 * 64 * h * h * c * 9 * m * (3 if c > 1 else 2)
+    benchmark.extra_info["GFLOP/s"] = flops / benchmark.stats.stats.median / 1e9
+
+
+def cpu_blas_available():
+    from fastmlp.backend import cpu_blas
+    return cpu_blas.available()
