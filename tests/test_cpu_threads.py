@@ -226,3 +226,21 @@ def test_chunked_cnn_step_allocates_nothing(rng):
     growth, batch_bytes = train_step_growth(_cnn("float32"), X, y)
     print(f"peak traced growth over 10 chunked CNN steps: {growth} bytes")
     assert growth < 4096 < batch_bytes
+
+
+@needs_blas
+def test_chunked_kernels_refuse_scratch_without_a_row_per_thread(rng):
+    # the kernel's thread t writes row t of the scratch: too few rows would write past them
+    before = numba.get_num_threads()
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here")
+    numba.set_num_threads(2)
+    try:
+        x, w2, b = rng.standard_normal((2, 1, 4, 4)), rng.standard_normal((3, 9)), np.zeros(3)
+        y, argmax = np.empty((2, 3, 2, 2)), np.empty((2, 3, 2, 2), np.int32)
+        one_row = (np.empty((1, 9 * 16)), np.empty((1, 16 * 3)))
+        with pytest.raises(ValueError, match="a row per thread"):
+            cpu.conv_act_pool_forward(y, argmax, *one_row, x, w2, b, np.array([0, 1, 2]), 3, 3, 1, 1, 4, 4,
+                                      1, 0.0, 2, 2)
+    finally:
+        numba.set_num_threads(before)

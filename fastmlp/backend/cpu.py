@@ -200,6 +200,13 @@ class _OwnOps:
 _OWN_OPS = _OwnOps()
 
 
+def _check_scratch(cols, zt):
+    # one row of scratch per thread: a kernel's thread t writes row t (numba.get_thread_id)
+    t = numba.get_num_threads()
+    if cols.shape[0] < t or zt.shape[0] < t:
+        raise ValueError(f"conv scratch: expected a row per thread ({t}), got cols {cols.shape}, zt {zt.shape}")
+
+
 def conv_act_pool_forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, code, alpha,
                           k, pstride):
     # y, argmax (N, M, PH, PW); cols, zt (T, ...) scratch; x (N, C, H, W); w2 (M, C*KH*KW);
@@ -207,6 +214,7 @@ def conv_act_pool_forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, 
     if not fused_conv_chunks:
         return conv_chunks.forward(_OWN_OPS, y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride,
                                    pad, oh, ow, code, alpha, k, pstride)
+    _check_scratch(cols, zt)
     cpu_blas.single_threaded(cpu_conv.forward, y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow,
                              code, alpha, k, pstride, cpu_blas.gemm_for(w2.dtype))
 
@@ -217,6 +225,7 @@ def conv_act_pool_backward(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, 
     if not fused_conv_chunks:
         return conv_chunks.backward(_OWN_OPS, dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges,
                                     kh, kw, stride, pad, oh, ow, code, alpha, k, pstride)
+    _check_scratch(cols, dzt)
     t, m = cols.shape[0], w2.shape[0]
     partial = _scratch.get(("conv", t, m))
     if partial is None:
