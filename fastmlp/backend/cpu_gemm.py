@@ -9,6 +9,10 @@ only, never on a timing, so a run is bitwise repeatable (a plan chosen by
 timing could differ between two runs, and with it the rounding).
 ``FASTMLP_BLAS_SMALL`` overrides the threshold (0: always all threads).
 
+Whose threads run a big GEMM is the model's choice (``use_numba_threads``):
+OpenBLAS's own for an MLP, Numba's (cpu_blas.py, blocks of single-threaded
+OpenBLAS calls) for a model whose convolutions run as chunked Numba kernels.
+
 The thread count is set through threadpoolctl and put back right after the
 call, so the caller's own NumPy code never inherits our setting.
 """
