@@ -410,6 +410,10 @@ def cmd_info(args):
     except ImportError:
         print("BLAS: (install threadpoolctl to show the BLAS library and its threads)")
     print(f"numba threads: {numba.get_num_threads()}  threading layer: {numba.config.THREADING_LAYER}")
+    from fastmlp.backend import cpu_blas
+    print("conv on the CPU: " + ("chunked Numba kernels, GEMMs on Numba's threads (NumPy's OpenBLAS found)"
+                                 if cpu_blas.available() else
+                                 "separate kernels chunk after chunk (NumPy's OpenBLAS symbols not found)"))
     print(f"numba cache dir: {numba.config.CACHE_DIR or '(beside the package: __pycache__)'}")
     devs = fm.devices()
     print(f"devices: cpu=yes cuda={'yes' if devs['cuda'] else 'no'} ({devs['cuda_reason']})")

@@ -128,7 +128,8 @@ def test_train_on_mnist_t10k(data_dir, capsys):
 def test_info(capsys):
     rc, stdout, _ = run(capsys, "info")
     assert rc == 0
-    for needle in ("fastmlp", "numpy", "numba threads", "numba cache dir", "devices: cpu=yes", "matplotlib"):
+    for needle in ("fastmlp", "numpy", "numba threads", "numba cache dir", "devices: cpu=yes", "matplotlib",
+                   "conv on the CPU: "):
         assert needle in stdout
 
 
