@@ -192,6 +192,7 @@ class Sequential:
         """``_train_step`` for the full-batch row-space path of fastmlp/gram.py:
         the first layer's X @ W comes from the (N, N) Gram matrix, its dW is never formed."""
         be, first, n = self.be, self.layers[0], X.shape[0]
+        be.gemm_on_kernel_threads(self._kernel_thread_gemms)
         a = first.workspace("a", (n, first.out_features))
         self._gram.forward(a)
         be.bias_act_forward(a, first.params[1], first.act_code, first.alpha)
