@@ -135,8 +135,8 @@ class Conv2D(Layer):
     def _chunks(self, n):
         """(edges, B): the fused path takes images edges[c] .. edges[c + 1] - 1 as chunk c, B
         images at most. A chunk's cols and zt take about the backend's ``conv_chunk_bytes``
-        (the whole batch when that is None); their count is a multiple of 4 and depends on
-        the geometry only, never on the thread count."""
+        (the whole batch when that is None); their count is a multiple of 4 (at most N) and
+        depends on the geometry only, never on the thread count."""
         budget = self.be.conv_chunk_bytes
         key = (n, budget, np.dtype(self.dtype).itemsize)
         found = self._edges.get(key)
