@@ -30,6 +30,18 @@ _pool_forward = K.conv_bias_act_pool_forward[0]
 _pool_backward = K.conv_bias_act_pool_backward[0]
 
 
+@njit(inline="always", nogil=True)
+def _chunk(cols, scratch, x, edges, c, ckk, m, kh, kw, stride, pad, npix):
+    # chunk c on the calling thread t: (i0, i1, cc, o), views of row t of the scratch buffers:
+    # cc (C*KH*KW, rows) holding the chunk's im2col, o (rows, M) to be written
+    t = get_thread_id()
+    i0, i1 = edges[c], edges[c + 1]
+    rows = (i1 - i0) * npix
+    cc = cols[t, :ckk * rows].reshape((ckk, rows))
+    _im2col(cc, x[i0:i1], kh, kw, stride, pad)
+    return i0, i1, cc, scratch[t, :rows * m].reshape((rows, m))
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, code, alpha, k, pstride,
             gemm):
@@ -37,14 +49,9 @@ def forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, c
     # zt (T, >= B*L*M) the scratch of each thread t, B the largest chunk's images; x (N, C, H,
     # W); w2 (M, C*KH*KW); chunk c is images edges[c] .. edges[c + 1] - 1
     m, ckk = w2.shape
-    npix = oh * ow
     for c in prange(edges.size - 1):
-        t = get_thread_id()
-        i0, i1 = edges[c], edges[c + 1]
-        rows = (i1 - i0) * npix
-        cc = cols[t, :ckk * rows].reshape((ckk, rows))
-        z = zt[t, :rows * m].reshape((rows, m))
-        _im2col(cc, x[i0:i1], kh, kw, stride, pad)
+        i0, i1, cc, z = _chunk(cols, zt, x, edges, c, ckk, m, kh, kw, stride, pad, oh * ow)
+        rows = z.shape[0]
         # z (rows, M) = cc.T @ w2.T
         gemm(ROW_MAJOR, TRANS, TRANS, rows, m, ckk, 1.0, cc.ctypes.data, rows, w2.ctypes.data, ckk, 0.0,
              z.ctypes.data, m)
@@ -58,21 +65,15 @@ def backward(dx, dwt, db, partial, cols, dzt, x, w2, dy, y, argmax, edges, kh, k
     # H, W), written when need_dx; partial (T, BLOCKS, M) float64, cols, dzt as in forward:
     # each thread's scratch; dy, y, argmax (N, M, PH, PW)
     m, ckk = w2.shape
-    npix = oh * ow
     for c in prange(edges.size - 1):
-        t = get_thread_id()
-        i0, i1 = edges[c], edges[c + 1]
-        rows = (i1 - i0) * npix
-        cc = cols[t, :ckk * rows].reshape((ckk, rows))
-        d = dzt[t, :rows * m].reshape((rows, m))
-        _im2col(cc, x[i0:i1], kh, kw, stride, pad)
-        _pool_backward(d, db[c], partial[t], dy[i0:i1], y[i0:i1], argmax[i0:i1], oh, ow, code, alpha, k,
-                       pstride)
+        i0, i1, cc, d = _chunk(cols, dzt, x, edges, c, ckk, m, kh, kw, stride, pad, oh * ow)
+        rows = d.shape[0]
+        _pool_backward(d, db[c], partial[get_thread_id()], dy[i0:i1], y[i0:i1], argmax[i0:i1], oh, ow, code,
+                       alpha, k, pstride)
         # dwt[c] (C*KH*KW, M) = cc @ d
         gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, ckk, m, rows, 1.0, cc.ctypes.data, rows, d.ctypes.data, m, 0.0,
              dwt[c].ctypes.data, m)
-        if need_dx:         # dcols (C*KH*KW, rows) = w2.T @ d.T, into cc
+        if need_dx:         # dcols (C*KH*KW, rows) = w2.T @ d.T, into cc, then summed into dx
             gemm(ROW_MAJOR, TRANS, TRANS, ckk, rows, m, 1.0, w2.ctypes.data, ckk, d.ctypes.data, m, 0.0,
                  cc.ctypes.data, rows)
-        if need_dx:
             _col2im(dx[i0:i1], cc, kh, kw, stride, pad)
