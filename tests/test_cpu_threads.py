@@ -244,3 +244,46 @@ def test_chunked_kernels_refuse_scratch_without_a_row_per_thread(rng):
                                       1, 0.0, 2, 2)
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked-kernel", "ops-one-by-one"])
+@pytest.mark.parametrize("n, c, h, w, kh, kw, stride, pad, pool, edges", [
+    (5, 2, 9, 8, 3, 3, 1, 1, 2, [0, 5]),
+    (5, 2, 9, 8, 3, 3, 1, 1, 2, [0, 1, 2, 3, 4, 5]),
+    (6, 3, 11, 11, 3, 2, 2, 2, 3, [0, 2, 3, 6]),
+    (4, 1, 7, 7, 1, 1, 1, 0, 2, [0, 2, 4]),
+])
+def test_conv_act_pool_ops_match_the_reference(dtype, chunked, n, c, h, w, kh, kw, stride, pad, pool, edges,
+                                              monkeypatch, rng):
+    from fastmlp.backend import reference as R
+    if chunked and not cpu_blas.available():
+        pytest.skip("NumPy's OpenBLAS symbols not found")
+    monkeypatch.setattr(cpu, "fused_conv_chunks", chunked)
+    m, edges = 4, np.array(edges, np.int64)
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    ph, pw = (oh - pool) // pool + 1, (ow - pool) // pool + 1
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    w2, b = rng.standard_normal((m, c * kh * kw)).astype(dtype), rng.standard_normal(m).astype(dtype)
+    dy = rng.standard_normal((n, m, ph, pw)).astype(dtype)
+    rows = int(np.diff(edges).max()) * oh * ow
+    t = numba.get_num_threads()
+    scratch = (np.full((t, c * kh * kw * rows), np.nan, dtype), np.full((t, rows * m), np.nan, dtype))
+    geometry = (kh, kw, stride, pad, oh, ow, R.LEAKY_RELU, 0.1, pool, pool)
+    y, arg = np.empty((n, m, ph, pw), dtype), np.empty((n, m, ph, pw), np.int32)
+    y_ref, arg_ref = np.empty(y.shape), np.empty(y.shape, np.int64)
+    cpu.conv_act_pool_forward(y, arg, *scratch, x, w2, b, edges, *geometry)
+    R.conv_act_pool_forward(y_ref, arg_ref, None, None, x, w2, b, edges, *geometry)
+    np.testing.assert_array_equal(arg, arg_ref)
+    assert _rel(y, y_ref) < TOL[dtype]
+    parts = (np.empty((len(edges) - 1, c * kh * kw, m), dtype), np.empty((len(edges) - 1, m), dtype))
+    parts_ref = (np.empty(parts[0].shape), np.empty(parts[1].shape))
+    dx, dx_ref = np.full(x.shape, np.nan, dtype), np.empty(x.shape)
+    cpu.conv_act_pool_backward(dx, *parts, *scratch, x, w2, dy, y, arg, edges, *geometry)
+    R.conv_act_pool_backward(dx_ref, *parts_ref, None, None, x, w2, dy, y_ref, arg_ref, edges, *geometry)
+    for got, want in zip((dx, *parts), (dx_ref, *parts_ref)):
+        assert _rel(got, want) < TOL[dtype] * 10
+    cpu.conv_act_pool_forward(y, arg, *scratch, x, w2, b, edges, *geometry)   # backward follows its forward
+    cpu.conv_act_pool_backward(None, *parts, *scratch, x, w2, dy, y, arg, edges, *geometry)   # no dx
+    for got, want in zip(parts, parts_ref):
+        assert _rel(got, want) < TOL[dtype] * 10

@@ -5,7 +5,8 @@ backend when cpu_conv's single kernel can't run, see cpu.fused_conv_chunks)
 call the backend's own im2col, matmul, fused pooling and col2im kernels on one
 chunk of images after another, in row 0 of the scratch buffers. On the GPU the
 batch is one chunk (``conv_chunk_bytes`` is None), so forward's cols are still
-there for backward.
+there for backward: backward must follow its forward with the scratch as forward
+left it (Conv2D calls them so).
 """
 
 

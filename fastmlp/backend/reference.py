@@ -293,6 +293,32 @@ def conv_bias_act_pool_backward(dzt, db, dy, y, argmax, oh, ow, code, alpha, k, 
     dzt[...] = dz.T
 
 
+def conv_act_pool_forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, code, alpha,
+                          k, pstride):
+    """Conv2D -> activation -> MaxPool2D forward: y, argmax (N, M, PH, PW) as
+    conv_bias_act_pool_forward of zt = im2col(x).T @ w2.T, w2 (M, C*KH*KW). cols, zt: the
+    backends' scratch, unused here; edges: the chunks, which only backward's sums depend on."""
+    c = np.empty((w2.shape[1], x.shape[0] * oh * ow))
+    im2col(c, x, kh, kw, stride, pad)
+    conv_bias_act_pool_forward(y, argmax, c.T @ np.asarray(w2, np.float64).T, b, oh, ow, code, alpha, k, pstride)
+
+
+def conv_act_pool_backward(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, kh, kw, stride, pad, oh, ow,
+                           code, alpha, k, pstride):
+    """Its backward, chunk c = images edges[c] .. edges[c + 1] - 1 at a time: dwt[c] (C*KH*KW, M)
+    = im2col(x_c) @ dzt_c and db[c] (M,) its bias gradient, dzt_c from conv_bias_act_pool_backward
+    of dy_c; dx (N, C, H, W), unless None, = col2im(w2.T @ dzt_c.T) chunk by chunk."""
+    w = np.asarray(w2, np.float64)
+    for c, (i0, i1) in enumerate(zip(edges[:-1], edges[1:])):
+        rows = (i1 - i0) * oh * ow
+        cc, d = np.empty((w.shape[1], rows)), np.empty((rows, w.shape[0]))
+        im2col(cc, x[i0:i1], kh, kw, stride, pad)
+        conv_bias_act_pool_backward(d, db[c], dy[i0:i1], y[i0:i1], argmax[i0:i1], oh, ow, code, alpha, k, pstride)
+        dwt[c] = cc @ d
+        if dx is not None:
+            col2im(dx[i0:i1], w.T @ d.T, kh, kw, stride, pad)
+
+
 def transpose(out, a):
     # out (B, A) = a.T for a (A, B): a weight gradient computed transposed, put in its layout
     out[...] = np.asarray(a, np.float64).T
