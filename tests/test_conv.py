@@ -115,7 +115,8 @@ def test_conv_matches_torch_float64(rng):
 # --------------------------------------------------------------------------- kernels vs reference
 
 KGEOM = [((2, 3, 7, 9), 3, 2, 1, 1), ((3, 2, 8, 5), 5, 5, 2, 2), ((2, 1, 5, 5), 1, 1, 3, 0),
-         ((1, 2, 4, 6), 4, 4, 1, 2), ((2, 2, 6, 6), 2, 2, 2, 0)]   # (N, C, H, W), KH, KW, S, P
+         ((1, 2, 4, 6), 4, 4, 1, 2), ((2, 2, 6, 6), 2, 2, 2, 0),   # (N, C, H, W), KH, KW, S, P
+         ((2, 3, 7, 9), 3, 3, 1, 1), ((2, 2, 6, 5), 5, 5, 1, 2)]   # "same" (OW == W): the flat paths
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -345,6 +346,19 @@ def test_maxpool_nan_is_the_maximum():
         y, arg = np.empty((1, 1, 1, 1)), np.empty((1, 1, 1, 1), np.int32)
         K.maxpool_forward[twin](y, arg, x, 2, 2)
         assert np.isnan(y[0, 0, 0, 0]) and arg[0, 0, 0, 0] == want_arg[0, 0, 0, 0] == 1
+
+
+@pytest.mark.parametrize("twin", TWINS)
+@pytest.mark.parametrize("shape,kh,kw,s,p", KGEOM + [((1, 1, 3, 3), 3, 3, 1, 1), ((2, 2, 2, 2), 5, 5, 1, 2)])
+def test_col2im_sums_taps_in_order(shape, kh, kw, s, p, twin, rng):
+    # every pixel's window terms are added in (i, j) order from 0, as the reference (and the
+    # CUDA twin) does: float64 results equal bit for bit, on the flat path (OW == W) too
+    n, c, h, w = shape
+    g = rng.standard_normal((c * kh * kw, n * _out(h, kh, s, p) * _out(w, kw, s, p)))
+    want, got = np.empty(shape), np.full(shape, np.nan)
+    R.col2im(want, g, kh, kw, s, p)
+    K.col2im[twin](got, g, kh, kw, s, p)
+    assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("shape,kh,kw,s,p", KGEOM + [((1, 1, 7, 7), 3, 3, 1, 1), ((1, 1, 9, 8), 3, 2, 2, 1)])
