@@ -287,3 +287,20 @@ def test_conv_act_pool_ops_match_the_reference(dtype, chunked, n, c, h, w, kh, k
     cpu.conv_act_pool_backward(None, *parts, *scratch, x, w2, dy, y, arg, edges, *geometry)   # no dx
     for got, want in zip(parts, parts_ref):
         assert _rel(got, want) < TOL[dtype] * 10
+
+
+def test_chunked_kernels_cache_stamp_covers_the_kernels_they_compile_in():
+    # Numba stamps a cached kernel with its own file only; cpu_conv's kernels compile in
+    # cpu_kernels' code, so their stamp must change when cpu_kernels.py (or cpu_blas.py) does,
+    # or an edit there alone runs stale machine code
+    import os
+
+    from fastmlp.backend import cpu_conv, cpu_kernels
+    files = (cpu_conv.__file__, cpu_kernels.__file__, cpu_blas.__file__)
+    stats = [os.stat(f) for f in files]
+    want = (max(st.st_mtime for st in stats), sum(st.st_size for st in stats))
+    for kernel in (cpu_conv.forward, cpu_conv.backward):
+        cache_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
+        if cache_file is None or not hasattr(cache_file, "_source_stamp"):
+            pytest.skip("this Numba's cache has no per-file stamp to extend")
+        assert cache_file._source_stamp == want

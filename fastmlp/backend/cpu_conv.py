@@ -19,8 +19,11 @@ batch's (7.2 MB for P3). Each chunk writes its own rows of dW.T and db, which
 the layer sums in chunk order: results depend on the chunks (the batch and the
 image size), not on which thread ran what.
 """
+import os
+
 from numba import get_thread_id, njit, prange
 
+from . import cpu_blas
 from . import cpu_kernels as K
 from .cpu_blas import NO_TRANS, ROW_MAJOR, TRANS
 
@@ -77,3 +80,24 @@ def backward(dx, dwt, db, partial, cols, dzt, x, w2, dy, y, argmax, edges, kh, k
             gemm(ROW_MAJOR, TRANS, TRANS, ckk, rows, m, 1.0, w2.ctypes.data, ckk, d.ctypes.data, m, 0.0,
                  cc.ctypes.data, rows)
             _col2im(dx[i0:i1], cc, kh, kw, stride, pad)
+
+
+def _stamp_with_dependencies(*kernels):
+    """Numba keys a cached kernel on the stamp (mtime, size) of its own file only. These two
+    compile cpu_kernels' code into themselves, so an edit there alone would leave them
+    loading stale machine code from the cache (it happened while measuring this module).
+    Their stamp is made to cover cpu_kernels.py and cpu_blas.py too. Where Numba's cache
+    internals differ from this version's, nothing is changed."""
+    files = [__file__, K.__file__, cpu_blas.__file__]
+    try:
+        stats = [os.stat(f) for f in files]
+    except OSError:
+        return
+    stamp = (max(st.st_mtime for st in stats), sum(st.st_size for st in stats))
+    for kernel in kernels:
+        cache_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
+        if cache_file is not None and hasattr(cache_file, "_source_stamp"):
+            cache_file._source_stamp = stamp
+
+
+_stamp_with_dependencies(forward, backward)
