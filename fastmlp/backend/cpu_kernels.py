@@ -669,8 +669,8 @@ def _pool_image_2x2(y, argmax, rows, b, img, ow, code, al):
     # contiguous in zt, and LLVM vectorises it once the caller has made ``code`` a literal
     # (_act's switch on a run-time code stops it: 3x slower, measured; so do views of y).
     # The windows' results go to (PH*PW, M) buffers first, stored whole vectors at a time,
-    # then are laid out as (M, PH*PW): 5.3 against 7.6 us an image storing into y channel by channel
-    # (P3's first conv, measured).
+    # then are laid out as (M, PH*PW): 5.3 us an image against 7.6 storing into y channel
+    # by channel (P3's first conv, measured).
     ph, pw, m = y.shape[2], y.shape[3], b.size
     best = np.empty((ph * pw, m), dtype=y.dtype)
     arg = np.empty((ph * pw, m), dtype=argmax.dtype)
