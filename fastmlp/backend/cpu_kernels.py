@@ -502,7 +502,7 @@ def _col2im(dx, cols, kh, kw, stride, pad):
     npix = oh * ow
     planes = dx.reshape(n, c, h * w)
     flat = stride == 1 and ow == w
-    keep = np.ones((kw, npix), dtype=np.bool_)      # keep[j, t]: column t % OW is in tap j's range
+    keep = np.ones((kw, npix if flat else 0), dtype=np.bool_)   # keep[j, t]: column t % OW in tap j's range
     for j in range(kw if flat else 0):
         q_lo, q_hi = _out_range(ow, w, j - pad, stride)
         for t in range(npix):
