@@ -2,9 +2,9 @@
 # Compile every kernels/*.cu with nvcc --ptx for sm_80 and sm_90, warnings as errors.
 #
 # nvcc alone never instantiates a template, so each family is compiled as the
-# unit fastmlp/backend/cuda_source.py --nvcc-unit writes: the .cu source as is
+# unit fastmlp/backend/cuda/source.py --nvcc-unit writes: the .cu source as is
 # (same line numbers) plus a table of the name expressions NVRTC emits at run
-# time. A .cu file that cuda_source.py does not list fails the check.
+# time. A .cu file that source.py does not list fails the check.
 # Skips, with a message and exit status 0, where nvcc is not on PATH.
 # Usage: .ci/nvcc_check.sh   (PYTHON=... to pick the interpreter)
 set -euo pipefail
@@ -20,7 +20,7 @@ fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-source_py="$root/fastmlp/backend/cuda_source.py"
+source_py="$root/fastmlp/backend/cuda/source.py"
 failed=0
 shopt -s nullglob
 units=("$root"/kernels/*.cu)
@@ -33,7 +33,7 @@ for cu in "${units[@]}"; do
     family="$(basename "$cu" .cu)"
     unit="$tmp/$family.cu"
     if ! "$py" "$source_py" --nvcc-unit "$family" > "$unit"; then
-        echo "nvcc_check: kernels/$family.cu: FAILED (not a family listed in fastmlp/backend/cuda_source.py)"
+        echo "nvcc_check: kernels/$family.cu: FAILED (not a family listed in fastmlp/backend/cuda/source.py)"
         failed=1
         continue
     fi

@@ -2,7 +2,7 @@
 
     python bench/gemm_threads.py
 
-The results set ``SMALL_MACS`` in fastmlp/backend/cpu_gemm.py: below it a
+The results set ``SMALL_MACS`` in fastmlp/backend/cpu/blas.py: below it a
 GEMM runs on one thread. Each line gives the multiply-adds, the best time of
 several runs on one thread and on all threads, and which is faster.
 """

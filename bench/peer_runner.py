@@ -6,7 +6,7 @@ with torch float64); then each warms up and the timed runs are interleaved.
 An implementation that fails (import, build, check or fit) is reported and
 left out; the others go on. On P3, profiled runs of fastmlp then split its
 step by kind of op: once as it runs (its convolutions one chunked kernel each way,
-backend/cpu_conv.py) and once with the chunked kernels off, so that im2col, col2im,
+backend/cpu/conv_act_pool.py) and once with the chunked kernels off, so that im2col, col2im,
 the GEMMs and the pooling run as separate, timed calls on the same chunks.
 
 Shape vocabulary: N samples, B batch, D inputs of a layer, M outputs; images

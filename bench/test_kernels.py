@@ -11,7 +11,7 @@ to 1e-5 relative) before timing it, and reports GB/s of memory traffic in
 import numpy as np
 import pytest
 
-from fastmlp.backend import cpu
+from fastmlp.backend import codes, cpu
 from fastmlp.backend import reference as R
 
 SHAPES = [(128, 256), (4096, 256)]
@@ -29,7 +29,7 @@ def _record(benchmark, nbytes):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("code", [R.RELU, R.TANH], ids=["relu", "tanh"])
+@pytest.mark.parametrize("code", [codes.RELU, codes.TANH], ids=["relu", "tanh"])
 def test_bias_act_forward(benchmark, shape, code):
     z0 = RNG.standard_normal(shape).astype(np.float32)
     b = RNG.standard_normal(shape[1]).astype(np.float32)
@@ -47,10 +47,10 @@ def test_act_backward_bias_grad(benchmark, shape):
     a = np.maximum(RNG.standard_normal(shape), 0).astype(np.float32)
     dz, db = np.empty_like(da), np.empty(shape[1], np.float32)
     dz_ref, db_ref = np.empty(shape), np.empty(shape[1])
-    cpu.act_backward_bias_grad(dz, db, da, a, R.RELU, 0.0)
-    R.act_backward_bias_grad(dz_ref, db_ref, da.astype(np.float64), a.astype(np.float64), R.RELU, 0.0)
+    cpu.act_backward_bias_grad(dz, db, da, a, codes.RELU, 0.0)
+    R.act_backward_bias_grad(dz_ref, db_ref, da.astype(np.float64), a.astype(np.float64), codes.RELU, 0.0)
     assert rel(dz, dz_ref) < 1e-5 and rel(db, db_ref) < 1e-5
-    benchmark(cpu.act_backward_bias_grad, dz, db, da, a, R.RELU, 0.0)
+    benchmark(cpu.act_backward_bias_grad, dz, db, da, a, codes.RELU, 0.0)
     _record(benchmark, 3 * da.nbytes)
 
 
@@ -158,19 +158,19 @@ def test_p3_conv_bias_act_pool(benchmark, op, c, m, h):
     shape = (64, m, h // 2, h // 2)
     y, argmax = np.empty(shape, np.float32), np.empty(shape, np.int32)
     y_ref, arg_ref = np.empty(shape), np.empty(shape, np.int64)
-    R.conv_bias_act_pool_forward(y_ref, arg_ref, zt, b, h, h, R.RELU, 0.0, 2, 2)
-    cpu.conv_bias_act_pool_forward(y, argmax, zt, b, h, h, R.RELU, 0.0, 2, 2)
+    R.conv_bias_act_pool_forward(y_ref, arg_ref, zt, b, h, h, codes.RELU, 0.0, 2, 2)
+    cpu.conv_bias_act_pool_forward(y, argmax, zt, b, h, h, codes.RELU, 0.0, 2, 2)
     assert rel(y, y_ref) < 1e-5 and np.array_equal(argmax, arg_ref)
     if op == "backward":
         dy = RNG.standard_normal(shape).astype(np.float32)
         dzt, db = np.empty_like(zt), np.empty(m, np.float32)
         dzt_ref, db_ref = np.empty(zt.shape), np.empty(m)
-        R.conv_bias_act_pool_backward(dzt_ref, db_ref, dy, y_ref, arg_ref, h, h, R.RELU, 0.0, 2, 2)
-        cpu.conv_bias_act_pool_backward(dzt, db, dy, y, argmax, h, h, R.RELU, 0.0, 2, 2)
+        R.conv_bias_act_pool_backward(dzt_ref, db_ref, dy, y_ref, arg_ref, h, h, codes.RELU, 0.0, 2, 2)
+        cpu.conv_bias_act_pool_backward(dzt, db, dy, y, argmax, h, h, codes.RELU, 0.0, 2, 2)
         assert rel(dzt, dzt_ref) < 1e-5 and rel(db, db_ref) < 1e-5
-        benchmark(cpu.conv_bias_act_pool_backward, dzt, db, dy, y, argmax, h, h, R.RELU, 0.0, 2, 2)
+        benchmark(cpu.conv_bias_act_pool_backward, dzt, db, dy, y, argmax, h, h, codes.RELU, 0.0, 2, 2)
     else:
-        benchmark(cpu.conv_bias_act_pool_forward, y, argmax, zt, b, h, h, R.RELU, 0.0, 2, 2)
+        benchmark(cpu.conv_bias_act_pool_forward, y, argmax, zt, b, h, h, codes.RELU, 0.0, 2, 2)
     _record(benchmark, zt.nbytes + y.nbytes + argmax.nbytes)
 
 
@@ -188,7 +188,7 @@ def _p3_conv_layer(c, m, h):
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked-kernel", "ops-one-by-one"])
 def test_p3_conv_layer_step(benchmark, monkeypatch, chunked, c, m, h):
     """A fused Conv2D's forward + backward on P3's shapes: the chunked Numba kernels
-    (backend/cpu_conv.py) or the same ops on the same chunks as separate calls."""
+    (backend/cpu/conv_act_pool.py) or the same ops on the same chunks as separate calls."""
     layer, x = _p3_conv_layer(c, m, h)
     layer.needs_dx = c > 1
     dy = RNG.standard_normal((64, m, h // 2, h // 2)).astype(np.float32)
@@ -211,5 +211,5 @@ def test_p3_conv_layer_step(benchmark, monkeypatch, chunked, c, m, h):
 
 
 def cpu_blas_available():
-    from fastmlp.backend import cpu_blas
-    return cpu_blas.available()
+    from fastmlp.backend.cpu import openblas
+    return openblas.available()

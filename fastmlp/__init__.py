@@ -9,14 +9,12 @@ from .callbacks import Callback, EarlyStopping, History, NonFiniteLossError, Ter
 from .compare import compare  # the function; its helpers: from fastmlp.compare import table
 from .conv import Conv2D, Flatten, MaxPool2D
 from .gradcheck import gradcheck, gradcheck_layer
-from .io import load_model
 from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
-from .model import Sequential
+from .model import Sequential, load_model
 from .normalization import BatchNorm, Dropout
 from .optimizers import SGD, Adam
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Sequential", "Dense", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "activation",

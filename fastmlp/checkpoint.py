@@ -1,6 +1,6 @@
 """Checkpoints during fit, resuming, and Ctrl-C that never cuts a step in half.
 
-A checkpoint is an ordinary model file (``fastmlp.io``) whose header also
+A checkpoint is an ordinary model file (fastmlp/files.py) whose header also
 holds the training position: the next epoch, the steps already done in it
 and, for a mid-epoch position, the generator state at the epoch's start (to
 redraw the same shuffle) and the epoch's running loss/accuracy sums. Resuming
@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 
+from .files import read_model_file
 from .validation import check_count
 
 
@@ -79,9 +80,8 @@ def resume_position(model, path, n, batch_size, shuffle):
     taken mid-epoch, ``step``, ``epoch_rng``, ``stats`` and ``penalty``. A
     mid-epoch position needs the same number of samples, batch size and shuffle
     setting (else the batches would differ): checked before anything changes."""
-    from .io import read_model_file, restore
-    header, arrays = read_model_file(path)
-    pos = header.get("training") or {"epoch": 0, "step": 0}
+    state = read_model_file(path)
+    pos = state["training"] or {"epoch": 0, "step": 0}
     try:
         epoch, step = int(pos["epoch"]), int(pos.get("step", 0))
     except (KeyError, TypeError, ValueError):
@@ -92,7 +92,7 @@ def resume_position(model, path, n, batch_size, shuffle):
             if pos.get(key) != value:
                 raise ValueError(f"{os.fspath(path)} was taken in the middle of epoch {epoch} (after step {step}); "
                                  f"resuming there needs the same {key}: expected {pos.get(key)!r}, got {value!r}")
-    restore(model, header, arrays, os.fspath(path), check=True)
+    model.load_state_dict(state, source=os.fspath(path))
     out = {"epoch": epoch, "step": step}
     if step:
         out.update(epoch_rng=pos.get("epoch_rng"), stats=pos.get("stats", [0.0, 0.0]),

@@ -160,7 +160,7 @@ def _targets(y, prep):
 # ---------------------------------------------------------------------- model files
 
 def _atomic_text(path, text):
-    from .io import atomic_write
+    from .atomic import atomic_write
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
@@ -410,7 +410,7 @@ def cmd_info(args):
     except ImportError:
         print("BLAS: (install threadpoolctl to show the BLAS library and its threads)")
     print(f"numba threads: {numba.get_num_threads()}  threading layer: {numba.config.THREADING_LAYER}")
-    from fastmlp.backend import cpu_blas
+    from fastmlp.backend.cpu import openblas as cpu_blas
     print("conv on the CPU: " + ("chunked Numba kernels, GEMMs on Numba's threads (NumPy's OpenBLAS found)"
                                  if cpu_blas.available() else
                                  "separate kernels chunk after chunk (NumPy's OpenBLAS symbols not found)"))

@@ -491,7 +491,7 @@ def plot(result, path, dpi=100):
 def write_json(result, path):
     import json
 
-    from .io import atomic_write
+    from .atomic import atomic_write
     text = json.dumps(result, indent=1, default=float)
     return atomic_write(os.fspath(path), lambda f: f.write(text.encode("utf-8")))
 

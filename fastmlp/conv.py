@@ -14,8 +14,8 @@ reads z once and writes only the pooled output and its argmax, and backward
 scatters dy straight into dz (``conv_bias_act_pool_forward`` / ``_backward``).
 The full-size (N, M, OH, OW) activation is never stored. The fused path keeps z
 transposed, zt (N*L, M) = cols.T @ W2.T, and forms dW.T = cols @ dzt (then
-``transpose``): OpenBLAS runs these thin products up to 2x faster than
-W2 @ cols and dz @ cols.T (measured on P3's shapes, one thread). This layout keeps
+``transpose``): OpenBLAS runs these thin products faster than W2 @ cols and
+dz @ cols.T (bench/README.md has the figures). This layout keeps
 every kernel's inner loop on contiguous memory (a row of an image, a run of
 L outputs) and the GEMMs large; (N*L, C*KH*KW) would need a transposing copy
 on the way in and out.
@@ -23,7 +23,7 @@ on the way in and out.
 The fused path takes the batch in chunks of images (``_chunks``) sized by the
 backend's ``conv_chunk_bytes``: on the CPU a chunk's cols and zt fit a core's L2
 cache, and ``conv_act_pool_forward`` / ``_backward`` run each chunk on one thread,
-in that thread's own scratch (backend/cpu_conv.py); backward forms a chunk's cols
+in that thread's own scratch (backend/cpu/conv_act_pool.py); backward forms a chunk's cols
 again from x instead of keeping the whole batch's. On the GPU the batch is one
 chunk and the same ops run as separate kernels (backend/conv_chunks.py). Each
 chunk's dW.T and db are summed in chunk order, so the result does not depend on
@@ -35,7 +35,7 @@ height and width (floor((H + 2P - KH) / S) + 1, as PyTorch), L = OH * OW.
 """
 import numpy as np
 
-from .backend.reference import IDENTITY
+from .backend.codes import IDENTITY, window_output_size
 from .initializers import check_init, initialize
 from .layers import Layer, ParamSpec, _check_coef, register
 
@@ -66,7 +66,7 @@ def check_geometry(owner, h, w, kh, kw, stride, pad):
     if h + 2 * pad < kh or w + 2 * pad < kw:
         raise ValueError(f"{owner}: the kernel does not fit the padded image: expected "
                          f"H + 2P >= KH and W + 2P >= KW, got {where}")
-    return (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    return window_output_size(h, kh, stride, pad), window_output_size(w, kw, stride, pad)
 
 
 def _image_shape(owner, input_shape, channels=None):
@@ -157,7 +157,7 @@ class Conv2D(Layer):
                 self.workspace("zt", (t, rows * self.out_channels)))
 
     def workspace_nbytes(self, n):
-        """Bytes of the workspaces a training step on a batch of n holds (Sequential.memory_report)."""
+        """Bytes of the workspaces a training step on a batch of n holds (memory_report)."""
         item = np.dtype(self.dtype).itemsize
         ckk, m, npix = self.w2.shape[1], self.out_channels, self.oh * self.ow
         dx = n * int(np.prod(self.input_shape)) if self.needs_dx else 0
@@ -277,6 +277,11 @@ class MaxPool2D(Layer):
         self.x_shape, self.argmax = x.shape, argmax
         return y
 
+    def workspace_nbytes(self, n):
+        # y, int32 argmax (+ dx); nothing when fused into a Conv2D
+        out, dx = self._sizes(n)
+        return 0 if self.fused else (out + dx) * np.dtype(self.dtype).itemsize + out * 4
+
     def backward(self, dy):
         # dy is (N, C, OH, OW); returns dx (N, C, H, W) or None
         if self.fused:
@@ -304,3 +309,6 @@ class Flatten(Layer):
 
     def backward(self, dy):
         return dy.reshape(self.x_shape) if self.needs_dx else None
+
+    def workspace_nbytes(self, n):
+        return 0  # views only

@@ -16,6 +16,11 @@ weights are written back (``materialize``) when ``fit`` returns, however it
 returns. Adam and L1 are not linear in W, so they use the ordinary path; so
 does anything that needs W during fit (validation data, callbacks).
 
+``GramFirstLayer`` stands in for the first Dense in ``Sequential.train_step``
+(``first=``): its forward and backward replace the layer's, and the update of
+W happens in its backward, in coefficient space; the flat update kernel skips
+W's segment meanwhile.
+
 The bookkeeping (K = X X^T, C, E, the scalars) is float64 whatever the model
 dtype, so this path rounds no worse than the ordinary one.
 """
@@ -39,7 +44,7 @@ def eligible(model, n, full_batch, has_extras):
 class GramFirstLayer:
     def __init__(self, model, X):
         be, xp = model.be, model.be.xp
-        self.model, self.be, self.xp = model, be, xp
+        self.be, self.xp, self.flat = be, xp, model.flat
         self.layer = layer = model.layers[0]
         self.X = X
         n, m = X.shape[0], layer.out_features
@@ -55,11 +60,11 @@ class GramFirstLayer:
         self.K = self.K.astype(f64)
         self.Z0 = (X @ W).astype(f64)
         # W is updated by the recursion: the flat kernel skips its segment (the first)
-        self.seg_start = model._seg[0]
+        self.seg_start = self.flat.seg[0]
         self.seg_start_saved = self.seg_start.copy()
         self.B0 = None
         if self.mu:
-            buf = model._state[0][self._w_slice()].reshape(W.shape)
+            buf = self.flat.state_views(0)[0]
             if bool(xp.any(buf != 0)):
                 self.B0 = xp.array(buf, dtype=f64)
                 self.XB0 = (X @ buf).astype(f64)
@@ -74,11 +79,23 @@ class GramFirstLayer:
         layer.grads[0][...] = 0
         self.seg_start[0] = self.seg_start[1]
 
-    def _w_slice(self):
-        start = int(self.be.to_host(self.seg_start_saved[:1])[0])
-        return slice(start, start + self.layer.params[0].size)
+    def forward(self, x, training):
+        """The first layer's forward on the full batch X: a = act(X @ W_t + b)."""
+        layer, n = self.layer, self.X.shape[0]
+        a = layer.workspace("a", (n, layer.out_features))
+        self.matmul_xw(a)
+        self.be.bias_act_forward(a, layer.params[1], layer.act_code, layer.alpha)
+        layer.x, layer.a = self.X, a
+        return a
 
-    def forward(self, out):
+    def backward(self, da):
+        """The bias gradient as the layer's, then W's SGD step in coefficient space."""
+        layer = self.layer
+        self.be.act_backward_bias_grad(da, layer.grads[1], da, layer.a, layer.act_code, layer.alpha)
+        self.update(da)
+        return None
+
+    def matmul_xw(self, out):
         """out (N, M) = X @ W_t, before bias and activation."""
         with np.errstate(all="ignore"):   # a diverging run is caught by the model, not warned
             self._forward(out)
@@ -127,13 +144,15 @@ class GramFirstLayer:
         C -= S
         # like the flat kernel's count of non-finite parameters, so the model undoes the step
         if not math.isfinite(self.a + self.c + float(xp.vdot(C, C))):
-            self.model._bad[...] = 1
+            self.flat.bad[...] = 1
 
     def undo(self):
-        """Back to the coefficients before the last update (after a non-finite step)."""
+        """Back to the coefficients before the last update (after a non-finite step); the
+        momentum restarts from zero, as the flat optimizer state does (FlatParameters.undo)."""
         self.a, self.b, self.c, self.d = self._prev
         self.C[...] = self.C_prev
-        self.E[...] = self.E_prev
+        self.b = self.d = 0.0
+        self.E[...] = 0
 
     def l2_penalty(self):
         """l2 * ||W_t||^2 without forming W_t (the flat kernel skips W while this path runs):
@@ -158,7 +177,7 @@ class GramFirstLayer:
             w += self.c * self.B0
         W[...] = w
         if self.mu:
-            buf = self.model._state[0][self._w_slice()].reshape(W.shape)
+            buf = self.flat.state_views(0)[0]
             v = self.b * self.W0 + Xt @ self.E
             if self.B0 is not None:
                 v += self.d * self.B0

@@ -11,7 +11,9 @@ Shapes: N batch, D input features, M output features.
 """
 from dataclasses import dataclass
 
-from .backend.reference import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
+import numpy as np
+
+from .backend.codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 from .initializers import check_init, initialize
 
 
@@ -92,11 +94,24 @@ class Layer:
             buf = self._ws[key] = self.be.empty(shape, dtype or self.dtype)
         return buf
 
-    def release_workspaces(self):
-        self._ws = {}
+    def workspaces(self):
+        """The workspace arrays allocated so far."""
+        return list(self._ws.values())
 
     def workspace_bytes(self):
+        """Bytes of the workspaces allocated so far."""
         return sum(int(b.nbytes) for b in self._ws.values())
+
+    def workspace_nbytes(self, n):
+        """Bytes of the workspaces a training step on a batch of n holds (memory_report).
+        By default the output and, when the layer computes it, the input gradient."""
+        out, dx = self._sizes(n)
+        return (out + dx) * np.dtype(self.dtype).itemsize
+
+    def _sizes(self, n):
+        # (values of the output, values of the input gradient or 0) for a batch of n
+        out = n * int(np.prod(self.output_shape))
+        return out, (n * int(np.prod(self.input_shape)) if self.needs_dx else 0)
 
     # -- non-trainable state (BatchNorm running statistics): saved, not in get_weights
     def get_state(self):
@@ -148,7 +163,6 @@ class Dense(Layer):
                 ParamSpec("b", (self.out_features,))]
 
     def init_params(self, rng, legacy_rng):
-        import numpy as np
         w = initialize(self.init, (self.in_features, self.out_features),
                        self.in_features, self.out_features, rng, legacy_rng)
         return [w, np.zeros(self.out_features)]
@@ -198,6 +212,9 @@ class Activation(Layer):
         self.be.act_forward(y, x, self.code, self.alpha)
         self.y = y
         return y
+
+    def workspace_nbytes(self, n):
+        return 0 if self.fused else super().workspace_nbytes(n)
 
     def backward(self, dy):
         if self.fused:

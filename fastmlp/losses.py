@@ -7,6 +7,8 @@ into a small float64 ``stats`` array that stays on the device.
 """
 import numpy as np
 
+from .backend.codes import IDENTITY, SIGMOID
+
 
 def _labels_array(y):
     y = np.asarray(y)
@@ -59,7 +61,7 @@ class BinaryCrossEntropy(Loss):
         be.bce_logits(dlogits, stats, logits, targets, scale)
 
     def probabilities(self, be, out, logits):
-        be.act_forward(out, logits, 4, 0.0)  # SIGMOID
+        be.act_forward(out, logits, SIGMOID, 0.0)
 
 
 class SoftmaxCrossEntropy(Loss):
@@ -114,7 +116,7 @@ class MeanSquaredError(Loss):
         be.mse(dlogits, stats, logits, targets, scale)
 
     def probabilities(self, be, out, logits):
-        be.act_forward(out, logits, 0, 0.0)  # IDENTITY: a copy
+        be.act_forward(out, logits, IDENTITY, 0.0)  # a copy
 
 
 LOSSES = {"binary_crossentropy": BinaryCrossEntropy, "bce": BinaryCrossEntropy,

@@ -83,6 +83,11 @@ class BatchNorm(Layer):
         self.x, self.mean, self.invstd, self.training = x, mean, invstd, bool(training)
         return y
 
+    def workspace_nbytes(self, n):
+        # y, dx (always written), float64 mean and invstd
+        out = n * int(np.prod(self.output_shape))
+        return 2 * out * np.dtype(self.dtype).itemsize + 2 * self.features * 8
+
     def backward(self, dy):
         # dy is x's shape; returns dx or None (the parameter gradients are always written)
         dgamma, dbeta = self.grads
@@ -150,6 +155,11 @@ class Dropout(Layer):
         self.be.dropout_forward(y, mask, x, self.rate)
         self.mask = mask
         return y
+
+    def workspace_nbytes(self, n):
+        # mask, y (+ dx); nothing at rate 0
+        out, dx = self._sizes(n)
+        return 0 if self.rate == 0.0 else (2 * out + dx) * np.dtype(self.dtype).itemsize
 
     def backward(self, dy):
         # dy is x's shape; returns dx or None

@@ -16,15 +16,18 @@ def _positive(name, value, owner, allow_zero=False):
 
 
 class Optimizer:
+    """Base class. ``step(be, flat)`` updates every parameter of ``flat`` (params.FlatParameters)
+    in place, with one kernel launch; ``state_names`` names its flat state buffers."""
     state_names = ()
 
     def state_dict(self):
+        """What a model file keeps of the optimizer besides its state buffers: the step count."""
         return {"step": self.t}
 
     def load_state_dict(self, d):
         self.t = int(d.get("step", 0))
 
-    # A step replayed as a CUDA graph runs no Python: Sequential calls prepare_step (eagerly,
+    # A step replayed as a CUDA graph runs no Python: the trainer calls prepare_step (eagerly,
     # never while capturing) before such a step and set_step(t + 1) after it.
     def prepare_step(self, be):
         pass
@@ -47,9 +50,9 @@ class SGD(Optimizer):
         self.nesterov = nesterov
         self.t = 0
 
-    def step(self, be, params, prev, bad, grads, state, seg):
+    def step(self, be, flat):
         self.t += 1
-        be.sgd_update(params, prev, state[0], bad, grads, seg[0], seg[1], seg[2],
+        be.sgd_update(flat.params, flat.prev, flat.state[0], flat.bad, flat.grads, *flat.seg,
                       self.lr, self.momentum, self.nesterov)
 
     def get_config(self):
@@ -86,12 +89,12 @@ class Adam(Optimizer):
     def set_step(self, t):
         self.t = self._count_at = t
 
-    def step(self, be, params, prev, bad, grads, state, seg):
+    def step(self, be, flat):
         self.prepare_step(be)
         self.t += 1
         be.xp.add(self._count, 1, out=self._count)  # on the device: a graph replays the increment
         self._count_at = self.t
-        be.adam_update(params, prev, state[0], state[1], bad, grads, seg[0], seg[1], seg[2],
+        be.adam_update(flat.params, flat.prev, flat.state[0], flat.state[1], flat.bad, flat.grads, *flat.seg,
                        self.lr, self.beta1, self.beta2, self.eps, self._count)
 
     def get_config(self):

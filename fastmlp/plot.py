@@ -34,7 +34,7 @@ def _figure(**kw):
 
 
 def _save(fig, path, dpi):
-    from .io import atomic_write
+    from .atomic import atomic_write
     return atomic_write(os.fspath(path), lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 

@@ -51,38 +51,6 @@ def check_fits_dtype(X, dtype, what="X"):
     return X
 
 
-def check_lazy_features(X, input_shape, dtype, what="X"):
-    """An on-disk array (h5py.Dataset, ...) checked like ``check_features`` without loading it:
-    dtype and shape at once, values by a scan in chunks of rows. Returns ``LazyRows``."""
-    from .io import LazyRows, chunk_rows
-    dt = np.dtype(X.dtype)
-    shape = tuple(int(s) for s in X.shape)
-    if dt.kind not in REAL_KINDS:
-        raise TypeError(f"expected {what} with a real numeric dtype, got dtype {dt}")
-    expected = "..." if input_shape is None else ", ".join(map(str, input_shape))
-    if len(shape) < 2:
-        raise ValueError(f"expected {what} of shape (N, {expected}), got {shape}")
-    if shape[0] == 0:
-        raise ValueError(f"expected a non-empty {what}, got 0 samples")
-    sample = shape[1:]
-    if input_shape is not None and sample != tuple(input_shape):
-        if int(np.prod(sample)) == int(np.prod(input_shape)) and (len(shape) == 2 or len(input_shape) == 1):
-            sample = tuple(input_shape)
-        else:
-            raise ValueError(f"expected {what} of shape (N, {', '.join(map(str, input_shape))}), got {shape}")
-    rows = LazyRows(X, sample)
-    if np.issubdtype(dt, np.floating):
-        step = chunk_rows(shape, dt.itemsize)
-        for start in range(0, shape[0], step):
-            chunk = rows.read(start, start + step)
-            if not all_finite(chunk):
-                raise ValueError(f"expected finite values in {what}, got NaN or Inf in rows "
-                                 f"{start}..{min(start + step, shape[0]) - 1}")
-            check_fits_dtype(chunk, dtype, what)
-            del chunk  # before the next read: one chunk in memory at a time
-    return rows
-
-
 def all_finite(X):
     if not np.issubdtype(X.dtype, np.floating):
         return True

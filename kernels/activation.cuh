@@ -1,9 +1,9 @@
 // kernels/activation.cuh -- the activations of the fused epilogues, shared by
 // dense.cu and conv.cu: act_value(x) and its derivative act_grad(a) written from
-// the output a = act(x), with the codes of fastmlp/backend/reference.py
-// (IDENTITY 0, RELU 1, LEAKY_RELU 2, TANH 3, SIGMOID 4; subgradient at 0 is 0 for
-// ReLU and alpha for LeakyReLU). CPU twins: _act / _act_grad in cpu_kernels.py.
-// fastmlp/backend/cuda_source.py inlines it where a .cu file says
+// the output a = act(x), with the codes of fastmlp/backend/codes.py (the defines
+// below; tests/test_kernels_compile.py checks they agree). Subgradient at 0: 0 for
+// ReLU, alpha for LeakyReLU. CPU twins: fastmlp/backend/cpu/activation.py.
+// fastmlp/backend/cuda/source.py inlines it where a .cu file says
 // #include "activation.cuh" (NVRTC gets one string; CuPy's cache key is that string).
 
 #define FASTMLP_IDENTITY 0

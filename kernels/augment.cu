@@ -2,10 +2,10 @@
 // rotation, shift) of a batch of images, with zero fill outside the image.
 //
 // Must match (fastmlp/backend/reference.py): augment_images. CPU twin with
-// the same name: fastmlp/backend/cpu_kernels.py. Used by fastmlp.Augment,
+// the same name: fastmlp/backend/cpu/augment.py. Used by fastmlp.Augment,
 // which draws the per-sample maps on the host from the model's generator.
 //
-// Shapes: out, x (N, F) with F = C*H*W, each row one image: C planes of
+// Shapes: out, x (N, C*H*W), each row one image: C planes of
 // H x W (channels_last = 0, NCHW) or H x W pixels of C values (channels_last
 // = 1, flattened NHWC). params (N, 6) double: output pixel (row i, column j)
 // reads the source point sx = p0*j + p1*i + p2, sy = p3*j + p4*i + p5.
@@ -15,12 +15,12 @@
 // keeps a scratch copy). T is float or double; coordinates and weights are
 // computed in T (the maps arrive in double and are converted once).
 //
-// Launch configuration (fastmlp/backend/cuda.py): 1-D grid-stride loop over
+// Launch configuration (fastmlp/backend/cuda/augment.py): 1-D grid-stride loop over
 // the N*H*W output pixels, 256 threads a block; a thread computes one pixel's
 // source point and writes its C channels.
 //
 // Compiled at run time by NVRTC through cupy.RawModule with the options and
-// name expressions of fastmlp/backend/cuda_source.py; CUDA built-ins only.
+// name expressions of fastmlp/backend/cuda/source.py; CUDA built-ins only.
 
 __device__ __forceinline__ float floor_t(float v) { return floorf(v); }
 __device__ __forceinline__ double floor_t(double v) { return floor(v); }
@@ -28,7 +28,7 @@ __device__ __forceinline__ double floor_t(double v) { return floor(v); }
 template <typename T>
 __global__ void augment_images(T* out, const T* x, const double* params, long long n,
                                int c, int h, int w, int channels_last, int nearest) {
-    // out (N, F) = the warp of x (N, F) by the per-sample maps params (N, 6)
+    // out (N, C*H*W) = the warp of x (N, C*H*W) by the per-sample maps params (N, 6)
     const long long hw = (long long)h * w;
     const long long f = hw * c;
     const long long sc = channels_last ? 1 : hw;          // stride of a channel

@@ -4,16 +4,15 @@
 //
 // Must match (fastmlp/backend/reference.py): bias_act_forward,
 // act_backward_bias_grad, act_forward, act_backward, with the activation codes
-// of reference.py: IDENTITY 0, RELU 1, LEAKY_RELU 2, TANH 3, SIGMOID 4. The
-// derivative is written from the output a = act(x) (reference.act_grad_from_output):
-// subgradient at 0 is 0 for ReLU and alpha for LeakyReLU.
-// CPU twins with the same names: fastmlp/backend/cpu_kernels.py.
+// of fastmlp/backend/codes.py (activation.cuh). The derivative is written from the
+// output a = act(x) (reference.act_grad_from_output): subgradient at 0 is 0 for ReLU
+// and alpha for LeakyReLU. CPU twins with the same names: fastmlp/backend/cpu/dense.py.
 //
 // Shapes: z, dz, da, a are (N, M) row-major, b and db are (M,); act_forward and
 // act_backward see flat arrays of any size. T is float or double; the hot-path
 // arithmetic stays in T, only the bias-gradient sums are carried in double.
 //
-// Launch configuration (fastmlp/backend/cuda.py):
+// Launch configuration (fastmlp/backend/cuda/dense.py):
 //   bias_act_forward, act_forward, act_backward: 1-D grid-stride loop,
 //     256 threads, enough blocks to cover the array (capped).
 //   act_backward_bias_grad: block (BX, BY) with BX = min(32, next_pow2(M)),
@@ -26,10 +25,11 @@
 //   for a given shape, run to run and GPU to GPU.
 //
 // Compiled at run time by NVRTC through cupy.RawModule with the options and
-// name expressions of fastmlp/backend/cuda_source.py (e.g. bias_act_forward<float>);
+// name expressions of fastmlp/backend/cuda/source.py (e.g. bias_act_forward<float>);
 // no host headers, CUDA built-ins only.
 
 #include "activation.cuh"
+#include "reduce.cuh"
 
 template <typename T>
 __global__ void bias_act_forward(T* z, const T* b, long long n, long long m, int code, double alpha) {
@@ -79,17 +79,11 @@ __global__ void act_backward_bias_grad(T* dz, double* partial, const T* da, cons
 template <typename T>
 __global__ void bias_grad_reduce(T* db, const double* partial, long long g, long long m) {
     // db (M,) = column sums of partial (G, M); one block of 256 threads per column
-    __shared__ double sums[256];
     const long long j = blockIdx.x;
     double s = 0.0;
     for (long long r = threadIdx.x; r < g; r += blockDim.x) s += partial[r * m + j];
-    sums[threadIdx.x] = s;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) db[j] = (T)sums[0];
+    s = block_sum(s);
+    if (threadIdx.x == 0) db[j] = (T)s;
 }
 
 template <typename T>

@@ -1,33 +1,34 @@
 // kernels/loss.cu -- the losses, each fused with its gradient, and softmax.
 //
 // Must match (fastmlp/backend/reference.py): softmax_forward, softmax_xent,
-// bce_logits, mse. CPU twins with the same names: fastmlp/backend/cpu_kernels.py.
+// bce_logits, mse. CPU twins with the same names: fastmlp/backend/cpu/loss.py.
 //
-// Shapes: logits, dlogits, p, targets, out, dout are (N, C) / (N, K) / (N, M)
-// row-major; labels (N,) int or long long in [0, C); stats (2,) float64 on the
-// device, ADDED into: [sum of per-sample losses, number of correct predictions].
+// Shapes: logits, dlogits, p, targets, out, dout are (N, M) row-major; labels (N,)
+// int or long long in [0, M); stats (2,) float64 on the device, ADDED into:
+// [sum of per-sample losses, number of correct predictions].
 // Semantics (see reference.py): dlogits = (softmax - onehot) * scale;
-// BCE per-sample loss and correct count are means over K, dlogits carries
-// scale / K; MSE per-sample loss is a mean over M, dout = 2 (out - t) scale / M,
+// BCE per-sample loss and correct count are means over M, dlogits carries
+// scale / M; MSE per-sample loss is a mean over M, dout = 2 (out - t) scale / M,
 // correct is |out - t| < 0.5 when M == 1, equal argmax (first maximum) otherwise.
 // As in the CPU twins the loss arithmetic runs in double whatever T is; only
 // the gradient is rounded to T.
 //
-// Launch configuration (fastmlp/backend/cuda.py), 256 threads a block, G blocks
+// Launch configuration (fastmlp/backend/cuda/loss.py), 256 threads a block, G blocks
 // with G a function of the shape only (so the sums are reproducible):
 //   softmax_forward, softmax_xent: one warp per row (8 rows a block, grid-stride
 //     over rows), warp shuffles for max / argmax / sum.
 //   bce_logits: grid-stride over the N*K elements.
 //   mse: one thread per row, grid-stride over rows.
-//   Each loss writes its block's [loss, correct] sums to partial (G, 2) float64
-//   after a fixed tree, then loss_stats_finish (one block) sums partial in a
+//   Each loss writes its block's [loss, correct] sums (block_sum, reduce.cuh) to
+//   partial (G, 2) float64, then loss_stats_finish (one block) sums partial in a
 //   fixed order and adds [loss / loss_div, correct / correct_div] into stats.
 //   No float atomics.
 //
 // Compiled at run time by NVRTC through cupy.RawModule with the options and
-// name expressions of fastmlp/backend/cuda_source.py; CUDA built-ins only.
+// name expressions of fastmlp/backend/cuda/source.py; CUDA built-ins only.
 
-#define FASTMLP_THREADS 256
+#include "reduce.cuh"
+
 #define FASTMLP_WARPS (FASTMLP_THREADS / 32)
 #define FASTMLP_FULL_MASK 0xffffffffu
 
@@ -45,7 +46,7 @@ __device__ __forceinline__ double warp_max(double v) {
 }
 
 __device__ __forceinline__ void warp_argmax(double& v, long long& idx) {
-    // the first maximum wins ties, as np.argmax; idx = C marks a lane that saw no column
+    // the first maximum wins ties, as np.argmax; idx = M marks a lane that saw no column
     for (int off = 16; off > 0; off /= 2) {
         const double ov = __shfl_xor_sync(FASTMLP_FULL_MASK, v, off);
         const long long oi = __shfl_xor_sync(FASTMLP_FULL_MASK, idx, off);
@@ -54,68 +55,58 @@ __device__ __forceinline__ void warp_argmax(double& v, long long& idx) {
 }
 
 __device__ __forceinline__ void block_sums_to_partial(double* partial, double loss, double correct) {
-    // every thread of the block contributes; fixed tree, thread 0 writes partial[blockIdx.x]
-    __shared__ double sl[FASTMLP_THREADS];
-    __shared__ double sc[FASTMLP_THREADS];
-    sl[threadIdx.x] = loss;
-    sc[threadIdx.x] = correct;
-    __syncthreads();
-    for (int half = FASTMLP_THREADS / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) {
-            sl[threadIdx.x] += sl[threadIdx.x + half];
-            sc[threadIdx.x] += sc[threadIdx.x + half];
-        }
-        __syncthreads();
-    }
+    // every thread of the block contributes; thread 0 writes the block's sums to partial[blockIdx.x]
+    loss = block_sum(loss);
+    correct = block_sum(correct);
     if (threadIdx.x == 0) {
-        partial[2 * (long long)blockIdx.x] = sl[0];
-        partial[2 * (long long)blockIdx.x + 1] = sc[0];
+        partial[2 * (long long)blockIdx.x] = loss;
+        partial[2 * (long long)blockIdx.x + 1] = correct;
     }
 }
 
 template <typename T>
-__global__ void softmax_forward(T* p, const T* logits, long long n, long long c) {
-    // p (N, C) = softmax over each row of logits (N, C)
+__global__ void softmax_forward(T* p, const T* logits, long long n, long long m) {
+    // p (N, M) = softmax over each row of logits (N, M)
     const int lane = threadIdx.x % 32;
     const long long rstep = (long long)gridDim.x * FASTMLP_WARPS;
     for (long long r = (long long)blockIdx.x * FASTMLP_WARPS + threadIdx.x / 32; r < n; r += rstep) {
-        const T* x = logits + r * c;
+        const T* x = logits + r * m;
         double mx = neg_inf();
-        for (long long j = lane; j < c; j += 32) mx = fmax(mx, (double)x[j]);
+        for (long long j = lane; j < m; j += 32) mx = fmax(mx, (double)x[j]);
         mx = warp_max(mx);
         double s = 0.0;
-        for (long long j = lane; j < c; j += 32) s += exp((double)x[j] - mx);
+        for (long long j = lane; j < m; j += 32) s += exp((double)x[j] - mx);
         s = warp_sum(s);
-        for (long long j = lane; j < c; j += 32) p[r * c + j] = (T)(exp((double)x[j] - mx) / s);
+        for (long long j = lane; j < m; j += 32) p[r * m + j] = (T)(exp((double)x[j] - mx) / s);
     }
 }
 
 template <typename T, typename L>
 __global__ void softmax_xent(T* dlogits, double* partial, const T* logits, const L* labels,
-                             long long n, long long c, double scale) {
-    // dlogits (N, C) = (softmax(logits) - onehot(labels)) * scale;
+                             long long n, long long m, double scale) {
+    // dlogits (N, M) = (softmax(logits) - onehot(labels)) * scale;
     // partial (G, 2) = this block's [sum of -log softmax[label], correct argmax count].
-    // A label outside [0, C) gives a NaN loss (the reference raises IndexError).
+    // A label outside [0, M) gives a NaN loss (the reference raises IndexError).
     const int lane = threadIdx.x % 32;
     const long long rstep = (long long)gridDim.x * FASTMLP_WARPS;
     double loss = 0.0, correct = 0.0;
     for (long long r = (long long)blockIdx.x * FASTMLP_WARPS + threadIdx.x / 32; r < n; r += rstep) {
-        const T* x = logits + r * c;
+        const T* x = logits + r * m;
         double mx = neg_inf();
-        long long arg = c;
-        for (long long j = lane; j < c; j += 32) {
+        long long arg = m;
+        for (long long j = lane; j < m; j += 32) {
             const double v = (double)x[j];
-            if (v > mx || arg == c) { mx = v; arg = j; }
+            if (v > mx || arg == m) { mx = v; arg = j; }
         }
         warp_argmax(mx, arg);
         double s = 0.0;
-        for (long long j = lane; j < c; j += 32) s += exp((double)x[j] - mx);
+        for (long long j = lane; j < m; j += 32) s += exp((double)x[j] - mx);
         s = warp_sum(s);
         const long long y = (long long)labels[r];
-        const bool valid = y >= 0 && y < c;
-        for (long long j = lane; j < c; j += 32) {
+        const bool valid = y >= 0 && y < m;
+        for (long long j = lane; j < m; j += 32) {
             const double pj = exp((double)x[j] - mx) / s - (j == y ? 1.0 : 0.0);
-            dlogits[r * c + j] = (T)(pj * scale);
+            dlogits[r * m + j] = (T)(pj * scale);
         }
         if (lane == 0) {
             loss += valid ? log(s) - ((double)x[y] - mx) : quiet_nan();
@@ -127,19 +118,19 @@ __global__ void softmax_xent(T* dlogits, double* partial, const T* logits, const
 
 template <typename T>
 __global__ void bce_logits(T* dlogits, double* partial, const T* logits, const T* targets,
-                           long long total, long long k, double scale) {
-    // logits, targets, dlogits (N, K) seen flat (total = N*K,);
-    // loss max(x, 0) - x y + log1p(exp(-|x|)), dlogits = (sigmoid(x) - y) * scale / K;
+                           long long total, long long m, double scale) {
+    // logits, targets, dlogits (N, M) seen flat (total = N*M,);
+    // loss max(x, 0) - x y + log1p(exp(-|x|)), dlogits = (sigmoid(x) - y) * scale / M;
     // partial (G, 2) = this block's [sum of element losses, count of (x > 0) == (y > 0.5)]
-    // (loss_stats_finish divides both by K)
-    const double sk = scale / (double)k;
+    // (loss_stats_finish divides both by M)
+    const double sm = scale / (double)m;
     double loss = 0.0, correct = 0.0;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)gridDim.x * blockDim.x) {
         const double x = (double)logits[e];
         const double y = (double)targets[e];
         loss += fmax(x, 0.0) - x * y + log1p(exp(-fabs(x)));
-        dlogits[e] = (T)((0.5 * (1.0 + tanh(0.5 * x)) - y) * sk);
+        dlogits[e] = (T)((0.5 * (1.0 + tanh(0.5 * x)) - y) * sm);
         correct += ((x > 0.0) == (y > 0.5)) ? 1.0 : 0.0;
     }
     block_sums_to_partial(partial, loss, correct);
@@ -180,20 +171,10 @@ __global__ void loss_stats_finish(double* stats, const double* partial, long lon
         loss += partial[2 * b];
         correct += partial[2 * b + 1];
     }
-    __shared__ double sl[FASTMLP_THREADS];
-    __shared__ double sc[FASTMLP_THREADS];
-    sl[threadIdx.x] = loss;
-    sc[threadIdx.x] = correct;
-    __syncthreads();
-    for (int half = FASTMLP_THREADS / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) {
-            sl[threadIdx.x] += sl[threadIdx.x + half];
-            sc[threadIdx.x] += sc[threadIdx.x + half];
-        }
-        __syncthreads();
-    }
+    loss = block_sum(loss);
+    correct = block_sum(correct);
     if (threadIdx.x == 0) {
-        stats[0] += sl[0] / loss_div;
-        stats[1] += sc[0] / correct_div;
+        stats[0] += loss / loss_div;
+        stats[1] += correct / correct_div;
     }
 }

@@ -46,14 +46,14 @@ def train_step_growth(model, X, y, batch_size=64, steps=10):
     """Peak bytes of Python objects traced over ``steps`` training steps of one batch,
     after a warm-up epoch and step (the no-per-step-allocation checks)."""
     model.fit(X, y, epochs=1, batch_size=batch_size)
-    xb, tb = model._batch_buffers(batch_size, *model._prepare(X, y))
-    model._train_step(xb, tb)
+    xb, tb = model.batch_buffers.get(batch_size, *model.prepare(X, y))
+    model.train_step(xb, tb, model.stats)
     tracemalloc.start()
     try:
         base, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         for _ in range(steps):
-            model._train_step(xb, tb)
+            model.train_step(xb, tb, model.stats)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -4,8 +4,6 @@ Geometry tests drive ``Augment.apply`` with a stand-in generator that returns
 chosen uniforms (columns: flip_h, flip_v, angle, dx, dy; 0.5 is "no change"
 for the last three), so each transform is known exactly.
 """
-import importlib.util
-import sys
 import tracemalloc
 
 import numpy as np
@@ -13,9 +11,9 @@ import pytest
 
 import fastmlp as fm
 from fastmlp.backend import cpu
-from fastmlp.backend import cpu_kernels as K
 from fastmlp.backend import get_backend
 from fastmlp.backend import reference as R
+from fastmlp.backend.cpu import augment as cpu_augment
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
@@ -116,7 +114,8 @@ def test_kernel_matches_reference(which, nearest, channels_last, dtype, rng):
     want = np.empty(x.shape)
     R.augment_images(want, x.astype(np.float64), params, c, h, w, channels_last, nearest)
     got = np.full_like(x, np.nan)
-    kernel = {"cpu": cpu.augment_images, "serial": K.augment_images[0], "parallel": K.augment_images[1]}[which]
+    kernel = {"cpu": cpu.augment_images, "serial": cpu_augment.augment_images_twins.serial,
+              "parallel": cpu_augment.augment_images_twins.parallel}[which]
     kernel(got, x, params, c, h, w, channels_last, nearest)
     err = np.linalg.norm(got - want) / np.linalg.norm(want)
     print(f"{which} nearest={nearest} channels_last={channels_last} {np.dtype(dtype).name}: rel err {err:.1e}")
@@ -150,13 +149,10 @@ def test_backend_op_matches_reference(device, nearest, dtype, rng):
 
 
 def test_cuda_launch_matches_the_kernel_signature(monkeypatch):
-    # without a GPU: cuda.py against the stand-in CuPy of test_cuda_backend
-    from test_cuda_backend import CUDA_PY, _FakeCupy, _launch_problems
+    # without a GPU: the cuda package against the stand-in CuPy of test_cuda_backend
+    from test_cuda_backend import _FakeCupy, _launch_problems, load_cuda_backend
     fake = _FakeCupy()
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    spec = importlib.util.spec_from_file_location("fastmlp.backend._cuda_augment_fake", CUDA_PY)
-    cuda = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cuda)
+    cuda = load_cuda_backend(monkeypatch, fake)
     for dtype in (np.float32, np.float64):
         for n, c, h, w in ((1, 1, 1, 1), (7, 3, 28, 28), (3000, 1, 64, 64)):
             x = np.zeros((n, c * h * w), dtype)

@@ -1,23 +1,25 @@
 """Every Numba kernel against the NumPy float64 reference op.
 
 Each op is checked three ways: through ``fastmlp.backend.cpu`` (which picks a
-twin by work size) and through both the serial and the parallel twin in
-``cpu_kernels``. float64 must agree with the reference to 1e-12 relative;
+twin by work size) and through both the serial and the parallel twin of its
+family module (``cpu/dense.py``, ``cpu/loss.py``, ...). float64 must agree with the reference to 1e-12 relative;
 float32 kernel output is compared with the reference run in float64 on the
 same float32 inputs, to 1e-5 relative.
 """
+import math
+
 import numpy as np
 import pytest
 
-from fastmlp.backend import cpu
-from fastmlp.backend import cpu_kernels as K
+from fastmlp.backend import codes, cpu
 from fastmlp.backend import reference as R
+from fastmlp.backend.cpu import blas, data, dense, jit, loss, optim, reduce
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 DTYPES = [np.float64, np.float32]
 SHAPES = [(1, 1), (7, 13), (129, 3), (3, 129), (64, 33), (260, 130)]
-CODES = {"identity": R.IDENTITY, "relu": R.RELU, "leaky_relu": R.LEAKY_RELU, "tanh": R.TANH,
-         "sigmoid": R.SIGMOID}
+CODES = {"identity": codes.IDENTITY, "relu": codes.RELU, "leaky_relu": codes.LEAKY_RELU, "tanh": codes.TANH,
+         "sigmoid": codes.SIGMOID}
 ALPHA = 0.15
 
 
@@ -33,13 +35,18 @@ def rel(got, ref):
 def _with_scratch(kernel):
     # the raw bias-gradient kernels take their float64 scratch after db
     def call(dz, db, da, a, code, alpha):
-        kernel(dz, db, np.full((K.BIAS_GRAD_BLOCKS, dz.shape[1]), np.nan), da, a, code, alpha)
+        kernel(dz, db, np.full((reduce.REDUCTION_BLOCKS, dz.shape[1]), np.nan), da, a, code, alpha)
     return call
+
+
+def twins(name):
+    """The (serial, parallel) kernels of one op, from its family module."""
+    return next(getattr(m, name + "_twins") for m in (dense, loss, optim, data) if hasattr(m, name + "_twins"))
 
 
 def impls(name):
     """(label, callable) for the dispatcher and both twins of one op."""
-    serial, parallel = getattr(K, name)
+    serial, parallel = twins(name)
     if name == "act_backward_bias_grad":
         serial, parallel = _with_scratch(serial), _with_scratch(parallel)
     return [("cpu", getattr(cpu, name)), ("serial", serial), ("parallel", parallel)]
@@ -117,7 +124,7 @@ def test_act_forward_and_backward(shape, code, dtype, rng):
     dy = rng.standard_normal(shape).astype(dtype)
     for which, fwd in impls("act_forward"):
         bwd = _pick("act_backward", which)
-        flat = which != "cpu"          # the twins take flat views; cpu.py reshapes
+        flat = which != "cpu"          # the twins take flat views; the op reshapes
         y = np.empty_like(x)
         fwd(y.reshape(-1) if flat else y, x.reshape(-1) if flat else x, CODES[code], ALPHA)
         label = f"act {which} {code} {shape} {dtype.__name__}"
@@ -131,7 +138,7 @@ def test_act_forward_and_backward(shape, code, dtype, rng):
 
 def test_sigmoid_and_tanh_saturate_without_overflow():
     x = np.array([-1e4, -800.0, -50.0, 0.0, 50.0, 800.0, 1e4])
-    for code, lo, hi in ((R.SIGMOID, 0.0, 1.0), (R.TANH, -1.0, 1.0)):
+    for code, lo, hi in ((codes.SIGMOID, 0.0, 1.0), (codes.TANH, -1.0, 1.0)):
         for _, fn in impls("act_forward"):
             y = np.empty_like(x)
             fn(y, x, code, 0.0)
@@ -349,6 +356,95 @@ def test_sgd_counts_float32_overflow(which):
     assert bad[0] == 1
 
 
+# The precision of the updates (cpu/optim.py, kernels/optim.cu): the parameter dtype, as
+# torch.optim. A float32 step is float32 arithmetic, one rounding per operation in the
+# kernels' order, the scalars formed in float64 and rounded once. The replays below spell
+# that out in NumPy float32; tests/test_cuda_backend.py holds the GPU to the same steps.
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _reg_f32(w, seg):
+    # l1 * sign(w) + (2 l2) * w in float32, segment by segment
+    f32, out = np.float32, np.empty_like(w)
+    for lo, hi, l1, l2 in zip(seg[0][:-1], seg[0][1:], seg[1], seg[2]):
+        out[lo:hi] = f32(l1) * np.sign(w[lo:hi]) + f32(2.0 * l2) * w[lo:hi]
+    return out
+
+
+def sgd_step_f32(w, buf, g, seg, lr, momentum, nesterov):
+    """(new w, new buf) of one float32 SGD step."""
+    f32 = np.float32
+    gi = g + _reg_f32(w, seg)
+    step = gi
+    if momentum != 0.0:
+        buf = f32(momentum) * buf + gi
+        step = gi + f32(momentum) * buf if nesterov else buf
+    return w - f32(lr) * step, buf
+
+
+def adam_step_f32(w, m, v, g, seg, lr, beta1, beta2, eps, t):
+    """(new w, m, v) of one float32 Adam step t (from 1)."""
+    f32 = np.float32
+    step_size, sqrt_bc2 = f32(lr / (1.0 - beta1 ** t)), f32(math.sqrt(1.0 - beta2 ** t))
+    gi = g + _reg_f32(w, seg)
+    m = f32(beta1) * m + f32(1.0 - beta1) * gi
+    v = f32(beta2) * v + f32(1.0 - beta2) * gi * gi
+    return w - step_size * m / (np.sqrt(v) / sqrt_bc2 + f32(eps)), m, v
+
+
+@pytest.mark.parametrize("which", IMPL_IDS)
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "nesterov", "adam"])
+def test_float32_updates_compute_in_float32(opt, which, rng):
+    seg = _segments(*SEG_CASES["big"])
+    params = _opt_state(seg, np.float32, rng)
+    state = [np.zeros_like(params), np.zeros_like(params)]    # buf, or m and v
+    prev, bad = np.empty_like(params), np.zeros(1, np.int64)
+    worst_w = worst_state = 0.0
+    for t in range(1, 5):
+        grads = rng.standard_normal(params.size).astype(np.float32)
+        w0, s0 = params.copy(), [a.copy() for a in state]
+        rp, rs = w0.astype(np.float64), [a.astype(np.float64) for a in s0]
+        if opt == "adam":
+            hyper = (0.01, 0.9, 0.999, 1e-8)
+            want = adam_step_f32(w0, *s0, grads, seg, *hyper, t)
+            _pick("adam_update", which)(params, prev, *state, bad, grads, *seg, *hyper, np.array([t]))
+            R.adam_update(rp, np.empty_like(rp), *rs, np.zeros(1, np.int64), grads.astype(np.float64),
+                          *seg, *hyper, np.array([t]))
+        else:
+            momentum, nesterov = {"sgd": (0.0, False), "momentum": (0.9, False), "nesterov": (0.8, True)}[opt]
+            want = sgd_step_f32(w0, s0[0], grads, seg, 0.05, momentum, nesterov)
+            _pick("sgd_update", which)(params, prev, state[0], bad, grads, *seg, 0.05, momentum, nesterov)
+            R.sgd_update(rp, np.empty_like(rp), rs[0], np.zeros(1, np.int64), grads.astype(np.float64),
+                         *seg, 0.05, momentum, nesterov)
+        np.testing.assert_array_equal(params, want[0], err_msg=f"{opt} step {t}: not float32 arithmetic")
+        for got, w in zip(state, want[1:]):
+            np.testing.assert_array_equal(got, w)
+        # against the float64 reference from the same float32 state: storing w in float32
+        # costs up to half an eps (6e-8) of w, and the float32 update adds a few roundings of
+        # the update, small against w; the state (buf, m, v) is a few roundings off
+        worst_w = max(worst_w, rel(params, rp) / EPS32)
+        worst_state = max([worst_state] + [rel(a, r) / EPS32 for a, r in zip(state, rs)])
+    print(f"{opt} float32 {which}: norm-wise error vs the float64 reference, in float32 eps: "
+          f"parameters {worst_w:.2f}, state {worst_state:.2f}")
+    assert worst_w <= 1 and worst_state <= 4
+
+
+def test_float32_replay_tells_float32_from_float64_arithmetic(rng):
+    # the bitwise check above can fail: the same step computed in float64 and rounded once
+    # differs from the float32 replay
+    seg = _segments(*SEG_CASES["big"])
+    w, g = _opt_state(seg, np.float32, rng), rng.standard_normal(seg[0][-1]).astype(np.float32)
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    replay = adam_step_f32(w, m, v, g, seg, 0.01, 0.9, 0.999, 1e-8, 3)[0]
+    w64 = w.astype(np.float64)
+    R.adam_update(w64, np.empty_like(w64), m.astype(np.float64), v.astype(np.float64), np.zeros(1, np.int64),
+                  g.astype(np.float64), *seg, 0.01, 0.9, 0.999, 1e-8, np.array([3]))
+    differ = np.count_nonzero(w64.astype(np.float32) != replay)
+    print(f"adam: float64-then-rounded differs from the float32 replay in {differ} of {w.size}")
+    assert differ > 0
+
+
 @pytest.mark.parametrize("which", IMPL_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("segs", sorted(SEG_CASES))
@@ -426,7 +522,7 @@ def test_bias_grad_reduction_is_deterministic(dtype, rng):
     for _ in range(2):
         for _, fn in impls("act_backward_bias_grad"):
             dz, db = np.empty(shape, dtype), np.empty(shape[1], dtype)
-            fn(dz, db, da, a, R.TANH, 0.0)
+            fn(dz, db, da, a, codes.TANH, 0.0)
             results.append((dz, db))
     for dz, db in results[1:]:
         # bitwise: two calls, and serial vs parallel (same fixed blocks, any thread count)
@@ -456,14 +552,14 @@ def test_loss_stats_are_reproducible(name, rng):
 
 
 def test_cpu_picks_the_parallel_twin_by_work_size(monkeypatch, rng):
-    n = K.PARALLEL_MIN_WORK
-    assert cpu._pick(K.bias_act_forward, n - 1) is K.bias_act_forward[0]
-    assert cpu._pick(K.bias_act_forward, n) is K.bias_act_forward[1]
-    # and the cpu.py wrappers (reshapes included) are right on the parallel path
-    monkeypatch.setattr(K, "PARALLEL_MIN_WORK", 1)
+    n = jit.PARALLEL_MIN_WORK
+    assert jit.pick(dense.bias_act_forward_twins, n - 1) is dense.bias_act_forward_twins.serial
+    assert jit.pick(dense.bias_act_forward_twins, n) is dense.bias_act_forward_twins.parallel
+    # and the ops (reshapes included) are right on the parallel path
+    monkeypatch.setattr(jit, "PARALLEL_MIN_WORK", 1)
     x = rng.standard_normal((5, 2, 3))
     y = np.empty_like(x)
-    cpu.act_forward(y, x, R.TANH, 0.0)
+    cpu.act_forward(y, x, codes.TANH, 0.0)
     check("cpu.act_forward parallel path", y, np.tanh(x), np.float64)
     out = np.empty((3, 2, 3))
     idx = np.array([4, 0, 4], np.int64)
@@ -472,22 +568,46 @@ def test_cpu_picks_the_parallel_twin_by_work_size(monkeypatch, rng):
 
 
 def test_small_gemms_run_on_one_blas_thread_and_give_it_back(monkeypatch):
-    """cpu_gemm's shape rule: below SMALL_MACS one BLAS thread, then the count is put
+    """blas.py's shape rule: below SMALL_MACS one BLAS thread, then the count is put
     back; above it nothing is touched. The real setter leaves BLAS as it found it."""
     from threadpoolctl import threadpool_info
-    from fastmlp.backend import cpu_gemm
     before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     rng = np.random.default_rng(3)
     a, b = rng.random((8, 9), dtype=np.float32), rng.random((9, 7), dtype=np.float32)
     out = np.empty((8, 7), np.float32)
-    cpu_gemm.matmul(out, a, b)
+    blas.matmul(out, a, b)
     np.testing.assert_allclose(out, a @ b, rtol=1e-6)
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
     calls = []
-    monkeypatch.setattr(cpu_gemm, "_blas", [calls.append, 4])
-    cpu_gemm.matmul(out, a, b)
+    monkeypatch.setattr(blas, "_blas", [calls.append, 4])
+    blas.matmul(out, a, b)
     assert calls == [1, 4]
-    monkeypatch.setattr(cpu_gemm, "SMALL_MACS", 8 * 9 * 7)  # now this product is "big"
-    cpu_gemm.matmul(out, a, b)
+    monkeypatch.setattr(blas, "SMALL_MACS", 8 * 9 * 7)  # now this product is "big"
+    blas.matmul(out, a, b)
     assert calls == [1, 4]
     np.testing.assert_allclose(out, a @ b, rtol=1e-6)
+
+
+def test_device_attributes_and_copy():
+    # what a model asks the backend instead of branching on its name
+    assert cpu.name == "cpu" and cpu.xp is np and cpu.host_arrays and cpu.full_batch_gram
+    assert cpu.step_graphs() is None
+    assert cpu.reduction_scratch_nbytes(33) == reduce.REDUCTION_BLOCKS * 33 * 8
+    assert reduce.partial_sums(33).nbytes == cpu.reduction_scratch_nbytes(33)
+    out, a = np.zeros(5, np.int64), np.arange(5)
+    cpu.copy(out, a)
+    np.testing.assert_array_equal(out, a)
+    with pytest.raises(ValueError, match="shape"):
+        cpu.copy(out, np.arange(4))
+    with pytest.raises(ValueError, match="dtype"):
+        cpu.copy(out, np.arange(5.0))
+
+
+def test_numba_thread_gemms_flag():
+    # the model's choice of GEMM threads; without NumPy's OpenBLAS symbols it stays off
+    try:
+        cpu.use_numba_thread_gemms(True)
+        assert cpu.numba_thread_gemms() == cpu.openblas.available()
+    finally:
+        cpu.use_numba_thread_gemms(False)
+    assert not cpu.numba_thread_gemms()

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp.backend import cpu, cuda_available, get_backend
-from fastmlp.backend import cpu_kernels as K
+from fastmlp.backend import codes, cpu, cuda_available, get_backend
 from fastmlp.backend import reference as R
+from fastmlp.backend.cpu import conv as cpu_conv
+from fastmlp.backend.cpu.reduce import REDUCTION_BLOCKS
 from fastmlp.conv import Conv2D, MaxPool2D
 from fastmlp.gradcheck import gradcheck
 from fastmlp.layers import Activation
@@ -23,7 +24,8 @@ from conftest import train_step_growth
 KERNEL_TOL = {np.float64: 1e-12, np.float32: 1e-5}
 TWINS = [0, 1]   # serial, parallel
 _CUDA_OK, _CUDA_WHY = cuda_available()
-CODES = [(R.IDENTITY, 0.0), (R.RELU, 0.0), (R.LEAKY_RELU, 0.1), (R.TANH, 0.0), (R.SIGMOID, 0.0)]
+CODES = [(codes.IDENTITY, 0.0), (codes.RELU, 0.0), (codes.LEAKY_RELU, 0.1), (codes.TANH, 0.0),
+         (codes.SIGMOID, 0.0)]
 # (N, M, OH, OW, K, S): the 2x2 path, odd sizes (a row and column no window covers),
 # overlapping windows, gaps between windows
 POOLS = [(2, 3, 8, 6, 2, 2), (2, 2, 7, 9, 2, 2), (1, 2, 9, 7, 3, 2), (2, 2, 6, 6, 3, 1), (1, 1, 8, 8, 2, 3)]
@@ -36,8 +38,8 @@ def _rel(got, want):
 
 
 def _scratch(m):
-    # the Numba backward's (BLOCKS, M) float64 partial sums (cpu.py passes its own)
-    return np.full((K.BIAS_GRAD_BLOCKS, m), np.nan)
+    # the Numba backward's (BLOCKS, M) float64 partial sums (the op passes its own)
+    return np.full((REDUCTION_BLOCKS, m), np.nan)
 
 
 def _pooled(oh, ow, k, s):
@@ -73,11 +75,11 @@ def test_fused_kernels_match_reference(shape, code, alpha, twin, dtype, ties, rn
     n, m, oh, ow, k, s = shape
     z, b, yshape = _case(rng, shape, dtype, ties)
     y, arg = np.full(yshape, np.nan, dtype), np.full(yshape, -1, np.int32)
-    K.conv_bias_act_pool_forward[twin](y, arg, z, b, oh, ow, code, alpha, k, s)
+    cpu_conv.conv_bias_act_pool_forward_twins[twin](y, arg, z, b, oh, ow, code, alpha, k, s)
     dy = rng.standard_normal(yshape).astype(dtype)
     want_y, want_arg, want_dz, want_db = _reference(z, b, yshape, oh, ow, code, alpha, k, s, dy)
     dz, db = np.full(z.shape, np.nan, dtype), np.full(m, np.nan, dtype)
-    K.conv_bias_act_pool_backward[twin](dz, db, _scratch(m), dy, y, arg, oh, ow, code, alpha, k, s)
+    cpu_conv.conv_bias_act_pool_backward_twins[twin](dz, db, _scratch(m), dy, y, arg, oh, ow, code, alpha, k, s)
     errs = [_rel(y, want_y), _rel(dz, want_dz), _rel(db, want_db)]
     print(f"fused {shape} code={code} twin={twin} ties={ties} {dtype.__name__}: y, dz, db {errs}")
     np.testing.assert_array_equal(arg, want_arg)
@@ -93,7 +95,7 @@ def test_transpose_kernel(shape, twin, dtype, rng):
     want = np.empty(shape[::-1])
     R.transpose(want, a)
     out = np.full(shape[::-1], np.nan, dtype)
-    K.transpose[twin](out, a)
+    cpu_conv.transpose_twins[twin](out, a)
     np.testing.assert_array_equal(out, want)
 
 
@@ -105,10 +107,10 @@ def test_fused_nan_is_the_maximum(shape, rng):
     z[1, 0] = np.nan
     z[oh * ow - 1, 0] = np.nan
     z[ow + 1, m - 1] = np.nan
-    want_y, want_arg, _, _ = _reference(z, b, yshape, oh, ow, R.RELU, 0.0, k, s, np.ones(yshape))
+    want_y, want_arg, _, _ = _reference(z, b, yshape, oh, ow, codes.RELU, 0.0, k, s, np.ones(yshape))
     for twin in TWINS:
         y, arg = np.empty(yshape), np.empty(yshape, np.int32)
-        K.conv_bias_act_pool_forward[twin](y, arg, z, b, oh, ow, R.RELU, 0.0, k, s)
+        cpu_conv.conv_bias_act_pool_forward_twins[twin](y, arg, z, b, oh, ow, codes.RELU, 0.0, k, s)
         np.testing.assert_array_equal(arg, want_arg)
         np.testing.assert_array_equal(np.isnan(y), np.isnan(want_y))
         assert np.isnan(y).any()
@@ -122,9 +124,10 @@ def test_fused_parallel_twin_is_bitwise_serial(rng):
     out = []
     for twin in TWINS:
         y, arg = np.empty(yshape, np.float32), np.empty(yshape, np.int32)
-        K.conv_bias_act_pool_forward[twin](y, arg, z, b, oh, ow, R.RELU, 0.0, k, s)
+        cpu_conv.conv_bias_act_pool_forward_twins[twin](y, arg, z, b, oh, ow, codes.RELU, 0.0, k, s)
         dz, db = np.empty_like(z), np.empty(m, np.float32)
-        K.conv_bias_act_pool_backward[twin](dz, db, _scratch(m), dy, y, arg, oh, ow, R.RELU, 0.0, k, s)
+        cpu_conv.conv_bias_act_pool_backward_twins[twin](dz, db, _scratch(m), dy, y, arg, oh, ow, codes.RELU,
+                                                         0.0, k, s)
         out.append((y, arg, dz, db))
     for a, c in zip(*out):
         np.testing.assert_array_equal(a, c)
@@ -173,7 +176,7 @@ def _unfuse(model):
     _cnn has no activation after a Dense, so none is left fused)."""
     for layer in model.layers:
         if isinstance(layer, Conv2D):
-            layer.fuse_pool(R.IDENTITY, 0.0, None)
+            layer.fuse_pool(codes.IDENTITY, 0.0, None)
         if isinstance(layer, (MaxPool2D, Activation)):
             layer.fused = False
     return model
@@ -248,10 +251,10 @@ def test_which_patterns_fuse():
 
     conv, pool = fm.Conv2D(1, 2, 3), fm.MaxPool2D(2)
     m = built([conv, pool])                                   # no activation: identity
-    assert conv.pool is pool and pool.fused and conv.act_code == R.IDENTITY
+    assert conv.pool is pool and pool.fused and conv.act_code == codes.IDENTITY
     conv, act, pool = fm.Conv2D(1, 2, 3), fm.LeakyReLU(0.3), fm.MaxPool2D(2)
     m = built([conv, act, pool])
-    assert conv.pool is pool and act.fused and pool.fused and (conv.act_code, conv.alpha) == (R.LEAKY_RELU, 0.3)
+    assert conv.pool is pool and act.fused and pool.fused and (conv.act_code, conv.alpha) == (codes.LEAKY_RELU, 0.3)
     assert "(fused)" in m.summary(print_fn=None)
     conv, act = fm.Conv2D(1, 2, 3), fm.ReLU()                 # no pool: nothing fused
     built([conv, act])

@@ -1,6 +1,6 @@
 """The CPU step on Numba's threads: GEMMs cut into blocks of NumPy's OpenBLAS calls
-(cpu_blas), Conv2D's fused path a chunk of images per thread (cpu_conv), and the model's
-choice between those and OpenBLAS's own threads.
+(cpu/openblas.py), Conv2D's fused path a chunk of images per thread (cpu/conv_act_pool.py),
+and the model's choice between those and OpenBLAS's own threads (cpu/blas.py).
 
 Every result is compared with np.matmul, or with the same layer run as separate kernels
 chunk after chunk (the path the GPU takes): float64 to 1e-12, float32 to 1e-5, relative to
@@ -12,10 +12,11 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import fastmlp as fm
-from fastmlp.backend import cpu, cpu_blas, cpu_gemm
+from fastmlp.backend import cpu
+from fastmlp.backend.cpu import openblas
 from fastmlp.gradcheck import gradcheck
 
-needs_blas = pytest.mark.skipif(not cpu_blas.available(), reason="NumPy's OpenBLAS symbols not found")
+needs_blas = pytest.mark.skipif(not openblas.available(), reason="NumPy's OpenBLAS symbols not found")
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
 
@@ -28,7 +29,7 @@ def _numpy_blas_threads():
     return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
 
-# --- cpu_blas: big GEMMs in blocks --------------------------------------------------
+# --- openblas.py: big GEMMs in blocks --------------------------------------------------
 
 @pytest.mark.parametrize("m, k, n, axis", [
     (12544, 144, 32, 0),      # P3's conv forward: tall output, rows
@@ -38,11 +39,11 @@ def _numpy_blas_threads():
     (1568, 64, 256, 0),
 ])
 def test_blocks_pick_the_axis_that_moves_least_and_cover_it(m, k, n, axis):
-    got, edges = cpu_blas.blocks(m, k, n, 2)
+    got, edges = openblas.blocks(m, k, n, 2)
     assert got == axis
     size = (m, n, k)[axis]
     assert edges[0] == 0 and edges[-1] == size and np.all(np.diff(edges) >= 0)
-    assert all(e % cpu_blas.ALIGN == 0 for e in edges[1:-1])
+    assert all(e % openblas.ALIGN == 0 for e in edges[1:-1])
 
 
 @needs_blas
@@ -56,7 +57,7 @@ def test_block_gemm_matches_numpy_in_every_layout(dtype, m, k, n, ta, tb, thread
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
     a, b = (a.T if ta else a), (b.T if tb else b)
     out = np.full((m, n), np.nan, dtype)
-    assert cpu_blas.matmul(out, a, b, threads)
+    assert openblas.matmul(out, a, b, threads)
     assert _rel(out, a.astype(np.float64) @ b.astype(np.float64)) < TOL[dtype] * 10
 
 
@@ -64,39 +65,39 @@ def test_block_gemm_matches_numpy_in_every_layout(dtype, m, k, n, ta, tb, thread
 def test_block_gemm_declines_what_blas_cannot_take(rng):
     a, b = rng.standard_normal((20, 30)), rng.standard_normal((30, 40))
     out = np.empty((20, 40))
-    assert not cpu_blas.matmul(out, a[:, ::2], b[::2], 2)                  # no unit stride
-    assert not cpu_blas.matmul(np.empty((20, 40), np.float32), a, b, 2)   # mixed dtypes
-    assert not cpu_blas.matmul(np.empty((20, 40), np.int64), a.astype(np.int64), b.astype(np.int64), 2)
-    assert not cpu_blas.matmul(np.empty((40, 20)).T, a, b, 2)             # a transposed output
+    assert not openblas.matmul(out, a[:, ::2], b[::2], 2)                  # no unit stride
+    assert not openblas.matmul(np.empty((20, 40), np.float32), a, b, 2)   # mixed dtypes
+    assert not openblas.matmul(np.empty((20, 40), np.int64), a.astype(np.int64), b.astype(np.int64), 2)
+    assert not openblas.matmul(np.empty((40, 20)).T, a, b, 2)             # a transposed output
 
 
 @needs_blas
 def test_block_gemm_gives_numpys_blas_its_thread_count_back(rng):
     before = _numpy_blas_threads()
     a, b = rng.standard_normal((600, 500)), rng.standard_normal((500, 400))
-    cpu_blas.matmul(np.empty((600, 400)), a, b, 2)
+    openblas.matmul(np.empty((600, 400)), a, b, 2)
     assert _numpy_blas_threads() == before
 
 
 @needs_blas
-def test_cpu_gemm_routes_big_products_by_the_models_choice(monkeypatch, rng):
+def test_big_products_go_where_the_model_says(monkeypatch, rng):
     calls = []
-    real = cpu_blas.matmul
-    monkeypatch.setattr(cpu_blas, "matmul", lambda *args: calls.append(args[3]) or real(*args))
+    real = openblas.matmul
+    monkeypatch.setattr(openblas, "matmul", lambda *args: calls.append(args[3]) or real(*args))
     monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
     a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 300))
     out = np.empty((300, 300))
     try:
-        cpu_gemm.use_numba_threads(False)
-        cpu_gemm.matmul(out, a, b)
-        assert calls == [] and _rel(out, a @ b) < 1e-12
-        cpu_gemm.use_numba_threads(True)
-        cpu_gemm.matmul(out, a, b)
-        assert calls == [2] and _rel(out, a @ b) < 1e-12
-        cpu_gemm.matmul(np.empty((3, 3)), a[:3, :3], b[:3, :3])             # small: never split
+        cpu.use_numba_thread_gemms(False)
+        cpu.matmul(out, a, b)
+        assert calls == [] and _rel(out, a @ b) < 1e-12 and not cpu.numba_thread_gemms()
+        cpu.use_numba_thread_gemms(True)
+        cpu.matmul(out, a, b)
+        assert calls == [2] and _rel(out, a @ b) < 1e-12 and cpu.numba_thread_gemms()
+        cpu.matmul(np.empty((3, 3)), a[:3, :3], b[:3, :3])             # small: never split
         assert calls == [2]
     finally:
-        cpu_gemm.use_numba_threads(False)
+        cpu.use_numba_thread_gemms(False)
 
 
 # --- Conv2D's fused path a chunk per thread -----------------------------------------
@@ -210,13 +211,13 @@ def test_models_choose_the_gemm_threads_they_need(rng):
                             loss="softmax_crossentropy", seed=0, input_shape=(1, 9, 9))
     try:
         cnn.predict(rng.standard_normal((2, 2, 9, 9)))
-        assert cpu_gemm.on_numba_threads()
+        assert cpu.numba_thread_gemms()
         mlp.predict(rng.standard_normal((2, 5)))
-        assert not cpu_gemm.on_numba_threads()
+        assert not cpu.numba_thread_gemms()
         unfused.predict(rng.standard_normal((2, 1, 9, 9)))         # no fused Conv2D: OpenBLAS's
-        assert not cpu_gemm.on_numba_threads()
+        assert not cpu.numba_thread_gemms()
     finally:
-        cpu_gemm.use_numba_threads(False)
+        cpu.use_numba_thread_gemms(False)
 
 
 @needs_blas
@@ -257,7 +258,7 @@ def test_chunked_kernels_refuse_scratch_without_a_row_per_thread(rng):
 def test_conv_act_pool_ops_match_the_reference(dtype, chunked, n, c, h, w, kh, kw, stride, pad, pool, edges,
                                               monkeypatch, rng):
     from fastmlp.backend import reference as R
-    if chunked and not cpu_blas.available():
+    if chunked and not openblas.available():
         pytest.skip("NumPy's OpenBLAS symbols not found")
     monkeypatch.setattr(cpu, "fused_conv_chunks", chunked)
     m, edges = 4, np.array(edges, np.int64)
@@ -289,18 +290,25 @@ def test_conv_act_pool_ops_match_the_reference(dtype, chunked, n, c, h, w, kh, k
         assert _rel(got, want) < TOL[dtype] * 10
 
 
-def test_chunked_kernels_cache_stamp_covers_the_kernels_they_compile_in():
-    # Numba stamps a cached kernel with its own file only; cpu_conv's kernels compile in
-    # cpu_kernels' code, so their stamp must change when cpu_kernels.py (or cpu_blas.py) does,
-    # or an edit there alone runs stale machine code
+@pytest.mark.parametrize("module, compiled_in", [
+    ("dense", ("dense", "activation", "reduce", "jit", "../codes")),
+    ("conv", ("conv", "activation", "reduce", "jit", "../codes")),
+    ("conv_act_pool", ("conv_act_pool", "conv", "openblas", "activation", "reduce", "jit", "../codes")),
+])
+def test_cached_kernels_stamp_covers_the_code_they_compile_in(module, compiled_in):
+    # Numba stamps a cached kernel with its own file only; a kernel that compiles in other
+    # modules' code (inlined helpers, other kernels, constants) must go stale when one of
+    # those files changes, or an edit there alone runs stale machine code (jit.cover_dependencies)
+    import importlib
     import os
-
-    from fastmlp.backend import cpu_conv, cpu_kernels
-    files = (cpu_conv.__file__, cpu_kernels.__file__, cpu_blas.__file__)
-    stats = [os.stat(f) for f in files]
+    mod = importlib.import_module(f"fastmlp.backend.cpu.{module}")
+    here = os.path.dirname(mod.__file__)
+    stats = [os.stat(os.path.join(here, f + ".py")) for f in compiled_in]
     want = (max(st.st_mtime for st in stats), sum(st.st_size for st in stats))
-    for kernel in (cpu_conv.forward, cpu_conv.backward):
-        cache_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
-        if cache_file is None or not hasattr(cache_file, "_source_stamp"):
-            pytest.skip("this Numba's cache has no per-file stamp to extend")
-        assert cache_file._source_stamp == want
+    kernels = [k for v in vars(mod).values() for k in (v if isinstance(v, tuple) else (v,))
+               if getattr(getattr(k, "py_func", None), "__module__", None) == mod.__name__
+               and getattr(getattr(k, "_cache", None), "_cache_file", None) is not None]
+    if not kernels or not hasattr(kernels[0]._cache._cache_file, "_source_stamp"):
+        pytest.skip("this Numba's cache has no per-file stamp to extend")
+    for kernel in kernels:
+        assert kernel._cache._cache_file._source_stamp == want, kernel.py_func.__name__

@@ -2,12 +2,14 @@
 
 GPU tests (marked ``gpu``) run every op of ``fastmlp.backend.cuda`` on a GPU and
 compare it with ``reference.py`` (float64 to 1e-12, float32 to 1e-5, relative to
-the largest reference value); they skip with the reason of ``cuda_available()``
-where there is no GPU. The host-side tests run everywhere:
-- cuda.py exports the names of cpu.py with the same signatures;
+the largest reference value), and the optimizer steps with the CPU's step by step;
+they skip with the reason of ``cuda_available()`` where there is no GPU. The
+host-side tests run everywhere:
+- the cuda package exports the names of the cpu package with the same signatures,
+  module by module (backend/cpu/<family>.py and backend/cuda/<family>.py);
 - get_backend("cuda") without CuPy names the extra to install;
-- cuda_source finds every family, in a checkout and in a wheel layout;
-- every launch cuda.py makes (recorded through a stand-in CuPy) passes
+- cuda/source.py finds every family, in a checkout and in a wheel layout;
+- every launch the cuda package makes (recorded through a stand-in CuPy) passes
   arguments whose types match the kernel's C++ parameters, with a block of the
   256 threads the kernels assume, and no op synchronises with the host.
 """
@@ -15,6 +17,7 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import itertools
 import os
 import re
 import shutil
@@ -24,16 +27,18 @@ import types
 import numpy as np
 import pytest
 
-from fastmlp.backend import cuda_available, cuda_source, get_backend
+from fastmlp.backend import codes, cuda_available, get_backend
 from fastmlp.backend import cpu as cpu_backend
 from fastmlp.backend import reference as ref
+from fastmlp.backend.cuda import source as cuda_source
 
-BACKEND_DIR = os.path.dirname(cpu_backend.__file__)
-CUDA_PY = os.path.join(BACKEND_DIR, "cuda.py")
-CPU_PY = os.path.join(BACKEND_DIR, "cpu.py")
+BACKEND_DIR = os.path.dirname(os.path.dirname(cpu_backend.__file__))
+CPU_DIR = os.path.join(BACKEND_DIR, "cpu")
+CUDA_DIR = os.path.join(BACKEND_DIR, "cuda")
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 DTYPES = (np.float32, np.float64)
-ACTS = [(ref.IDENTITY, 0.0), (ref.RELU, 0.0), (ref.LEAKY_RELU, 0.1), (ref.TANH, 0.0), (ref.SIGMOID, 0.0)]
+ACTS = [(codes.IDENTITY, 0.0), (codes.RELU, 0.0), (codes.LEAKY_RELU, 0.1), (codes.TANH, 0.0),
+        (codes.SIGMOID, 0.0)]
 
 
 def rel_err(got, want):
@@ -69,33 +74,68 @@ def _public_functions_ast(path):
             if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
 
 
-def _module_constants_ast(path):
-    tree = ast.parse(open(path, encoding="utf-8").read())
-    out = {}
-    for n in tree.body:
-        if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
-            out[n.targets[0].id] = n.value
-    return out
+def _modules(folder):
+    return {f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py"}
 
 
-def _public_functions(module):
-    return {k: inspect.signature(v) for k, v in vars(module).items()
-            if inspect.isfunction(v) and v.__module__ == module.__name__ and not k.startswith("_")}
+def _exported(package):
+    """{name: value} of what a backend package exports: its ops and attributes, not its modules."""
+    return {k: v for k, v in vars(package).items() if not k.startswith("_") and not inspect.ismodule(v)}
 
 
-def test_cuda_exports_the_cpu_names_with_the_same_signatures():
-    cpu_fns = _public_functions_ast(CPU_PY)
-    cuda_fns = _public_functions_ast(CUDA_PY)
-    assert sorted(cuda_fns) == sorted(cpu_fns)
-    for fn, args in cpu_fns.items():
-        assert cuda_fns[fn] == args, f"cuda.{fn} and cpu.{fn} differ in their arguments"
-    consts = _module_constants_ast(CUDA_PY)
-    assert ast.literal_eval(consts["name"]) == "cuda"
-    assert isinstance(consts["xp"], ast.Name) and consts["xp"].id == "cupy"
-    if importlib.util.find_spec("cupy") is not None:   # the live module, through inspect
-        import fastmlp.backend.cuda as cuda
-        assert _public_functions(cuda) == _public_functions(cpu_backend)
-        assert cuda.name == "cuda" and cuda.xp.__name__ == "cupy"
+def test_each_family_module_has_the_same_ops_on_both_devices():
+    # cpu/<module>.py and cuda/<module>.py define the same ops (the functions the packages
+    # export), with the same parameters; a module for every kernels/<family>.cu on both sides
+    shared = _modules(CPU_DIR) & _modules(CUDA_DIR)
+    assert set(cuda_source.FAMILIES) | {"blas", "conv_act_pool"} <= shared
+    ops = set(_exported(cpu_backend))
+    for module in sorted(shared):
+        cpu_fns = {k: v for k, v in _public_functions_ast(os.path.join(CPU_DIR, module + ".py")).items()
+                   if k in ops}
+        cuda_fns = {k: v for k, v in _public_functions_ast(os.path.join(CUDA_DIR, module + ".py")).items()
+                    if k in ops}
+        assert cpu_fns, f"cpu/{module}.py defines no op"
+        assert sorted(cuda_fns) == sorted(cpu_fns), f"cpu/{module}.py and cuda/{module}.py differ in their ops"
+        for fn, args in cpu_fns.items():
+            assert cuda_fns[fn] == args, f"cuda.{module}.{fn} and cpu.{module}.{fn} differ in their arguments"
+
+
+def test_cuda_exports_the_cpu_names_with_the_same_signatures(fake_cuda):
+    be, _ = fake_cuda
+    cpu_names, cuda_names = _exported(cpu_backend), _exported(be)
+    assert sorted(cuda_names) == sorted(cpu_names)
+    for k, v in cpu_names.items():
+        if callable(v):
+            assert inspect.signature(cuda_names[k]) == inspect.signature(v), f"cuda.{k} and cpu.{k} differ"
+        else:
+            assert type(cuda_names[k]) is type(v) or None in (v, cuda_names[k]), f"cuda.{k} and cpu.{k}"
+    assert (cpu_backend.name, be.name) == ("cpu", "cuda")
+    assert (cpu_backend.xp.__name__, be.xp.__name__) == ("numpy", "cupy")
+    assert (cpu_backend.host_arrays, be.host_arrays) == (True, False)
+    assert (cpu_backend.full_batch_gram, be.full_batch_gram) == (True, False)
+
+
+def test_live_cuda_package_exports_the_cpu_names():
+    if importlib.util.find_spec("cupy") is None:
+        pytest.skip("CuPy is not installed: the stand-in CuPy test above checks the same names")
+    import fastmlp.backend.cuda as cuda
+    assert sorted(_exported(cuda)) == sorted(_exported(cpu_backend)) and cuda.xp.__name__ == "cupy"
+
+
+def test_cuda_package_without_cupy_keeps_its_kernel_source(monkeypatch):
+    # CI and the packaging checks read kernels/ through cuda/source.py where CuPy is missing
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    name = "fastmlp.backend._cuda_without_cupy"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(CUDA_DIR, "__init__.py"),
+                                                  submodule_search_locations=[CUDA_DIR])
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, mod)
+    spec.loader.exec_module(mod)
+    with pytest.raises(AttributeError, match=r"needs CuPy.*fastmlp\[cuda1[23]\]"):
+        mod.matmul
+    src = importlib.import_module(name + ".source")
+    assert src.FAMILIES == cuda_source.FAMILIES
+    monkeypatch.delitem(sys.modules, name + ".source")
 
 
 def test_get_backend_cuda_without_cupy_names_the_extra(monkeypatch):
@@ -127,19 +167,24 @@ def test_cuda_source_lists_every_family_for_float_and_double():
         cuda_source.source("nope")
 
 
-def test_cuda_source_inlines_the_shared_activation_header(monkeypatch, tmp_path):
-    # dense.cu and conv.cu share kernels/activation.cuh: inlined once each, no #include
-    # directive left for NVRTC, and a #line that gives back the .cu file's numbering
-    for family in ("dense", "conv"):
+def test_cuda_source_inlines_the_shared_headers(monkeypatch, tmp_path):
+    # the .cu files share kernels/*.cuh: each #include "name.cuh" line becomes the header's
+    # text and a #line that gives back the .cu file's numbering; no #include is left for NVRTC
+    for family in cuda_source.FAMILIES:
         code = cuda_source.source(family)
-        assert code.count("__device__ __forceinline__ T act_value(") == 1
-        assert not re.search(r'^\s*#include', code, re.M)
         raw = open(cuda_source.path(family), encoding="utf-8").read().splitlines()
-        at = raw.index('#include "activation.cuh"') + 1
-        line = re.search(rf'^#line (\d+) "{family}.cu"$', code, re.M)
-        assert line and int(line.group(1)) == at + 1
-        after = code[line.end() + 1:].splitlines()
-        assert after == raw[at:], "the rest of the file follows unchanged"
+        assert not re.search(r'^\s*#include', code, re.M)
+        at = [i for i, line in enumerate(raw, 1) if line.startswith('#include "')]
+        marks = list(re.finditer(rf'^#line (\d+) "{family}.cu"$', code, re.M))
+        assert [int(m.group(1)) for m in marks] == [i + 1 for i in at]
+        if at:
+            assert code.splitlines()[:at[0] - 1] == raw[:at[0] - 1], "the file up to its first #include"
+            assert code[marks[-1].end() + 1:].splitlines() == raw[at[-1]:], "the rest of the file follows"
+    for family, header, marker in (
+            ("dense", "activation", "T act_value("), ("conv", "activation", "T act_value("),
+            ("conv", "window", "int window_argmax("), ("pool", "window", "int window_argmax("),
+            ("loss", "reduce", "double block_sum("), ("norm", "channel_sums", "void channel_sums(")):
+        assert cuda_source.source(family).count(marker) == 1, f"{family}.cu: {header}.cuh once"
     # a header that is not there is named in the error
     shutil.copytree(cuda_source.kernels_dir(), tmp_path / "k")
     os.remove(tmp_path / "k" / "activation.cuh")
@@ -151,11 +196,11 @@ def test_cuda_source_inlines_the_shared_activation_header(monkeypatch, tmp_path)
 def test_cuda_source_finds_kernels_in_a_wheel_layout(tmp_path):
     # the wheel ships kernels/ as fastmlp/_kernels (pyproject force-include)
     site = tmp_path / "site"
-    (site / "fastmlp" / "backend").mkdir(parents=True)
-    shutil.copy(cuda_source.__file__, site / "fastmlp" / "backend" / "cuda_source.py")
+    (site / "fastmlp" / "backend" / "cuda").mkdir(parents=True)
+    shutil.copy(cuda_source.__file__, site / "fastmlp" / "backend" / "cuda" / "source.py")
     shutil.copytree(cuda_source.kernels_dir(), site / "fastmlp" / "_kernels")
     spec = importlib.util.spec_from_file_location("_wheel_cuda_source",
-                                                  site / "fastmlp" / "backend" / "cuda_source.py")
+                                                  site / "fastmlp" / "backend" / "cuda" / "source.py")
     wheel_src = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(wheel_src)
     assert wheel_src.kernels_dir() == str(site / "fastmlp" / "_kernels")
@@ -212,7 +257,7 @@ def _check_arg(ctype, arg):
 
 
 class _FakeCupy(types.ModuleType):
-    """Just enough of CuPy for cuda.py, with NumPy arrays standing in for device arrays."""
+    """Just enough of CuPy for the cuda package, with NumPy arrays standing in for device arrays."""
 
     def __init__(self):
         super().__init__("cupy")
@@ -245,33 +290,45 @@ class _FakeCupy(types.ModuleType):
         self.cuda = types.SimpleNamespace(
             runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceCount=lambda: 1),
             get_current_stream=lambda: stream,
+            Stream=lambda non_blocking=False: types.SimpleNamespace(ptr=1),
             Device=lambda *a: types.SimpleNamespace(
                 synchronize=lambda: self.host_syncs.append("device")))
 
 
+_fake_loads = itertools.count()
+_FAKE_PREFIX = "fastmlp.backend._cuda_on_fake_cupy_"
+
+
+def load_cuda_backend(monkeypatch, fake):
+    """The cuda package loaded afresh against the stand-in CuPy ``fake``, under a private name
+    (the real one, if any, is untouched): its modules import ``fake`` as cupy. The modules of
+    an earlier load leave sys.modules here."""
+    for key in [k for k in sys.modules if k.startswith(_FAKE_PREFIX)]:
+        del sys.modules[key]
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    name = f"{_FAKE_PREFIX}{next(_fake_loads)}"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(CUDA_DIR, "__init__.py"),
+                                                  submodule_search_locations=[CUDA_DIR])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """cuda.py loaded against a stand-in CuPy (under a private name: the real module is untouched)."""
+    """The cuda package loaded against a stand-in CuPy."""
     fake = _FakeCupy()
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    blas = importlib.util.spec_from_file_location("fastmlp.backend.cuda_blas",
-                                                  os.path.join(BACKEND_DIR, "cuda_blas.py"))
-    blas_mod = importlib.util.module_from_spec(blas)
-    blas.loader.exec_module(blas_mod)
-    monkeypatch.setitem(sys.modules, "fastmlp.backend.cuda_blas", blas_mod)  # bound to the stand-in
-    spec = importlib.util.spec_from_file_location("fastmlp.backend._cuda_on_fake_cupy", CUDA_PY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod, fake
+    return load_cuda_backend(monkeypatch, fake), fake
 
 
 def _run_every_op(be, dtype, idx_dtype, n, m):
     rng = np.random.default_rng(0)
     f = lambda *s: rng.standard_normal(s).astype(dtype)  # noqa: E731
-    be.bias_act_forward(f(n, m), f(m), ref.TANH, 0.0)
-    be.act_backward_bias_grad(f(n, m), f(m), f(n, m), f(n, m), ref.RELU, 0.0)
-    be.act_forward(f(n, m, 3), f(n, m, 3), ref.SIGMOID, 0.0)
-    be.act_backward(f(n, 2), f(n, 2), f(n, 2), ref.LEAKY_RELU, 0.2)
+    be.bias_act_forward(f(n, m), f(m), codes.TANH, 0.0)
+    be.act_backward_bias_grad(f(n, m), f(m), f(n, m), f(n, m), codes.RELU, 0.0)
+    be.act_forward(f(n, m, 3), f(n, m, 3), codes.SIGMOID, 0.0)
+    be.act_backward(f(n, 2), f(n, 2), f(n, 2), codes.LEAKY_RELU, 0.2)
     be.softmax_forward(f(n, m), f(n, m))
     stats = np.zeros(2)
     be.softmax_xent(f(n, m), stats, f(n, m), rng.integers(0, m, n).astype(idx_dtype), 1.0 / max(n, 1))
@@ -378,7 +435,7 @@ def test_reductions_pass_their_partial_sums_along(fake_cuda):
     n, m = 5000, 20
     dz, da, a = (rng.standard_normal((n, m)) for _ in range(3))
     db = np.zeros(m)
-    be.act_backward_bias_grad(dz, db, da, a, ref.RELU, 0.0)
+    be.act_backward_bias_grad(dz, db, da, a, codes.RELU, 0.0)
     (_, e1, grid1, block1, args1, _), (_, e2, grid2, _, args2, _) = fake.launches
     assert (e1, e2) == ("act_backward_bias_grad<double>", "bias_grad_reduce<double>")
     g = grid1[1]
@@ -393,15 +450,42 @@ def test_reductions_pass_their_partial_sums_along(fake_cuda):
     assert args1[1].size >= 2 * grid1[0] and float(args2[3]) == 3.0 and float(args2[4]) == 1.0
 
 
+class _DeviceArray:
+    """A stand-in device array whose copies are recorded: (destination, source, bytes, stream)."""
+
+    def __init__(self, a, log):
+        self.a, self.shape, self.dtype, self.flags, self.nbytes = a, a.shape, a.dtype, a.flags, a.nbytes
+        self.data = types.SimpleNamespace(copy_from_device_async=lambda src, size, stream=None: log.append(
+            (self, src, size, stream)))
+
+
+def test_device_attributes_and_copy(fake_cuda):
+    # what a model asks a backend instead of branching on its name
+    be, fake = fake_cuda
+    log = []
+    out, a = _DeviceArray(np.zeros(5, np.int64), log), _DeviceArray(np.arange(5), log)
+    be.copy(out, a)
+    assert log == [(out, a.data, 40, fake.cuda.get_current_stream())] and not fake.host_syncs
+    with pytest.raises(ValueError, match="shape"):
+        be.copy(out, _DeviceArray(np.arange(4), log))
+    with pytest.raises(ValueError, match="dtype"):
+        be.copy(out, _DeviceArray(np.arange(5.0), log))
+    assert be.reduction_scratch_nbytes(33) == 0 and be.threads() == 1
+    be.use_numba_thread_gemms(True)               # nothing to choose on the GPU
+    assert be.numba_thread_gemms() is False
+    assert be.conv_chunk_bytes is None and be.fused_conv_chunks is False
+    assert type(be.step_graphs()).__name__ == "StepGraphs" and be.step_graphs() is not be.step_graphs()
+
+
 def test_bad_inputs_are_refused_before_any_launch(fake_cuda):
     be, fake = fake_cuda
     z = np.zeros((4, 3), np.float32)
     with pytest.raises(TypeError, match="float64"):
-        be.bias_act_forward(z, np.zeros(3, np.float64), ref.RELU, 0.0)
+        be.bias_act_forward(z, np.zeros(3, np.float64), codes.RELU, 0.0)
     with pytest.raises(ValueError, match=r"\(3,\)"):
-        be.bias_act_forward(z, np.zeros(4, np.float32), ref.RELU, 0.0)
+        be.bias_act_forward(z, np.zeros(4, np.float32), codes.RELU, 0.0)
     with pytest.raises(ValueError, match="C-contiguous"):
-        be.act_forward(np.zeros((3, 4), np.float32).T, z, ref.RELU, 0.0)
+        be.act_forward(np.zeros((3, 4), np.float32).T, z, codes.RELU, 0.0)
     with pytest.raises(TypeError, match="labels"):
         be.softmax_xent(z, np.zeros(2), z, np.zeros(4, np.float32), 1.0)
     with pytest.raises(TypeError, match="stats"):
@@ -641,6 +725,45 @@ def test_adam_update(cuda, dtype, p, cover_all, planted_bad, bad_dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_updates_match_the_cpu_step_by_step(cuda, dtype, opt):
+    # the twins compute the same arithmetic (kernels/optim.cu, cpu/optim.py): in the parameter
+    # dtype, one rounding per operation in the same order, no fma. Each step starts both from
+    # the CPU's state; they agree to the last bit, but for the last bit of pow in Adam's bias
+    # corrections (double, CUDA's against the C library's)
+    rng = np.random.default_rng(11)
+    p = 70001
+    seg = _segments(p, True)
+    segd = [cuda.to_device(s) for s in seg]
+    params = _rand(rng, (p,), dtype, 0.05)
+    state = [np.zeros(p, dtype), np.zeros(p, dtype)]           # buf, or m and v
+    differ = 0
+    for t in range(1, 6):
+        grads = _rand(rng, (p,), dtype)
+        got = [cuda.to_device(a) for a in [params] + state]
+        gd, prev, bad = cuda.to_device(grads), cuda.empty((p,), dtype), cuda.zeros((1,), np.int64)
+        cpu_prev, cpu_bad = np.empty(p, dtype), np.zeros(1, np.int64)
+        if opt == "adam":
+            hyper = (1e-3, 0.9, 0.999, 1e-8)
+            cuda.adam_update(got[0], prev, got[1], got[2], bad, gd, *segd, *hyper,
+                             cuda.to_device(np.array([t], np.int64)))
+            cpu_backend.adam_update(params, cpu_prev, *state, cpu_bad, grads, *seg, *hyper, np.array([t]))
+        else:
+            momentum, nesterov = {"sgd": (0.0, False), "momentum": (0.9, False), "nesterov": (0.8, True)}[opt]
+            cuda.sgd_update(got[0], prev, got[1], bad, gd, *segd, 0.05, momentum, nesterov)
+            cpu_backend.sgd_update(params, cpu_prev, state[0], cpu_bad, grads, *seg, 0.05, momentum, nesterov)
+            got = got[:2]
+        for what, g, want in zip(("params", "state", "state"), got, [params] + state):
+            g = cuda.to_host(g)
+            differ += np.count_nonzero(g != want)
+            np.testing.assert_array_max_ulp(g, want, maxulp=1 if opt == "adam" else 0,
+                                            err_msg=f"{opt} {what} step {t}")
+        assert int(cuda.to_host(bad)[0]) == int(cpu_bad[0]) == 0
+    print(f"{opt} {np.dtype(dtype).name}: {differ} elements differ from the CPU's (by one ulp) over 5 steps")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("p, cover_all", [(1, True), (1001, True), (70001, False)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_add_reg_grad(cuda, dtype, p, cover_all):
@@ -694,9 +817,9 @@ def test_gather_rows(cuda, dtype, idx_dtype, shape, b):
 @pytest.mark.parametrize("tb", [False, True])
 @pytest.mark.parametrize("m,k,n", [(37, 19, 23), (1, 5, 1), (64, 1, 3), (3, 300, 2)])
 def test_direct_cublas_gemm_every_layout(cuda, dtype, ta, tb, m, k, n):
-    """cuda_blas.gemm (cuBLAS through ctypes) against NumPy float64 for C-contiguous
+    """cuda/blas.py's gemm (cuBLAS through ctypes) against NumPy float64 for C-contiguous
     and transposed operands, and the strided views it hands back to cupy.matmul."""
-    from fastmlp.backend import cuda_blas
+    from fastmlp.backend.cuda import blas as cuda_blas
     rng = np.random.default_rng(m * 100 + k)
     a = _rand(rng, (k, m) if ta else (m, k), dtype)
     b = _rand(rng, (n, k) if tb else (k, n), dtype)

@@ -1,4 +1,4 @@
-"""Training steps replayed as CUDA graphs (fastmlp/backend/cuda_graph.py).
+"""Training steps replayed as CUDA graphs (fastmlp/backend/cuda/graph.py).
 
 On a GPU (marked ``gpu``): a fit through graphs gives bitwise the weights of the
 same fit run eagerly (same kernels, same launch shapes), for full-batch and
@@ -28,7 +28,7 @@ def gpu(test):
     return pytest.mark.gpu(pytest.mark.skipif(not _CUDA_OK, reason=f"no CUDA device: {_CUDA_WHY}")(test))
 
 
-GRAPH_PY = os.path.join(os.path.dirname(fm.__file__), "backend", "cuda_graph.py")
+GRAPH_PY = os.path.join(os.path.dirname(fm.__file__), "backend", "cuda", "graph.py")
 
 
 def _dense_model(graphs, optimizer=None, dtype="float64"):
@@ -63,12 +63,12 @@ def test_graph_fit_equals_eager_fit_bitwise(batch_size, optimizer):
         opt = fm.SGD(0.1, momentum=0.9) if optimizer == "momentum" else fm.Adam(0.01)
         return _dense_model(graphs, optimizer=opt)
     (g, hg), (e, he) = _fit_both(make, X, y, epochs=6, batch_size=batch_size)
-    assert g._graphs is not None and g._graphs.disabled is None, g._graphs and g._graphs.disabled
-    assert g._graphs.captured == (1 if batch_size is None else 2)
-    assert g._graphs.replays > 0
-    assert g.cuda_graph_info == {"captured": g._graphs.captured, "replays": g._graphs.replays,
+    assert g.step_graphs is not None and g.step_graphs.disabled is None, g.step_graphs and g.step_graphs.disabled
+    assert g.step_graphs.captured == (1 if batch_size is None else 2)
+    assert g.step_graphs.replays > 0
+    assert g.cuda_graph_info == {"captured": g.step_graphs.captured, "replays": g.step_graphs.replays,
                                  "disabled": None}
-    assert e._graphs is None and e.cuda_graph_info is None
+    assert e.step_graphs is None and e.cuda_graph_info is None
     for a, b in zip(g.get_weights(), e.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert hg.history["loss"] == he.history["loss"]
@@ -90,7 +90,7 @@ class _HalveLr(fm.callbacks.Callback):
 def test_a_learning_rate_changed_by_a_callback_is_a_new_graph():
     X, y = _data()
     (g, _), (e, _) = _fit_both(_dense_model, X, y, epochs=5, batch_size=None, callbacks=[_HalveLr()])
-    assert g._graphs.disabled is None and g._graphs.captured == 2
+    assert g.step_graphs.disabled is None and g.step_graphs.captured == 2
     for a, b in zip(g.get_weights(), e.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -109,7 +109,7 @@ def test_cnn_graph_fit_equals_eager_fit(batchnorm):
         m.cuda_graphs = graphs
         return m
     (g, _), (e, _) = _fit_both(make, X, y, epochs=3, batch_size=8)
-    assert g._graphs.disabled is None and g._graphs.captured == 1
+    assert g.step_graphs.disabled is None and g.step_graphs.captured == 1
     for a, b in zip(g.get_weights(), e.get_weights()):
         np.testing.assert_array_equal(a, b)
     for lg, le in zip(g.layers, e.layers):
@@ -141,7 +141,7 @@ def test_steps_that_draw_on_the_host_run_eagerly():
     m = fm.Sequential([fm.Dense(20, 8), fm.ReLU(), fm.Dropout(0.5), fm.Dense(8, 3)],
                       loss="softmax_crossentropy", device="cuda", seed=1)
     m.fit(X, y, epochs=1, batch_size=16)
-    assert m._graphs is None
+    assert m.step_graphs is None
 
 
 def test_adam_device_step_count_follows_the_host():
@@ -161,7 +161,7 @@ def test_no_graphs_on_the_cpu():
     X, y = _data()
     m = fm.Sequential([fm.Dense(20, 3)], loss="softmax_crossentropy", seed=0)
     m.fit(X, y, epochs=1, batch_size=16)
-    assert m._graphs is None and m.cuda_graph_info is None and m.optimizer.t == 5
+    assert m.step_graphs is None and m.cuda_graph_info is None and m.optimizer.t == 5
 
 
 # --- the state machine, on a stand-in CuPy (runs everywhere) --------------------------

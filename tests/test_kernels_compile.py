@@ -2,12 +2,13 @@
 
 (a) NVRTC, through the ``cuda-bindings`` package and the ``nvidia-cuda-nvrtc``
     wheel (``pip install "fastmlp[kernels-check]"``): the source, options and
-    name expressions of ``fastmlp.backend.cuda_source``, the exact inputs of
+    name expressions of ``fastmlp.backend.cuda.source``, the exact inputs of
     the backend's ``cupy.RawModule``, for compute_80 and compute_90. Fails (does
     not skip) when cuda-bindings is importable and a kernel does not compile.
 (b) ``nvcc --ptx`` for sm_80 and sm_90 with warnings as errors, on a unit that
     instantiates the same name expressions (``cuda_source.nvcc_unit``), where
     nvcc is on PATH.
+(c) The activation codes of kernels/activation.cuh are those of fastmlp/backend/codes.py.
 """
 import ctypes
 import glob
@@ -20,7 +21,8 @@ import sys
 
 import pytest
 
-from fastmlp.backend import cuda_source
+from fastmlp.backend import codes
+from fastmlp.backend.cuda import source as cuda_source
 
 ARCHS = (80, 90)
 FAMILIES = cuda_source.FAMILIES
@@ -163,8 +165,8 @@ def _nvcc():
     return nvcc
 
 
-def nvcc_ptx(nvcc, unit_path, arch, out_path):
-    cmd = [nvcc, "--ptx", f"-arch=sm_{arch}", *cuda_source.OPTIONS,
+def nvcc_ptx(nvcc, family, unit_path, arch, out_path):
+    cmd = [nvcc, "--ptx", f"-arch=sm_{arch}", *cuda_source.options(family),
            "-Werror", "all-warnings", "-o", str(out_path), str(unit_path)]
     return subprocess.run(cmd, capture_output=True, text=True), cmd
 
@@ -176,7 +178,7 @@ def test_nvcc_compiles_family(family, arch, tmp_path):
     unit = tmp_path / f"{family}.cu"   # same line numbers as kernels/<family>.cu
     unit.write_text(cuda_source.nvcc_unit(family))
     out = tmp_path / f"{family}.sm_{arch}.ptx"
-    proc, cmd = nvcc_ptx(nvcc, unit, arch, out)
+    proc, cmd = nvcc_ptx(nvcc, family, unit, arch, out)
     assert proc.returncode == 0, (f"nvcc failed on kernels/{family}.cu for sm_{arch}:\n"
                                   f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
     n = len(_entries(out.read_text()))
@@ -190,7 +192,7 @@ def test_nvcc_check_reports_a_planted_warning(tmp_path):
     unit = tmp_path / "data.cu"
     unit.write_text(cuda_source.nvcc_unit("data").replace(
         "const long long r = e / f;", "const long long r = e / f; int unused_here = 0;", 1))
-    proc, _ = nvcc_ptx(nvcc, unit, 80, tmp_path / "data.ptx")
+    proc, _ = nvcc_ptx(nvcc, "data", unit, 80, tmp_path / "data.ptx")
     print(proc.stderr)
     assert proc.returncode != 0
 
@@ -207,3 +209,13 @@ def test_ci_nvcc_script_runs():
         assert proc.stdout.count(": ok") == len(FAMILIES) * len(ARCHS)
     else:
         assert "skipping" in proc.stdout
+
+
+# --- (c) the codes both sides share ---------------------------------------------------
+
+def test_activation_header_defines_the_codes_of_codes_py():
+    header = open(os.path.join(cuda_source.kernels_dir(), "activation.cuh"), encoding="utf-8").read()
+    defines = {name: int(value) for name, value in re.findall(r"^#define FASTMLP_(\w+) (\d+)\s*$", header, re.M)}
+    print(defines)
+    assert defines == {name.upper(): code for name, code in codes.ACTIVATION_CODES.items()}
+    assert defines == {k: getattr(codes, k) for k in ("IDENTITY", "RELU", "LEAKY_RELU", "TANH", "SIGMOID")}

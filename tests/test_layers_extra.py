@@ -10,8 +10,10 @@ import pytest
 
 import fastmlp as fm
 from fastmlp.backend import cpu, cuda_available, get_backend
-from fastmlp.backend import cpu_kernels as K
 from fastmlp.backend import reference as R
+from fastmlp.backend.cpu import dropout as cpu_dropout
+from fastmlp.backend.cpu import norm as cpu_norm
+from fastmlp.backend.cpu.reduce import partial_sums
 from fastmlp.gradcheck import gradcheck, gradcheck_layer
 
 TOL = 1e-6
@@ -71,10 +73,10 @@ def test_batchnorm_kernels(shape, training, twin, dtype, rng):
             R.batchnorm_forward(v(y), mean, invstd, rmean, rvar, v(x), gamma, beta, 0.9, 1e-5, training)
             R.batchnorm_backward(v(dx), dgamma, dbeta, v(dy), v(x), mean, invstd, gamma, training)
         else:
-            K.batchnorm_forward[twin](v(y), mean, invstd, rmean, rvar, cpu._partial_sums(c), v(x), gamma, beta,
-                                      0.9, 1e-5, training)
-            K.batchnorm_backward[twin](v(dx), dgamma, dbeta, cpu._partial_sums(2 * c), v(dy), v(x), mean, invstd,
-                                       gamma, training)
+            cpu_norm.batchnorm_forward_twins[twin](v(y), mean, invstd, rmean, rvar, partial_sums(c), v(x), gamma,
+                                                   beta, 0.9, 1e-5, training)
+            cpu_norm.batchnorm_backward_twins[twin](v(dx), dgamma, dbeta, partial_sums(2 * c), v(dy), v(x), mean,
+                                                    invstd, gamma, training)
         results.append((y, mean, invstd, rmean, rvar, dx, dgamma, dbeta))
     errs = [_rel(a, b) for a, b in zip(results[1], results[0])]
     print(f"batchnorm {shape} training={training} twin={twin} {dtype.__name__}: "
@@ -317,7 +319,7 @@ def test_batchnorm_float32_matches_float64(rng):
     for dt in ("float32", "float64"):
         m = fm.Sequential([fm.Conv2D(1, 2, 3), fm.BatchNorm(2), fm.Flatten()], dtype=dt, seed=0,
                           input_shape=(1, 6, 6))
-        outs.append(np.array(m._forward(m.be.to_device(X, m.dtype), True), np.float64))
+        outs.append(np.array(m.forward(m.be.to_device(X, m.dtype), True), np.float64))
     err = _rel(outs[0], outs[1])
     print(f"BatchNorm float32 vs float64 on data with mean 10: {err:.1e}")
     assert err <= 1e-5
@@ -335,8 +337,8 @@ def test_dropout_kernels(rate, twin, dtype, rng):
     R.dropout_forward(want_y, want_mask, x, rate)
     R.dropout_backward(want_dx, dy, want_mask)
     y, mask, dx = np.empty_like(x), u.copy(), np.empty_like(x)
-    K.dropout_forward[twin](y.reshape(-1), mask.reshape(-1), x.reshape(-1), rate)
-    K.dropout_backward[twin](dx.reshape(-1), dy.reshape(-1), mask.reshape(-1))
+    cpu_dropout.dropout_forward_twins[twin](y.reshape(-1), mask.reshape(-1), x.reshape(-1), rate)
+    cpu_dropout.dropout_backward_twins[twin](dx.reshape(-1), dy.reshape(-1), mask.reshape(-1))
     errs = [_rel(y, want_y), _rel(mask, want_mask), _rel(dx, want_dx)]
     print(f"dropout rate={rate} twin={twin} {dtype.__name__}: {errs}")
     assert max(errs) <= KERNEL_TOL[dtype]

@@ -31,12 +31,12 @@ def test_train_step_allocates_nothing(opt, rng):
     y = rng.integers(0, 10, 256)
     model = _model(opt)
     model.fit(X, y, epochs=1, batch_size=64)          # warm-up: JIT, workspaces, gather buffers
-    xb, tb = model._batch_buffers(64, *model._prepare(X, y))
-    model._train_step(xb, tb)
+    xb, tb = model.batch_buffers.get(64, *model.prepare(X, y))
+    model.train_step(xb, tb, model.stats)
 
     def steps():
         for _ in range(50):
-            model._train_step(xb, tb)
+            model.train_step(xb, tb, model.stats)
 
     grew = _traced_peak(steps)
     one_batch = xb.nbytes

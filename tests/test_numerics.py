@@ -15,7 +15,7 @@ import pytest
 import fastmlp as fm
 from fastmlp.backend import get_backend
 from fastmlp.backend import reference as ref
-from fastmlp.backend.reference import SIGMOID, TANH
+from fastmlp.backend.codes import SIGMOID, TANH
 
 from conftest import DEVICES
 

@@ -154,7 +154,7 @@ def _shared(loss, bn=False):
 
 
 def _snapshot(m):
-    return (m.get_weights(), [np.array(s) for s in m._state], m.optimizer.t, m.rng.bit_generator.state,
+    return (m.get_weights(), [np.array(s) for s in m.flat.state], m.optimizer.t, m.rng.bit_generator.state,
             [layer.get_state() for layer in m.layers])
 
 

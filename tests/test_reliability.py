@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import io as fio
+from fastmlp import atomic, files
 from fastmlp.backend import cpu as cpu_backend
+from fastmlp.backend.cpu.reduce import partial_sums
 from fastmlp.layers import Layer, register
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def _same_weights(a, b):
 def _full_state(model):
     """Everything that decides the next steps: weights, optimizer, generator, layer state."""
     return {"weights": model.get_weights(),
-            "opt": [np.array(model.be.to_host(s)) for s in model._state], "t": model.optimizer.t,
+            "opt": [np.array(model.be.to_host(s)) for s in model.flat.state], "t": model.optimizer.t,
             "rng": model.rng.bit_generator.state,
             "layers": [layer.get_state() for layer in model.layers]}
 
@@ -127,7 +128,7 @@ def test_save_load_continue_equals_uninterrupted(opt, rng, tmp_path):
     other = _mlp(opt)
     other.fit(X, y, epochs=3, batch_size=32)
     other.optimizer.t = 0
-    for buf in other._state:
+    for buf in other.flat.state:
         buf[...] = 0
     other.fit(X, y, epochs=2, batch_size=32)
     assert not _same_weights(other, straight)
@@ -143,7 +144,7 @@ def test_file_is_a_plain_npz_without_pickle(rng, tmp_path):
         header = json.loads(npz["header"].tobytes().decode())
         assert npz["param_0"].shape == (6, 16)
     print(json.dumps({k: header[k] for k in ("format", "version", "optimizer_step", "training")}))
-    assert header["format"] == "fastmlp-model" and header["version"] == fio.MODEL_VERSION
+    assert header["format"] == "fastmlp-model" and header["version"] == files.MODEL_VERSION
     arch = header["model"]
     assert [e["class"] for e in arch["layers"]] == ["Dense", "ReLU", "BatchNorm", "Dropout", "Dense",
                                                    "Tanh", "Dense"]
@@ -152,7 +153,7 @@ def test_file_is_a_plain_npz_without_pickle(rng, tmp_path):
     assert header["rng"]["bit_generator"] == "PCG64" and header["optimizer_step"] == 3
     assert set(header["arrays"]["layers"]) == {"2"}                 # BatchNorm running statistics
     comment = zipfile.ZipFile(path).comment.decode()
-    assert comment.startswith(f"fastmlp-model {fio.MODEL_VERSION} sha256:")
+    assert comment.startswith(f"fastmlp-model {files.MODEL_VERSION} sha256:")
 
 
 def test_no_pickle_in_the_package():
@@ -225,8 +226,8 @@ def test_load_on_another_device_name_and_bad_device(rng, tmp_path, monkeypatch):
         fm.load_model(tmp_path / "m.fmlp", device="tpu")
     if fm.backend.cuda_available()[0]:
         return
-    real = fio.architecture
-    monkeypatch.setattr(fio, "architecture", lambda m: dict(real(m), device="cuda"))
+    real = fm.Sequential.get_config
+    monkeypatch.setattr(fm.Sequential, "get_config", lambda m: dict(real(m), device="cuda"))
     model.save(tmp_path / "gpu.fmlp")                 # as if saved on a GPU machine
     monkeypatch.undo()
     with pytest.raises((ImportError, RuntimeError), match="device='cpu'"):
@@ -303,9 +304,9 @@ def test_foreign_files_are_refused(tmp_path):
 def test_future_version_is_refused(saved, tmp_path, monkeypatch):
     path, _ = saved
     model = fm.load_model(path)
-    monkeypatch.setattr(fio, "MODEL_VERSION", 7)
+    monkeypatch.setattr(files, "MODEL_VERSION", 7)
     model.save(tmp_path / "future.fmlp")
-    monkeypatch.setattr(fio, "MODEL_VERSION", 1)
+    monkeypatch.setattr(files, "MODEL_VERSION", 1)
     print(_refused(tmp_path / "future.fmlp", "newer fastmlp", "version 7", "upgrade"))
 
 
@@ -351,10 +352,10 @@ def test_fallback_paths_are_atomic_too(mode, saved, tmp_path, monkeypatch):
     path, blob = saved
     model = fm.load_model(path)
     if mode == "named-temp":
-        monkeypatch.setattr(fio, "_open_unnamed", lambda folder: None)
+        monkeypatch.setattr(atomic, "_open_unnamed", lambda folder: None)
     else:
-        monkeypatch.setattr(fio, "_link_unnamed", lambda fd, dest: False)
-    monkeypatch.setattr(fio, "_link_works", {})
+        monkeypatch.setattr(atomic, "_link_unnamed", lambda fd, dest: False)
+    monkeypatch.setattr(atomic, "_link_works", {})
     model.save(path)
     back = fm.load_model(path)
     _assert_same_state(model, back)
@@ -372,7 +373,7 @@ def test_stale_temporaries_of_dead_processes_are_swept(saved):
     path, _ = saved
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    host = fio.socket.gethostname().replace(".", "_") or "host"
+    host = atomic.socket.gethostname().replace(".", "_") or "host"
     stale = path.parent / f".{path.name}.{host}-{dead}.0123abcd.tmp"
     alive = path.parent / f".{path.name}.{host}-{os.getppid()}.4567abcd.tmp"
     stale.write_bytes(b"left by a killed save")
@@ -617,13 +618,13 @@ def test_ctrl_c_full_batch_keeps_last_completed_step(rng, monkeypatch):
 def test_ctrl_c_during_the_final_checkpoint_is_not_lost(rng, tmp_path, monkeypatch):
     X, y = _data(rng)
     path = tmp_path / "ck.fmlp"
-    real = fio.save_model
+    real = files.write_model_file
 
-    def save_and_interrupt(model, p):
+    def save_and_interrupt(p, state):
         os.kill(os.getpid(), signal.SIGINT)      # arrives while the file is being written
-        return real(model, p)
+        return real(p, state)
 
-    monkeypatch.setattr(fio, "save_model", save_and_interrupt)
+    monkeypatch.setattr(files, "write_model_file", save_and_interrupt)
     model = _mlp("adam")
     with pytest.raises(KeyboardInterrupt):
         model.fit(X, y, epochs=2, batch_size=64, checkpoint=path, checkpoint_every=5)
@@ -727,17 +728,17 @@ def test_h5py_input_is_validated_before_training(rng, tmp_path):
 # --------------------------------------------------------------------------- memory
 
 def _actual_bytes(model, b):
-    parts = [model._params, model._grads, model._prev, *model._state, model._stats, model._bad,
-             model._penalty_buf, *model._seg]
+    flat = model.flat
+    parts = [flat.params, flat.grads, flat.prev, *flat.state, model.stats, flat.bad, flat._penalty, *flat.seg]
     total = sum(a.nbytes for a in parts)
     total += sum(buf.nbytes for layer in model.layers for buf in layer._ws.values())
-    total += sum(a.nbytes for bufs in model._gather_bufs.values() for a in bufs)
+    total += model.batch_buffers.nbytes()
     total += model._dlogits_bufs[b].nbytes
     widths = {layer.out_features for layer in model.layers if isinstance(layer, fm.Dense)}
     widths |= {w * layer.features for layer in model.layers if isinstance(layer, fm.BatchNorm) for w in (1, 2)}
     widths |= {layer.out_channels for layer in model.layers           # a fused conv epilogue's sums
                if isinstance(layer, fm.Conv2D) and layer.pool is not None}
-    total += sum(cpu_backend._partial_sums(w).nbytes for w in widths)
+    total += sum(partial_sums(w).nbytes for w in widths)
     return total
 
 
@@ -774,7 +775,7 @@ def test_memory_report_bounds_what_a_first_fit_allocates(rng):
 
     make().fit(X[:b], y[:b], epochs=1, batch_size=b)     # JIT compilation outside the measurement
     model = make()   # the flat buffers exist from here (building also draws float64 initial values)
-    flat = sum(a.nbytes for a in [model._params, model._grads, model._prev, *model._state])
+    flat = sum(a.nbytes for a in [model.flat.params, model.flat.grads, model.flat.prev, *model.flat.state])
     tracemalloc.start()
     try:
         model.fit(X, y, epochs=1, batch_size=b, shuffle=False)

@@ -1,4 +1,9 @@
-"""Backend registry: one module per device, the same op names in each."""
+"""Backend registry: one package per device (``cpu``, ``cuda``), the same op names in each.
+
+Inside each, one module per family of ops, named as ``kernels/<family>.cu``; the
+vocabulary they share (activation codes, shape letters) is ``codes.py``, the ground
+truth of their tests ``reference.py``.
+"""
 import importlib
 
 _CUDA_EXTRA = 'pip install "fastmlp[cuda13]" (or "fastmlp[cuda12]" for CUDA 12)'
@@ -26,7 +31,8 @@ def devices():
 
 
 def get_backend(device):
-    """The backend module for "cpu", "cuda" or "auto"."""
+    """The backend package for "cpu", "cuda" or "auto": its ops and attributes (``name``,
+    ``xp``, ``host_arrays``, ...) are what a model uses."""
     if not isinstance(device, str):
         raise TypeError(f"expected device as a str ('cpu', 'cuda' or 'auto'), got {type(device).__name__}")
     if device == "cpu":

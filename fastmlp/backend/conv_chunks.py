@@ -1,8 +1,8 @@
-"""Conv2D's fused path as separate kernels, run chunk after chunk: the GPU's way.
+"""Conv2D's fused path as separate ops, run chunk after chunk: the GPU's way.
 
 ``conv_act_pool_forward`` / ``_backward`` of the CUDA backend (and of the CPU
-backend when cpu_conv's single kernel can't run, see cpu.fused_conv_chunks)
-call the backend's own im2col, matmul, fused pooling and col2im kernels on one
+backend when its one-kernel path can't run, see ``cpu.fused_conv_chunks``)
+call the backend's own im2col, matmul, fused pooling and col2im ops on one
 chunk of images after another, in row 0 of the scratch buffers. On the GPU the
 batch is one chunk (``conv_chunk_bytes`` is None), so forward's cols are still
 there for backward: backward must follow its forward with the scratch as forward

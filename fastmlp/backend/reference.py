@@ -1,16 +1,13 @@
 """NumPy float64 reference of every backend op: the ground truth of the tests.
 
 Short and readable on purpose; never the fast path. Each function has the
-same name and argument order as its kernel twins in ``cpu_kernels.py`` and
-``kernels/*.cu``: outputs first, then inputs, then scalars.
-
-Shape vocabulary (used across fastmlp): N batch, D inputs, M outputs of a
-layer, C classes, P parameters in the flat buffer, S parameter segments.
+same name and argument order as the ops of both backends (``backend/cpu/<family>.py``,
+``backend/cuda/<family>.py``) and its kernels in ``kernels/<family>.cu``: outputs
+first, then inputs, then scalars. Shapes use the letters of ``codes.py``.
 """
 import numpy as np
 
-# Activation codes shared by every backend (and the CUDA kernels).
-IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID = 0, 1, 2, 3, 4
+from .codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, window_output_size
 
 
 def act(x, code, alpha=0.0):
@@ -68,7 +65,7 @@ def act_backward(dx, dy, y, code, alpha):
 
 
 def softmax_forward(p, logits):
-    # p, logits are (N, C)
+    # p, logits are (N, M)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     p[...] = e / e.sum(axis=1, keepdims=True)
 
@@ -76,7 +73,7 @@ def softmax_forward(p, logits):
 def softmax_xent(dlogits, stats, logits, labels, scale):
     """Softmax cross-entropy fused with its gradient.
 
-    logits (N, C), labels (N,) integers in [0, C); dlogits (N, C) =
+    logits (N, M), labels (N,) integers in [0, M); dlogits (N, M) =
     (softmax - onehot) * scale; stats (2,) float64 accumulates
     [sum of per-sample losses, number of correct argmax predictions]."""
     n = logits.shape[0]
@@ -93,15 +90,15 @@ def softmax_xent(dlogits, stats, logits, labels, scale):
 def bce_logits(dlogits, stats, logits, targets, scale):
     """Binary cross-entropy from logits fused with its gradient.
 
-    logits, targets (N, K); per-sample loss is the mean over K of
-    max(x, 0) - x*y + log(1 + exp(-|x|)); dlogits = (sigmoid(x) - y) * scale / K;
-    stats += [sum of per-sample losses, correct decisions (x > 0) == (y > 0.5) / K]."""
-    k = logits.shape[1]
+    logits, targets (N, M); per-sample loss is the mean over M of
+    max(x, 0) - x*y + log(1 + exp(-|x|)); dlogits = (sigmoid(x) - y) * scale / M;
+    stats += [sum of per-sample losses, correct decisions (x > 0) == (y > 0.5) / M]."""
+    m = logits.shape[1]
     x, y = logits, targets
     losses = np.maximum(x, 0.0) - x * y + np.log1p(np.exp(-np.abs(x)))
-    dlogits[...] = (act(x, SIGMOID) - y) * (scale / k)
-    stats[0] += losses.sum() / k
-    stats[1] += np.sum((x > 0) == (y > 0.5)) / k
+    dlogits[...] = (act(x, SIGMOID) - y) * (scale / m)
+    stats[0] += losses.sum() / m
+    stats[1] += np.sum((x > 0) == (y > 0.5)) / m
 
 
 def mse(dout, stats, out, targets, scale):
@@ -139,7 +136,7 @@ def reg_penalty(out, params, seg_start, seg_l1, seg_l2):
 
 
 def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
-    # grads (P,) += L1/L2 gradient; segments cover [seg_start[0], seg_start[S])
+    # grads (NP,) += L1/L2 gradient; the NS segments cover [seg_start[0], seg_start[NS])
     grads += _reg_grad(params, seg_start, seg_l1, seg_l2)
 
 
@@ -153,7 +150,7 @@ def sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
                lr, momentum, nesterov):
     """torch.optim.SGD step over the flat buffer, L1/L2 added to the gradient.
 
-    params, prev, buf, grads are (P,); prev receives the parameters before the
+    params, prev, buf, grads are (NP,); prev receives the parameters before the
     step (so a step that went non-finite can be undone); bad (1,) counts
     non-finite new parameters. buf is the momentum buffer, zero at the start
     (torch's first-step buf = g is the same as buf = momentum * 0 + g)."""
@@ -179,19 +176,12 @@ def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
 
 
 def gather_rows(out, x, idx):
-    # out (B, ...) = x[idx]; x (N, ...), idx (B,) integers
+    # out (N, ...) = x[idx]; x (rows, ...) the data set, idx (N,) integers
     out[...] = x[idx]
 
 
 # --- images (NCHW): convolution by im2col, max pooling, batch norm, dropout ---------
-# C channels, H, W image height and width, KH, KW kernel, S stride, P zero padding,
-# OH = (H + 2P - KH) // S + 1 (floor, as PyTorch), OW likewise, L = OH * OW,
-# M output channels (filters).
-
-def conv_output_size(size, k, stride, pad):
-    # output length along one axis (floor, as PyTorch and Keras "valid" + padding)
-    return (size + 2 * pad - k) // stride + 1
-
+# OH = window_output_size(H, KH, S, P), OW likewise, L = OH * OW.
 
 def _windows(xp, kh, kw, stride, oh, ow):
     # (N, C, OH, OW, KH*KW): the KHxKW window of each output pixel, row-major in the window
@@ -211,7 +201,7 @@ def im2col(cols, x, kh, kw, stride, pad):
     row (c*KH + i)*KW + j holds x[n, c, oh*S + i - P, ow*S + j - P], 0 in the
     padding. Then W (M, C*KH*KW) @ cols is the convolution as one GEMM."""
     n, c, h, w = x.shape
-    oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+    oh, ow = window_output_size(h, kh, stride, pad), window_output_size(w, kw, stride, pad)
     xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     win = _windows(xp, kh, kw, stride, oh, ow)                # (N, C, OH, OW, KH*KW)
     cols[...] = win.transpose(1, 4, 0, 2, 3).reshape(c * kh * kw, n * oh * ow)
@@ -221,7 +211,7 @@ def col2im(dx, cols, kh, kw, stride, pad):
     """The adjoint of im2col: dx (N, C, H, W) = sum of every column's window
     written back where it came from (overlapping windows accumulate)."""
     n, c, h, w = dx.shape
-    oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+    oh, ow = window_output_size(h, kh, stride, pad), window_output_size(w, kw, stride, pad)
     win = np.asarray(cols, np.float64).reshape(c, kh, kw, n, oh, ow)
     dxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
     for i in range(kh):
@@ -320,18 +310,18 @@ def conv_act_pool_backward(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, 
 
 
 def transpose(out, a):
-    # out (B, A) = a.T for a (A, B): a weight gradient computed transposed, put in its layout
+    # out = a.T, a 2-D: a weight gradient computed transposed, put in its layout
     out[...] = np.asarray(a, np.float64).T
 
 
 def batchnorm_forward(y, mean, invstd, running_mean, running_var, x, gamma, beta,
                       momentum, eps, training):
-    """Batch normalisation of x (N, C, L) per channel c over its N*L values
-    ((N, F) input is (N, F, 1); images are (N, C, H*W)).
+    """Batch normalisation of x (N, C, H*W) per channel c over its N*H*W values
+    ((N, F) input is (N, F, 1); images (N, C, H, W) are (N, C, H*W)).
 
     training: mean, var are the batch's (biased var); running_mean and running_var
     (C,) become momentum * running + (1 - momentum) * batch (Keras convention),
-    with the unbiased batch variance var * N*L / (N*L - 1) (as PyTorch).
+    with the unbiased batch variance var * N*H*W / (N*H*W - 1) (as PyTorch).
     evaluation: mean, var are the running statistics, left unchanged.
     mean, invstd (C,) receive the mean and 1/sqrt(var + eps) used (backward needs them);
     y = gamma * (x - mean) * invstd + beta with gamma, beta (C,)."""
@@ -351,10 +341,10 @@ def batchnorm_forward(y, mean, invstd, running_mean, running_var, x, gamma, beta
 
 
 def batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, training):
-    """dx (N, C, L), dgamma, dbeta (C,) from dy (N, C, L) and what batchnorm_forward kept.
+    """dx (N, C, H*W), dgamma, dbeta (C,) from dy (N, C, H*W) and what batchnorm_forward kept.
 
-    xhat = (x - mean) * invstd; dbeta = sum dy, dgamma = sum dy * xhat (over N, L);
-    training: dx = gamma * invstd * (dy - dbeta / (N*L) - xhat * dgamma / (N*L))
+    xhat = (x - mean) * invstd; dbeta = sum dy, dgamma = sum dy * xhat (over N, H*W);
+    training: dx = gamma * invstd * (dy - dbeta / (N*H*W) - xhat * dgamma / (N*H*W))
     (the batch statistics depend on x); evaluation: dx = gamma * invstd * dy."""
     dy64 = np.asarray(dy, np.float64)
     xhat = (np.asarray(x, np.float64) - mean[None, :, None]) * invstd[None, :, None]
@@ -385,7 +375,7 @@ def dropout_backward(dx, dy, mask):
 def augment_images(out, x, params, c, h, w, channels_last, nearest):
     """A per-sample affine warp of a batch of images, zero outside (data augmentation).
 
-    out, x (N, F) with F = C*H*W: each row one image, C planes of H x W
+    out, x (N, C*H*W): each row one image, C planes of H x W
     (channels_last=0) or H x W pixels of C values (channels_last=1).
     params (N, 6) float64 maps an output pixel (row i, column j) to the
     source point sx = p0*j + p1*i + p2, sy = p3*j + p4*i + p5 (columns,

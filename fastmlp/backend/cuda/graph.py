@@ -3,12 +3,12 @@
 On small networks the GPU finishes each kernel of a step in a few microseconds,
 and the step's time is the host's: Python, argument checks and one launch per
 op. A CUDA graph records the step's launches once and replays them with one
-call. ``Sequential.fit`` uses it on ``device="cuda"`` when a step is a fixed
-sequence of launches on fixed buffers with fixed scalar arguments (see
-``Sequential._step_graphs``): SGD or Adam (Adam's step count, which changes,
+call. ``Sequential.fit`` uses one (the backend's ``step_graphs()``) on
+``device="cuda"`` when a step is a fixed sequence of launches on fixed buffers
+with fixed scalar arguments: SGD or Adam (Adam's step count, which changes,
 lives in device memory and is incremented by a launch of the step), no
 host-drawn randomness (Dropout, Augment), data already on the device. Anything
-else runs eagerly, as before.
+else runs eagerly.
 
 ``StepGraphs.run(key, step)``:
   1st call for a key: runs ``step`` eagerly on the capture stream, so that

@@ -2,16 +2,15 @@
 
 NumPy's OpenBLAS threads a big GEMM itself, and its worker threads then spin
 for a while (about 0.1 s) waiting for the next one. Numba's parallel kernels
-run on a second pool of threads (OpenMP's); on the project's 2-core machine a
-Numba kernel that needs a core OpenBLAS is spinning on waits for the OS to
-preempt the spinner (P3 with its chunked conv kernels, cpu_conv.py: 22 ms a
-step with OpenBLAS threading the dense GEMMs, 7 ms with this module). So a
-model with chunked conv kernels runs its big GEMMs here (cpu_gemm.matmul):
-a Numba ``prange`` calls OpenBLAS's ``cblas_?gemm`` once per block, OpenBLAS
+run on a second pool of threads (OpenMP's), and a Numba kernel that needs a
+core OpenBLAS is spinning on waits for the OS to preempt the spinner. So a
+model with chunked conv kernels runs its big GEMMs here (blas.matmul): a
+Numba ``prange`` calls OpenBLAS's ``cblas_?gemm`` once per block, OpenBLAS
 held to one thread meanwhile. A product is cut into T blocks (T = Numba's
 thread count) of output rows, of output columns, or of the inner dimension
 (partial products, summed in block order), whichever has each thread move the
-fewest elements. cpu_conv's kernels call the same ``cblas_?gemm`` directly.
+fewest elements. conv_act_pool.py's kernels call the same ``cblas_?gemm``
+directly.
 
 The blocks depend on the shape and T only, so a run is bitwise repeatable.
 The symbols are looked up in the OpenBLAS that NumPy itself loaded (its wheels

@@ -1,8 +1,8 @@
-"""out = a @ b through cuBLAS, called directly: the GEMM of the CUDA backend.
+"""GEMMs on the GPU: out = a @ b through cuBLAS, called directly.
 
 CuPy refuses any cuBLAS call while a stream is being captured into a CUDA
 graph (``cublas.setStream`` raises NotImplementedError), which would keep
-every training step out of a graph (backend/cuda_graph.py). cuBLAS itself can
+every training step out of a graph (graph.py). cuBLAS itself can
 be captured: scalars in host memory are read at capture time (ours are the
 constants 1 and 0), and with a workspace set once on the handle it allocates
 nothing. So this module calls ``cublasGemmEx`` on CuPy's handle for the
@@ -13,7 +13,7 @@ Row-major C (m, n) = A (m, k) @ B (k, n) is column-major C^T = B^T A^T: one
 ``gemm(opB, opA, n, m, k, B, A, C)``. A C-contiguous operand is its own
 transpose in column-major order (op N, leading dimension its row stride);
 a transposed view of one (F-contiguous) takes op T. Anything else (a general
-strided view, non-contiguous ``out``) returns False and the caller uses
+strided view, non-contiguous ``out``) returns False and ``matmul`` uses
 ``cupy.matmul``. Float32 computes in plain float32 unless CUPY_TF32=1, as
 CuPy does; float64 in float64.
 """
@@ -121,3 +121,19 @@ def gemm(out, a, b):
                             ctypes.byref(zero), out.data.ptr, rtype, n, ctype, _GEMM_DEFAULT),
            "cublasGemmEx")
     return True
+
+
+def matmul(out, a, b):
+    # out (m, n) = a (m, k) @ b (k, n); a and b may be transposed views. cuBLAS called
+    # directly (capturable into a CUDA graph); CuPy for other layouts
+    if not gemm(out, a, b):
+        cupy.matmul(a, b, out=out)
+
+
+def use_numba_thread_gemms(flag):
+    # nothing to choose on the GPU: the CPU backend picks the threads of its GEMMs
+    pass
+
+
+def numba_thread_gemms():
+    return False

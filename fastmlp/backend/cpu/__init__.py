@@ -1,0 +1,70 @@
+"""The CPU backend: NumPy arrays, BLAS GEMMs through NumPy, Numba kernels.
+
+Every backend package (``cpu``, ``cuda``) exports the same names with the same
+signatures, so layers never import numpy or cupy for math. Ops write into
+caller-provided outputs; none allocates on the hot path. One module per family
+of ops, the Numba twins of ``kernels/<family>.cu`` beside their ops: dense,
+loss, optim, data, augment, conv, pool, norm, dropout; conv_act_pool for
+Conv2D's fused path; blas for the GEMMs (openblas.py runs big ones on Numba's
+threads). jit.py compiles the kernels and picks a twin; activation.py and
+reduce.py hold what several families share.
+"""
+import os
+
+import numba
+import numpy as np
+
+
+def _cache_dir_is_writable():
+    here = os.path.dirname(__file__)
+    cache = os.path.join(here, "__pycache__")
+    return os.access(cache if os.path.isdir(cache) else here, os.W_OK)
+
+
+# Numba caches the kernels' machine code beside these modules; in an installed, read-only
+# package per user instead. Set before any kernel is compiled (the modules below).
+if "NUMBA_CACHE_DIR" not in os.environ and not _cache_dir_is_writable():
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.expanduser("~"), ".cache", "fastmlp", "numba")
+    numba.config.reload_config()
+
+from . import openblas  # noqa: E402
+from .augment import augment_images  # noqa: E402
+from .blas import matmul, numba_thread_gemms, use_numba_thread_gemms  # noqa: E402
+from .conv import (col2im, conv_bias_act_pool_backward, conv_bias_act_pool_forward,  # noqa: E402
+                   conv_bias_backward, conv_bias_forward, im2col, transpose)
+from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward  # noqa: E402
+from .data import (copy, copy_from_host, empty, gather_rows, random_uniform, synchronize,  # noqa: E402
+                   to_device, to_host, zeros)
+from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward  # noqa: E402
+from .dropout import dropout_backward, dropout_forward  # noqa: E402
+from .loss import bce_logits, mse, softmax_forward, softmax_xent  # noqa: E402
+from .norm import batchnorm_backward, batchnorm_forward  # noqa: E402
+from .optim import adam_update, add_reg_grad, reg_penalty, sgd_update  # noqa: E402
+from .pool import maxpool_backward, maxpool_forward  # noqa: E402
+from .reduce import reduction_scratch_nbytes  # noqa: E402
+
+name = "cpu"
+xp = np
+# Device arrays are host NumPy arrays: a host array is used in place, never staged.
+host_arrays = True
+# Full-batch SGD on a wide first layer runs in the row space of X by default (fastmlp/gram.py):
+# one (N, N) GEMM a step instead of two (N, D) ones.
+full_batch_gram = True
+
+# Conv2D cuts its batch into chunks of images whose cols and zt take about this many
+# bytes, so that a core's L2 cache holds them from im2col to the pooling; the count is a
+# multiple of 4, so 2 or 4 threads get equal shares.
+conv_chunk_bytes = 1 << 18
+# Whether conv_act_pool_forward / _backward run as one Numba kernel, a chunk per thread
+# (conv_act_pool.py); if not (NumPy's OpenBLAS not found), as the ops chunk after chunk.
+fused_conv_chunks = openblas.available()
+
+
+def threads():
+    # T: the threads a chunked kernel may run on, one scratch buffer each
+    return numba.get_num_threads()
+
+
+def step_graphs():
+    # no CUDA graphs on the CPU: a step is its ops, run eagerly
+    return None

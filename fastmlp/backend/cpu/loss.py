@@ -1,0 +1,141 @@
+"""The losses on the CPU, each fused with its gradient, and softmax: the Numba twins of
+kernels/loss.cu and their ops.
+
+Must match reference.softmax_forward, softmax_xent, bce_logits and mse. The loss
+arithmetic runs in float64 whatever the dtype; only the gradient is rounded to it.
+stats (2,) float64 is added into: [sum of per-sample losses, correct predictions].
+"""
+import math
+
+import numpy as np
+from numba import prange
+
+from .jit import cover_dependencies, pick, twins
+
+
+def _softmax_forward(p, logits):
+    # p, logits (N, M)
+    n, m = logits.shape
+    for i in prange(n):
+        mx = logits[i, 0]
+        for j in range(1, m):
+            mx = max(mx, logits[i, j])
+        s = 0.0
+        for j in range(m):
+            e = math.exp(logits[i, j] - mx)
+            p[i, j] = e
+            s += e
+        for j in range(m):
+            p[i, j] = p[i, j] / s
+
+
+softmax_forward_twins = twins(_softmax_forward)
+
+
+def softmax_forward(p, logits):
+    # p, logits (N, M)
+    pick(softmax_forward_twins, logits.size)(p, logits)
+
+
+def _softmax_xent(dlogits, stats, logits, labels, scale):
+    # logits (N, M), labels (N,) ints; dlogits (N, M); stats (2,) += [loss sum, correct]
+    n, m = logits.shape
+    loss_sum = 0.0
+    correct_sum = 0.0
+    for i in prange(n):
+        mx = np.float64(logits[i, 0])
+        arg = 0
+        for j in range(1, m):
+            if logits[i, j] > mx:
+                mx = np.float64(logits[i, j])
+                arg = j
+        s = 0.0
+        for j in range(m):                      # one exp per element, kept in dlogits
+            e = math.exp(np.float64(logits[i, j]) - mx)
+            dlogits[i, j] = e
+            s += e
+        y = labels[i]
+        loss_sum += math.log(s) - (np.float64(logits[i, y]) - mx)
+        correct_sum += 1.0 if arg == y else 0.0
+        k = scale / s
+        for j in range(m):
+            dlogits[i, j] = dlogits[i, j] * k
+        dlogits[i, y] -= scale
+    stats[0] += loss_sum
+    stats[1] += correct_sum
+
+
+softmax_xent_twins = twins(_softmax_xent)
+
+
+def softmax_xent(dlogits, stats, logits, labels, scale):
+    # dlogits, logits (N, M); labels (N,) integers
+    pick(softmax_xent_twins, logits.size)(dlogits, stats, logits, labels, scale)
+
+
+def _bce_logits(dlogits, stats, logits, targets, scale):
+    # logits, targets (N, M); per-sample loss is the mean over M
+    n, m = logits.shape
+    loss_sum = 0.0
+    correct_sum = 0.0
+    sm = scale / m
+    for i in prange(n):
+        ls = 0.0
+        cs = 0.0
+        for j in range(m):
+            x = np.float64(logits[i, j])
+            y = np.float64(targets[i, j])
+            ls += max(x, 0.0) - x * y + math.log1p(math.exp(-abs(x)))
+            dlogits[i, j] = (0.5 * (1.0 + math.tanh(0.5 * x)) - y) * sm
+            if (x > 0) == (y > 0.5):
+                cs += 1.0
+        loss_sum += ls / m
+        correct_sum += cs / m
+    stats[0] += loss_sum
+    stats[1] += correct_sum
+
+
+bce_logits_twins = twins(_bce_logits)
+
+
+def bce_logits(dlogits, stats, logits, targets, scale):
+    # dlogits, logits, targets (N, M)
+    pick(bce_logits_twins, logits.size)(dlogits, stats, logits, targets, scale)
+
+
+def _mse(dout, stats, out, targets, scale):
+    # out, targets (N, M); per-sample loss is the mean over M
+    n, m = out.shape
+    loss_sum = 0.0
+    correct_sum = 0.0
+    sm = 2.0 * scale / m
+    for i in prange(n):
+        ls = 0.0
+        ao = 0
+        at = 0
+        for j in range(m):
+            d = np.float64(out[i, j]) - np.float64(targets[i, j])
+            ls += d * d
+            dout[i, j] = d * sm
+            if out[i, j] > out[i, ao]:
+                ao = j
+            if targets[i, j] > targets[i, at]:
+                at = j
+        loss_sum += ls / m
+        if m == 1:
+            correct_sum += 1.0 if abs(np.float64(out[i, 0]) - np.float64(targets[i, 0])) < 0.5 else 0.0
+        else:
+            correct_sum += 1.0 if ao == at else 0.0
+    stats[0] += loss_sum
+    stats[1] += correct_sum
+
+
+mse_twins = twins(_mse)
+
+
+def mse(dout, stats, out, targets, scale):
+    # dout, out, targets (N, M)
+    pick(mse_twins, out.size)(dout, stats, out, targets, scale)
+
+
+cover_dependencies(__name__)

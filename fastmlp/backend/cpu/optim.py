@@ -1,0 +1,173 @@
+"""One-call optimizer steps over the flat parameter buffer on the CPU: the Numba twins of
+kernels/optim.cu and their ops.
+
+Must match reference.sgd_update, adam_update, add_reg_grad and reg_penalty
+(torch.optim.SGD and torch.optim.Adam, with the Keras L1/L2 gradient
+l1 * sign(w) + 2 * l2 * w added to the gradient).
+
+Precision: an update computes in the parameter dtype, as torch.optim does, since
+the updates are meant to match torch's step by step; float32 parameters get float32
+arithmetic (and vectorised loops). The scalars (lr, betas, eps, the L1/L2
+coefficients, Adam's bias corrections) are formed in float64 and cast once
+(``cast_like``); kernels/optim.cu does the same, operation for operation.
+reg_penalty is part of the loss, and sums in float64 like the losses.
+
+The kernels loop over the segments of the flat buffer and hand each segment to an
+inlined helper as 1-D slices: indexing the whole buffer within [lo, hi) bounds keeps
+LLVM from vectorising the loop, slices with their own base pointers vectorise.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .jit import cast_like, cover_dependencies, pick, twins
+
+
+@njit(inline="always", error_model="numpy")
+def _reg(w, l1, l2x2):
+    # d/dw of l1 |w| + l2 w^2 (0 at w = 0), in w's dtype (l1, l2x2 already cast);
+    # adds exactly 0 to the gradient of an unregularised (finite) parameter
+    return l1 * np.sign(w) + l2x2 * w
+
+
+@njit(inline="always", error_model="numpy")
+def _sgd_segment(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2):
+    lr, momentum = cast_like(lr, w), cast_like(momentum, w)
+    l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
+    nbad = 0
+    for i in prange(w.size):
+        wi = w[i]
+        gi = g[i] + _reg(wi, l1, l2x2)
+        if momentum == 0:
+            step = gi
+        else:
+            b = momentum * buf[i] + gi
+            buf[i] = b
+            step = gi + momentum * b if nesterov else b
+        prev[i] = wi
+        w[i] = wi - lr * step
+        nbad += not np.isfinite(w[i])     # the stored value: float32 may overflow
+    return nbad
+
+
+def _sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
+                lr, momentum, nesterov):
+    # params, prev, buf, grads (NP,); segment s is [seg_start[s], seg_start[s + 1]) with its
+    # L1/L2 coefficients seg_l1[s], seg_l2[s]; bad (1,) += the non-finite new parameters
+    nbad = 0
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_start[s + 1]
+        mbuf = buf[lo:hi] if momentum != 0 else prev[lo:hi]   # unused without momentum
+        nbad += _sgd_segment(params[lo:hi], prev[lo:hi], mbuf, grads[lo:hi], lr, momentum,
+                             nesterov, seg_l1[s], 2.0 * seg_l2[s])
+    bad[0] += nbad
+
+
+sgd_update_twins = twins(_sgd_update)
+
+
+def sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
+               lr, momentum, nesterov):
+    # flat (NP,) buffers, NS segments; buf is None or unused when momentum == 0
+    pick(sgd_update_twins, params.size)(params, prev, buf, bad, grads, seg_start,
+                                        seg_l1, seg_l2, lr, momentum, nesterov)
+
+
+@njit(inline="always", error_model="numpy")
+def _adam_segment(w, prev, m, v, g, beta1, beta2, eps, step_size, sqrt_bc2, l1, l2x2):
+    # 1 - beta is formed in float64 before the cast (as torch does with Python floats):
+    # 1 - 0.999 in float32 would be off by 5e-5
+    one_m_b1, one_m_b2 = cast_like(1.0 - beta1, w), cast_like(1.0 - beta2, w)
+    beta1, beta2, eps = cast_like(beta1, w), cast_like(beta2, w), cast_like(eps, w)
+    step_size, sqrt_bc2 = cast_like(step_size, w), cast_like(sqrt_bc2, w)
+    l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
+    nbad = 0
+    for i in prange(w.size):
+        wi = w[i]
+        gi = g[i] + _reg(wi, l1, l2x2)
+        mi = beta1 * m[i] + one_m_b1 * gi
+        vi = beta2 * v[i] + one_m_b2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        prev[i] = wi
+        w[i] = wi - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
+        nbad += not np.isfinite(w[i])
+    return nbad
+
+
+def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
+                 lr, beta1, beta2, eps, step):
+    # torch.optim.Adam; step (1,) int64 holds the step's count, from 1; the bias
+    # corrections in float64, once a call
+    step = float(step[0])
+    step_size = lr / (1.0 - beta1 ** step)
+    sqrt_bc2 = math.sqrt(1.0 - beta2 ** step)
+    nbad = 0
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_start[s + 1]
+        nbad += _adam_segment(params[lo:hi], prev[lo:hi], m[lo:hi], v[lo:hi], grads[lo:hi],
+                              beta1, beta2, eps, step_size, sqrt_bc2, seg_l1[s], 2.0 * seg_l2[s])
+    bad[0] += nbad
+
+
+adam_update_twins = twins(_adam_update)
+
+
+def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
+                lr, beta1, beta2, eps, step):
+    # flat (NP,) buffers, NS segments; step (1,) int64
+    pick(adam_update_twins, params.size)(params, prev, m, v, bad, grads, seg_start,
+                                         seg_l1, seg_l2, lr, beta1, beta2, eps, step)
+
+
+@njit(inline="always", error_model="numpy")
+def _add_reg_segment(g, w, l1, l2x2):
+    l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
+    for i in prange(w.size):
+        g[i] += _reg(w[i], l1, l2x2)
+
+
+def _add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
+    # grads (NP,) += the L1/L2 gradient inside the regularised segments
+    for s in range(seg_l1.size):
+        if seg_l1[s] != 0.0 or seg_l2[s] != 0.0:
+            lo, hi = seg_start[s], seg_start[s + 1]
+            _add_reg_segment(grads[lo:hi], params[lo:hi], seg_l1[s], 2.0 * seg_l2[s])
+
+
+add_reg_grad_twins = twins(_add_reg_grad)
+
+
+def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
+    pick(add_reg_grad_twins, params.size)(grads, params, seg_start, seg_l1, seg_l2)
+
+
+@njit(inline="always", error_model="numpy")
+def _penalty_segment(w, l1, l2):
+    acc = 0.0
+    for i in prange(w.size):
+        wi = np.float64(w[i])
+        acc += l1 * abs(wi) + l2 * wi * wi
+    return acc
+
+
+def _reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+    # out (1,) float64 = sum over segments of l1 * sum|w| + l2 * sum w^2
+    total = 0.0
+    for s in range(seg_l1.size):
+        if seg_l1[s] != 0.0 or seg_l2[s] != 0.0:
+            lo, hi = seg_start[s], seg_start[s + 1]
+            total += _penalty_segment(params[lo:hi], seg_l1[s], seg_l2[s])
+    out[0] = total
+
+
+reg_penalty_twins = twins(_reg_penalty)
+
+
+def reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+    # out (1,) float64, assigned
+    pick(reg_penalty_twins, params.size)(out, params, seg_start, seg_l1, seg_l2)
+
+
+cover_dependencies(__name__)

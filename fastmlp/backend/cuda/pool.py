@@ -1,0 +1,40 @@
+"""Max pooling on the GPU: the launchers of kernels/pool.cu.
+
+Must match reference.maxpool_forward and maxpool_backward; the same names and arguments
+as the CPU twins in cpu/pool.py.
+"""
+import numpy as np
+
+from ..codes import window_output_size
+from .launch import THREADS, blocks, check_argmax, ftype, kernel, same_shape
+from .source import expr
+
+
+def maxpool_forward(y, argmax, x, k, stride):
+    # x (N, C, H, W); y, argmax (N, C, OH, OW), argmax int32
+    n, c, h, w = x.shape
+    oh, ow = window_output_size(h, k, stride), window_output_size(w, k, stride)
+    same_shape("y", y, (n, c, oh, ow))
+    check_argmax(argmax, y.shape)
+    t = ftype(y, x)
+    if y.size == 0:
+        return
+    kernel("pool", expr("maxpool_forward", t))(
+        (blocks(y.size),), (THREADS,),
+        (y, argmax, x, np.int64(n * c), np.int32(h), np.int32(w), np.int32(k), np.int32(stride),
+         np.int32(oh), np.int32(ow)))
+
+
+def maxpool_backward(dx, dy, argmax, k, stride):
+    # dx (N, C, H, W) from dy, argmax (N, C, OH, OW): each pixel gathers its windows' dy
+    n, c, h, w = dx.shape
+    oh, ow = window_output_size(h, k, stride), window_output_size(w, k, stride)
+    same_shape("dy", dy, (n, c, oh, ow))
+    check_argmax(argmax, dy.shape)
+    t = ftype(dx, dy)
+    if dx.size == 0:
+        return
+    kernel("pool", expr("maxpool_backward", t))(
+        (blocks(dx.size),), (THREADS,),
+        (dx, dy, argmax, np.int64(n * c), np.int32(h), np.int32(w), np.int32(k), np.int32(stride),
+         np.int32(oh), np.int32(ow)))

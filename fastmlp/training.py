@@ -1,0 +1,356 @@
+"""The epoch and batch loop of ``Sequential.fit``.
+
+``Trainer(model, ...).run()`` splits off the validation set, draws each
+epoch's order from the model's generator, gathers each batch into fixed
+buffers (fastmlp/batches.py) and calls ``model.train_step`` on it. Around
+that loop it keeps: the callbacks (History first, progress output last), the
+non-finite check and undo of a diverging step, checkpoints and resuming
+(fastmlp/checkpoint.py), the Ctrl-C guard, the full-batch row-space path
+(fastmlp/gram.py) and, on the GPU, steps replayed as CUDA graphs.
+
+It goes through the model's public interface only: ``prepare``,
+``train_step``, ``evaluate_prepared``, ``flat`` (the flat buffers),
+``stats`` (the epoch's running loss sum and correct count, on the device),
+``position``, ``save``.
+"""
+import math
+import sys
+import time
+
+import numpy as np
+
+from . import gram as gram_path
+from .batches import BatchBuffers, LazyRows
+from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN
+from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
+from .conv import Conv2D, Flatten, MaxPool2D
+from .layers import Activation, Dense
+from .normalization import BatchNorm
+from .optimizers import SGD, Adam
+from .validation import check_batch_size, check_count
+
+# layers whose training step is a fixed sequence of launches (no host draws): CUDA-graph safe
+GRAPH_SAFE = (Dense, Activation, Conv2D, MaxPool2D, Flatten, BatchNorm)
+
+
+class Trainer:
+    """One call of ``fit``: arguments checked in the constructor (before any state changes)."""
+
+    def __init__(self, model, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
+                 validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None,
+                 initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None):
+        self.model, self.be = model, model.be
+        self.epochs = check_count("epochs", epochs, 0)
+        batch_size = check_batch_size(batch_size)
+        self.checkpoint, self.checkpoint_every, self.resume, self.initial_epoch = check_checkpoint_args(
+            checkpoint, checkpoint_every, resume, initial_epoch)
+        if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"expected validation_split in [0, 1), got {validation_split!r}")
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"expected verbose 0, 1 or 2, got {verbose!r}")
+        self.callbacks = list(callbacks or [])
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"expected Callback instances, got {type(cb).__name__}")
+        self.shuffle, self.augment, self.verbose = bool(shuffle), augment, verbose
+        self._split(X, y, validation_split, validation_data, test_data)
+        n = self.n = self.X.shape[0]
+        self.b = n if batch_size is None else min(batch_size, n)
+        self.full_batch = self.b == n and augment is None  # augmenting needs a copy: gather it
+        _check_batch_statistics(model.layers, n, self.b)
+
+    def _split(self, X, y, validation_split, validation_data, test_data):
+        model, be = self.model, self.be
+        X, T = model.prepare(X, y)
+        self.lazy = isinstance(X, LazyRows)
+        self.Xv = self.Tv = self.Xt = self.Tt = None
+        if validation_split and validation_data is None:
+            n_val = int(round(X.shape[0] * validation_split))
+            if n_val < 1 or n_val >= X.shape[0]:
+                raise ValueError(f"validation_split={validation_split} leaves {n_val} validation samples "
+                                 f"of {X.shape[0]}; expected at least 1 on each side")
+            n_tr = X.shape[0] - n_val
+            if self.lazy:
+                X, self.Xv = X.rows(0, n_tr), X.rows(n_tr, X.shape[0])
+            else:   # contiguous copies: a batch gather reads them as flat rows
+                X, self.Xv = be.to_device(X[:n_tr]), X[n_tr:]
+            T, self.Tv = be.to_device(T[:n_tr]), T[n_tr:]
+        elif validation_data is not None:
+            self.Xv, self.Tv = model.prepare(*_pair(validation_data, "validation_data"), what="validation_data")
+        if test_data is not None:
+            self.Xt, self.Tt = model.prepare(*_pair(test_data, "test_data"), what="test_data")
+        self.X, self.T = X, T
+
+    # ------------------------------------------------------------------ the loop
+    def run(self):
+        model, be, n, b = self.model, self.be, self.n, self.b
+        if self.lazy and self.full_batch:  # the whole set is one batch anyway: read it once
+            self.X, self.lazy = be.to_device(self.X.read(0, n), model.dtype), False
+        start = None
+        if self.resume is not None:
+            start = resume_position(model, self.resume, n, b, self.shuffle)
+            self.initial_epoch = start["epoch"]
+        history = History()
+        self.progress = Progress(self.verbose, self.epochs, n)
+        cbs = [history] + self.callbacks + [self.progress]
+        for cb in cbs:
+            cb.set_model(model)
+            cb.on_train_begin()
+        model.stop_training = False
+        swallow = any(isinstance(cb, TerminateOnNaN) for cb in self.callbacks)
+        # a CPU step's loss is read at once (cheap); a GPU's once per epoch (no sync per step)
+        self.check_each_step = be.host_arrays
+        self.buffers = model.batch_buffers
+        # checkpoints must hold W itself, and bitwise resumption the ordinary path
+        has_extras = (self.Xv is not None or self.Xt is not None or bool(self.callbacks)
+                      or self.checkpoint is not None or self.resume is not None)
+        self.gram = None
+        if model.full_batch_gram and self.epochs > self.initial_epoch \
+                and gram_path.eligible(model, n, self.full_batch, has_extras):
+            self.gram = gram_path.GramFirstLayer(model, self.X)
+        self.graphs = model.step_graphs = self._step_graphs()
+        self.saved_at = None
+        guard = self.guard = InterruptGuard()  # Ctrl-C waits for the end of the step
+        try:
+            with guard:
+                for epoch in range(self.initial_epoch, self.epochs):
+                    logs = self._epoch(epoch, start)
+                    start = None
+                    for cb in cbs:
+                        cb.on_epoch_end(epoch, logs)
+                    if self.checkpoint is not None and (epoch + 1) % self.checkpoint_every == 0:
+                        model.save(self.checkpoint)
+                        self.saved_at = epoch + 1
+                    guard.check()
+                    if model.stop_training:
+                        break
+                if self.checkpoint is not None and self.epochs > self.initial_epoch \
+                        and self.saved_at != model.position["epoch"]:
+                    model.save(self.checkpoint)
+                    self.saved_at = model.position["epoch"]
+        except KeyboardInterrupt:
+            if model.flat.nonfinite_count():  # an update went non-finite and was not yet undone
+                self._undo_last_update()
+                model.position = None
+            self._end_gram()
+            self.progress.on_train_end()
+            pos = model.position
+            if self.checkpoint is not None and pos is not None and (pos["step"] or self.saved_at != pos["epoch"]):
+                model.save(self.checkpoint)
+            raise
+        except NonFiniteLossError as e:
+            model.position = None  # the undone step leaves no clean position to resume from
+            e.history = history
+            self._end_gram()
+            for cb in cbs:
+                cb.on_train_end()
+            if swallow:
+                return history
+            raise
+        finally:
+            self._end_gram()
+        for cb in cbs:
+            cb.on_train_end()
+        return history
+
+    def _epoch(self, epoch, start):
+        """Run one epoch (from a resumed position when ``start`` says so); returns its logs."""
+        model, be, n, b, stats = self.model, self.be, self.n, self.b, self.model.stats
+        t0 = time.perf_counter()
+        skip, epoch_rng = 0, None
+        if start is not None and start["step"]:  # resuming in the middle of this epoch
+            skip, epoch_rng, penalty = start["step"], start["epoch_rng"], start["penalty"]
+            stats[...] = be.to_device(np.array(start["stats"], dtype=np.float64))
+        else:
+            stats[...] = 0
+            penalty = self._penalty() if model.flat.has_reg else 0.0
+        pos = model.position = {"epoch": epoch, "step": 0, "n": n, "batch_size": b,
+                                "shuffle": self.shuffle, "penalty": penalty, "epoch_rng": None}
+        X, T = self.X, self.T
+        if self.full_batch:
+            if self.graphs is not None and not skip:
+                self._graph_step(("full",), lambda: model.train_step(X, T, stats))
+            elif not skip:
+                self._checked_step(X, T, epoch, 0)
+            pos["step"] = 1
+            self.guard.check()
+        else:
+            host_order = self._epoch_order(epoch_rng, pos)
+            order = be.to_device(host_order)
+            for step, first in enumerate(range(0, n, b)):
+                if step < skip:
+                    continue
+                idx = order[first:first + b]
+                xb, tb = self.buffers.get(idx.shape[0], X, T)
+                if self.graphs is not None:
+                    self._graph_batch_step(xb, tb, idx)
+                else:
+                    self.buffers.gather(xb, tb, X, T, idx, host_order[first:first + b])
+                    if self.augment is not None:
+                        self.augment.apply(be, xb, model.rng)
+                    self._checked_step(xb, tb, epoch, step)
+                pos["step"] = step + 1
+                self.guard.check()
+        model.position = {"epoch": epoch + 1, "step": 0}
+        s = be.to_host(stats)  # the one host read of the epoch
+        if not self.check_each_step:
+            self._check_finite(float(s[0]), epoch, "end")
+        logs = {"loss": float(s[0]) / n + penalty, "accuracy": float(s[1]) / n}
+        if self.Xv is not None:
+            logs.update({"val_" + k: v for k, v in model.evaluate_prepared(self.Xv, self.Tv).items()})
+        if self.Xt is not None:
+            logs.update({"test_" + k: v for k, v in model.evaluate_prepared(self.Xt, self.Tt).items()})
+        logs["seconds"] = time.perf_counter() - t0
+        return logs
+
+    def _epoch_order(self, epoch_rng, pos):
+        """The epoch's sample order (host int64). A resumed epoch redraws its shuffle from
+        the generator state saved at its start, leaving the generator where it was."""
+        rng = self.model.rng
+        if not self.shuffle:
+            return np.arange(self.n, dtype=np.int64)
+        if epoch_rng is None:
+            pos["epoch_rng"] = rng.bit_generator.state
+            return rng.permutation(self.n).astype(np.int64, copy=False)
+        now = rng.bit_generator.state
+        rng.bit_generator.state = epoch_rng
+        order = rng.permutation(self.n).astype(np.int64, copy=False)
+        rng.bit_generator.state = now
+        pos["epoch_rng"] = epoch_rng
+        return order
+
+    # ------------------------------------------------------------------ a diverging step
+    def _checked_step(self, xb, tb, epoch, step):
+        stats = self.model.stats
+        before = float(stats[0]) if self.check_each_step else 0.0
+        self.model.train_step(xb, tb, stats, first=self.gram)
+        if self.check_each_step:
+            self._check_finite(float(stats[0]) - before, epoch, step)
+
+    def _check_finite(self, loss_value, epoch, step):
+        bad = self.model.flat.nonfinite_count()
+        if bad:
+            # the last update produced non-finite parameters: undo it
+            self._undo_last_update()
+            raise NonFiniteLossError(f"training diverged at epoch {epoch}, step {step}: the update made "
+                                     f"{bad} parameter(s) NaN or Inf; the weights before that update "
+                                     "were kept (lower the learning rate?)", epoch, step)
+        if not math.isfinite(loss_value):
+            # the loss was computed before this step's update; undo the update
+            self._undo_last_update()
+            raise NonFiniteLossError(f"training diverged at epoch {epoch}, step {step}: the loss is "
+                                     f"{loss_value}; the weights it was computed with (those after the last step "
+                                     "with a finite loss) were kept "
+                                     "(lower the learning rate?)", epoch, step)
+
+    def _undo_last_update(self):
+        """Back to the parameters before the last update; the optimizer restarts from zero."""
+        self.model.flat.undo()
+        if self.gram is not None:
+            self.gram.undo()
+        self.model.optimizer.t = 0
+
+    def _penalty(self):
+        """The L1/L2 penalty of the current weights (W of the row-space path included)."""
+        extra = self.gram.l2_penalty() if self.gram is not None else 0.0
+        return self.model.flat.penalty() + extra
+
+    def _end_gram(self):
+        if self.gram is not None:
+            self.gram.materialize()
+            self.gram = None
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _step_graphs(self):
+        """The backend's ``StepGraphs`` when this fit's steps can be replayed as CUDA graphs,
+        else None: SGD or Adam (fixed scalars; Adam's step count lives on the device), data
+        on the device, no host-drawn randomness."""
+        model = self.model
+        if not (model.cuda_graphs and type(model.optimizer) in (SGD, Adam) and self.gram is None
+                and self.augment is None and not self.lazy
+                and all(isinstance(layer, GRAPH_SAFE) for layer in model.layers)):
+            return None
+        return self.be.step_graphs()  # None where the backend has no graphs
+
+    def _graph_step(self, key, step):
+        """step() through the graph of key (and of the optimizer's scalars, which a
+        callback may change between epochs). A replay runs no Python and a capture runs
+        it without running the launches, so the optimizer's step count is set here."""
+        opt, graphs = self.model.optimizer, self.graphs
+        t = opt.t
+        opt.prepare_step(self.be)  # eager host work, never inside a capture
+        before = graphs.captured
+        graphs.run(key + tuple(sorted(opt.get_config().items())), step)
+        opt.set_step(t + 1)
+        if graphs.captured != before:
+            graphs.keep.append([layer.workspaces() for layer in self.model.layers])
+
+    def _graph_batch_step(self, xb, tb, idx):
+        """Gather + step of one mini-batch as a graph: the batch's indices are copied into a
+        fixed buffer first, which the graph's gathers read."""
+        model, X, T = self.model, self.X, self.T
+        ib = self.buffers.indices(idx)
+
+        def step():
+            self.be.gather_rows(xb, X, ib)
+            self.be.gather_rows(tb, T, ib)
+            model.train_step(xb, tb, model.stats)
+        self._graph_step(("batch", xb.shape[0]), step)
+
+
+def _pair(data, what):
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"expected {what} as a pair (X, y), got {type(data).__name__}")
+    return data
+
+
+def _check_batch_statistics(layers, n, b):
+    """BatchNorm in training needs two values per feature in every batch, the last
+    (partial) one included: refuse before the first step rather than in the middle."""
+    smallest = n % b or b
+    for i, layer in enumerate(layers):
+        if isinstance(layer, BatchNorm):
+            per_sample = int(np.prod(layer.input_shape[1:])) if len(layer.input_shape) > 1 else 1
+            if smallest * per_sample < 2:
+                raise ValueError(f"layer {i} ({layer!r}): expected at least 2 values per feature in every "
+                                 f"training batch, got a batch of {smallest} sample(s) (N={n}, "
+                                 f"batch_size={b}); choose a batch_size that does not leave 1 sample")
+
+
+class Progress(Callback):
+    """verbose=1: a tqdm bar on a terminal, else only the final line; verbose=2: a line per epoch."""
+
+    def __init__(self, verbose, epochs, n):
+        self.verbose, self.epochs, self.n = verbose, epochs, n
+        self.bar, self.last, self.closed = None, None, False
+
+    def on_train_begin(self, logs=None):
+        if self.verbose == 1 and sys.stdout.isatty():
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=self.epochs, unit="epoch")
+            except ImportError:
+                pass
+
+    @staticmethod
+    def _fmt(epoch, logs, n):
+        parts = [f"{k}={v:.4f}" for k, v in logs.items() if k != "seconds"]
+        sps = n / logs["seconds"] if logs["seconds"] > 0 else float("inf")
+        return f"epoch {epoch + 1}: " + " ".join(parts) + f" samples/s={sps:,.0f}"
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = (epoch, logs)
+        if self.verbose == 2:
+            print(self._fmt(epoch, logs, self.n), flush=True)
+        elif self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "seconds"})
+
+    def on_train_end(self, logs=None):
+        if self.closed:
+            return
+        self.closed = True
+        if self.bar is not None:
+            self.bar.close()
+        if self.verbose == 1 and self.last is not None:
+            print(self._fmt(*self.last, self.n), flush=True)

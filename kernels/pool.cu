@@ -1,0 +1,63 @@
+// kernels/pool.cu -- max pooling (MaxPool2D on its own; after a Conv2D it is fused
+// into conv.cu's conv_bias_act_pool_*).
+//
+// Must match (fastmlp/backend/reference.py): maxpool_forward, maxpool_backward.
+// CPU twins with the same names: fastmlp/backend/cpu/pool.py.
+//
+// Shapes (row-major): x, dx (N, C, H, W) seen as (N*C, H, W); y, dy, argmax (N, C, OH, OW)
+// seen as (N*C, OH, OW), OH = (H - K) / S + 1 (floor), K x K windows, stride S, no
+// padding; argmax int32 = ih*W + iw in the image plane, the first maximum in row-major
+// window order, a NaN counting as the maximum (window.cuh). T is float or double.
+//
+// Launch configuration (fastmlp/backend/cuda/pool.py): a 1-D grid-stride loop, 256
+// threads a block, one thread an output element (maxpool_forward) or an input pixel
+// (maxpool_backward). maxpool_backward gathers: each pixel sums dy over the windows
+// whose argmax it is, in row-major window order -- no atomics, bitwise reproducible.
+//
+// Compiled at run time by NVRTC through cupy.RawModule with the options and
+// name expressions of fastmlp/backend/cuda/source.py; CUDA built-ins only.
+
+#include "window.cuh"
+
+template <typename T>
+__global__ void maxpool_forward(T* y, int* argmax, const T* x, long long planes, int h, int w, int k,
+                                int stride, int oh, int ow) {
+    // y, argmax (N*C, OH, OW): the max of each KxK window of x (N*C, H, W) and where it is;
+    // the first maximum in row-major window order wins ties; a NaN counts as the maximum
+    const long long npix = (long long)oh * ow;
+    const long long total = planes * npix;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long plane = e / npix;
+        const int pix = (int)(e - plane * npix);
+        const T* xp = x + plane * h * (long long)w;
+        T best;
+        argmax[e] = window_argmax([xp](int a) { return xp[a]; }, (pix / ow) * stride,
+                                  (pix - (pix / ow) * ow) * stride, k, w, best);
+        y[e] = best;
+    }
+}
+
+template <typename T>
+__global__ void maxpool_backward(T* dx, const T* dy, const int* argmax, long long planes, int h, int w,
+                                 int k, int stride, int oh, int ow) {
+    // dx (N*C, H, W): each pixel sums dy over the windows whose argmax it is, in
+    // row-major window order -- a gather, no atomics
+    const long long npix = (long long)oh * ow;
+    const long long total = planes * h * (long long)w;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long plane = e / ((long long)h * w);
+        const int a = (int)(e - plane * h * (long long)w);
+        int p_lo, p_hi, q_lo, q_hi;
+        covering_windows(a / w, k, stride, oh, p_lo, p_hi);
+        covering_windows(a - (a / w) * w, k, stride, ow, q_lo, q_hi);
+        const int* ap = argmax + plane * npix;
+        const T* dyp = dy + plane * npix;
+        T s = T(0);
+        for (int p = p_lo; p <= p_hi; ++p)
+            for (int q = q_lo; q <= q_hi; ++q)
+                if (ap[p * ow + q] == a) s += dyp[p * ow + q];
+        dx[e] = s;
+    }
+}
