@@ -74,7 +74,8 @@ def test_loss(benchmark, loss, n):
 
 
 def _flat(p):
-    seg = (np.array([0, p // 2, p], np.int64), np.array([1e-4, 0.0]), np.array([1e-3, 0.0]))
+    seg = (np.array([0, p // 2], np.int64), np.array([p // 2, p], np.int64), np.array([1e-4, 0.0]),
+           np.array([1e-3, 0.0]))
     params = RNG.standard_normal(p).astype(np.float32)
     grads = RNG.standard_normal(p).astype(np.float32)
     return params, grads, seg

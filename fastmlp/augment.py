@@ -12,10 +12,11 @@ shape, nothing is allocated.
 Shape vocabulary: N batch, C channels, H x W pixels, F = C*H*W features.
 """
 import math
-import numbers
 
 import numpy as np
 from numba import njit
+
+from .validation import check_real, is_int
 
 _PARAMS = 6   # the affine map of a sample: sx = p0*j + p1*i + p2, sy = p3*j + p4*i + p5
 _DRAWS = 5    # uniforms per sample: flip_h, flip_v, angle, dx, dy
@@ -42,15 +43,6 @@ def _affine_maps(params, u, flip_h, flip_v, max_angle, max_dx, max_dy, cx, cy):
         params[s, 3] = fy * sin
         params[s, 4] = fy * cos
         params[s, 5] = cy - fy * (sin * (cx + dx) + cos * (cy + dy))
-
-
-def _check_number(name, value, lo, hi, hi_open=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
-        and lo <= value and (value < hi if hi_open else value <= hi)
-    if not ok:
-        interval = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
-        raise ValueError(f"Augment: expected {name} in {interval}, got {value!r}")
-    return float(value)
 
 
 class Augment:
@@ -87,12 +79,12 @@ class Augment:
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"Augment: expected {name} to be a bool, got {v!r}")
         self.flip_h, self.flip_v = bool(flip_h), bool(flip_v)
-        self.rotate = _check_number("rotate (degrees)", rotate, 0.0, 180.0)
-        self.shift = _check_number("shift (a fraction of the image size)", shift, 0.0, 1.0, hi_open=True)
+        self.rotate = check_real("rotate (degrees)", rotate, 0.0, 180.0, owner="Augment")
+        self.shift = check_real("shift (a fraction of the image size)", shift, 0.0, 1.0, hi_open=True,
+                                owner="Augment")
         if image_shape is not None:
             ok = (isinstance(image_shape, (tuple, list)) and len(image_shape) in (2, 3)
-                  and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
-                          for d in image_shape))
+                  and all(is_int(d) and d >= 1 for d in image_shape))
             if not ok:
                 raise ValueError(f"Augment: expected image_shape=(H, W) or (C, H, W) of positive ints, "
                                  f"got {image_shape!r}")

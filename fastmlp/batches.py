@@ -10,7 +10,8 @@ when the device is not the host).
 """
 import numpy as np
 
-from .validation import all_finite, check_features, check_fits_dtype, check_same_length, REAL_KINDS
+from .validation import (REAL_KINDS, all_finite, check_features, check_fits_dtype, check_same_length,
+                         warn_flat_images)
 
 
 def check_lazy_features(X, input_shape, dtype, what="X"):
@@ -28,6 +29,7 @@ def check_lazy_features(X, input_shape, dtype, what="X"):
     sample = shape[1:]
     if input_shape is not None and sample != tuple(input_shape):
         if int(np.prod(sample)) == int(np.prod(input_shape)) and (len(shape) == 2 or len(input_shape) == 1):
+            warn_flat_images(shape, input_shape, what)
             sample = tuple(input_shape)
         else:
             raise ValueError(f"expected {what} of shape (N, {', '.join(map(str, input_shape))}), got {shape}")
@@ -48,6 +50,12 @@ def prepare_inputs(be, X, input_shape, dtype, what="X", values=True):
     """X validated (numeric, finite, of per-sample shape ``input_shape``) and converted to
     ``dtype`` on the device of ``be``; an on-disk X comes back as ``LazyRows``, scanned.
     ``values=False``: X's values were checked already (only its shape is checked here)."""
+    if type(X) is np.ndarray and X.dtype == dtype and X.shape[1:] == input_shape and X.shape[0] \
+            and X.flags.c_contiguous:
+        # already what the kernels take (a server's usual request): only the values to check
+        if values and not all_finite(X):
+            raise ValueError(f"expected finite values in {what}, got NaN or Inf")
+        return be.to_device(X)
     if is_lazy_array(X):
         return check_lazy_features(X, input_shape, dtype, what)
     X = check_features(X, input_shape, what, values=values)

@@ -1,6 +1,8 @@
 """Training history and callbacks (the Keras names and behaviour)."""
 import math
 
+from .validation import check_count, check_real
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or Inf; the model kept its last finite weights."""
@@ -11,10 +13,21 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Callback:
+    """Base class. A callback that reads a metric names it in ``monitor`` (or overrides
+    ``check_logs``): fit then checks it against the keys it will log before the first step."""
     model = None
 
     def set_model(self, model):
         self.model = model
+
+    def check_logs(self, keys):
+        """ValueError unless what this callback monitors is among ``keys``, the metrics fit
+        will log each epoch (called by fit before anything changes)."""
+        monitor = getattr(self, "monitor", None)
+        if monitor is not None and monitor not in keys:
+            raise ValueError(f"{type(self).__name__}: expected monitor to be a metric that fit logs, one of "
+                             f"{list(keys)}, got {monitor!r} (val_* needs validation_data or "
+                             "validation_split, test_* needs test_data)")
 
     def on_train_begin(self, logs=None):
         pass
@@ -61,11 +74,13 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
                  restore_best_weights=False):
-        if not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping: expected patience to be an int >= 0, got {patience!r}")
+        patience = check_count("patience", patience, 0, "EarlyStopping")
+        min_delta = abs(check_real("min_delta", min_delta, owner="EarlyStopping"))
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"EarlyStopping: expected mode 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, abs(float(min_delta))
+        if not isinstance(monitor, str):
+            raise TypeError(f"EarlyStopping: expected monitor as a metric name (a str), got {monitor!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
         if mode == "auto":
             mode = "max" if "acc" in monitor else "min"
         self.mode = mode

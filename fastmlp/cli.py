@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ MODEL_FILE = "model.fmlp"
 PREPROCESS_FILE = "preprocess.json"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
+INTERRUPTED = 130   # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
 
 
 class CommandError(Exception):
@@ -252,6 +254,11 @@ def cmd_train(args):
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise CommandError(f"--out expects a folder, got an existing file: {out}")
+    if args.resume:
+        if args.out is None:
+            raise CommandError("--resume needs --out DIR: the folder of the interrupted run")
+        if not (out / MODEL_FILE).is_file():
+            raise CommandError(f"--resume: nothing to resume in {out} (no {MODEL_FILE})")
     if args.test_data is not None:
         args.test_split = 0.0
     src = load_source(args.data, args)
@@ -288,10 +295,25 @@ def cmd_train(args):
         model.summary()
         print(f"data: {args.data} ({src['kind']}): train {len(X)}, validation "
               f"{len(val[0]) if val else 0}, test {len(test[0]) if test else 0}; classes: {', '.join(classes)}")
+    checkpoint = None
+    if args.out is not None:   # fit writes the model here when it ends, and on Ctrl-C
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint = out / MODEL_FILE
+        prep_text = json.dumps(prep, indent=1, default=float)
+        if args.resume and (out / PREPROCESS_FILE).is_file() and \
+                json.loads((out / PREPROCESS_FILE).read_text(encoding="utf-8")) != json.loads(prep_text):
+            raise CommandError(f"--resume: the data or preprocessing differ from those of the run in {out} "
+                               f"({PREPROCESS_FILE}); pass the arguments of the interrupted run")
+        _atomic_text(out / PREPROCESS_FILE, prep_text)
     t0 = time.perf_counter()
-    h = model.fit(X, _targets(ytr, prep), epochs=args.epochs, batch_size=args.batch_size,
-                  validation_data=val, test_data=test, callbacks=callbacks, verbose=args.verbose,
-                  augment=augment)
+    try:
+        h = model.fit(X, _targets(ytr, prep), epochs=args.epochs, batch_size=args.batch_size,
+                      validation_data=val, test_data=test, callbacks=callbacks, verbose=args.verbose,
+                      augment=augment, checkpoint=checkpoint, checkpoint_every=args.epochs,
+                      resume=checkpoint if args.resume else None)
+    except KeyboardInterrupt:
+        _report_interrupt(model, checkpoint, args)
+        return INTERRUPTED
     seconds = time.perf_counter() - t0
     results = {"train": model.evaluate(X, _targets(ytr, prep))}
     if val:
@@ -303,11 +325,9 @@ def cmd_train(args):
                "params": model.count_params(), "epochs_run": epochs_run, "seconds": seconds,
                "samples_per_s": len(X) * epochs_run / seconds if seconds > 0 else None,
                **results, "history": h.history,
-               "args": {k_: v for k_, v in vars(args).items() if k_ != "func"}}
+               "args": {k_: v for k_, v in vars(args).items() if k_ not in ("func", "argv")}}
     if args.out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         model.save(out / MODEL_FILE)
-        _atomic_text(out / PREPROCESS_FILE, json.dumps(prep, indent=1, default=float))
         _atomic_text(out / METRICS_FILE, json.dumps(metrics, indent=1, default=str))
         try:
             from . import plot
@@ -343,7 +363,7 @@ def cmd_evaluate(args):
 def _read_images(paths, prep):
     import numpy as np
 
-    from .data import _require_pillow
+    from .data import _pil_to_array, _require_pillow
     Image, ImageOps = _require_pillow()
     shape = prep["image_shape"]
     h, w = shape[0], shape[1]
@@ -353,9 +373,8 @@ def _read_images(paths, prep):
         if not Path(p).is_file():
             raise CommandError(f"image not found: {p}")
         try:
-            with Image.open(p) as img:
-                img = ImageOps.exif_transpose(img).convert(mode).resize((w, h), Image.Resampling.BILINEAR)
-                arrays.append(np.asarray(img, dtype=np.uint8))
+            with Image.open(p) as img:   # as load_image_folder reads them (16-bit scaled, not clipped)
+                arrays.append(_pil_to_array(ImageOps.exif_transpose(img), Image, (w, h), mode))
         except (OSError, ValueError, SyntaxError) as e:
             raise CommandError(f"cannot read image {p}: {e}") from None
     return np.stack(arrays)
@@ -379,6 +398,21 @@ def cmd_predict(args):
         what = "p" if prep.get("loss") != "mse" else "score"
         print(f"{path}: {name} ({what}={prob:.3f})")
     return 0
+
+
+def _report_interrupt(model, checkpoint, args):
+    """One line on stderr after Ctrl-C in train: where the model was saved and how to resume."""
+    pos = model.position
+    where = "" if pos is None else (f" in epoch {pos['epoch'] + 1} after step {pos['step']}" if pos.get("step")
+                                    else f" after epoch {pos['epoch']}")
+    if checkpoint is None or pos is None or not Path(checkpoint).is_file():
+        print(f"fastmlp train: interrupted{where}; nothing saved (pass --out DIR to keep what was trained)",
+              file=sys.stderr)
+        return
+    argv = [a for a in args.argv if a != "--resume"]
+    command = " ".join(shlex.quote(a) for a in ["fastmlp", *argv, "--resume"])
+    print(f"fastmlp train: interrupted{where}; saved the model trained so far to {checkpoint}; "
+          f"resume with: {command}", file=sys.stderr)
 
 
 def _version(module):
@@ -413,7 +447,7 @@ def cmd_info(args):
     from fastmlp.backend.cpu import openblas as cpu_blas
     print("conv on the CPU: " + ("chunked Numba kernels, GEMMs on Numba's threads (NumPy's OpenBLAS found)"
                                  if cpu_blas.available() else
-                                 "separate kernels chunk after chunk (NumPy's OpenBLAS symbols not found)"))
+                                 f"the fast path is off, separate kernels chunk after chunk: {cpu_blas.reason}"))
     print(f"numba cache dir: {numba.config.CACHE_DIR or '(beside the package: __pycache__)'}")
     devs = fm.devices()
     print(f"devices: cpu=yes cuda={'yes' if devs['cuda'] else 'no'} ({devs['cuda_reason']})")
@@ -552,6 +586,9 @@ def add_train(sub):
     r.add_argument("--out", default=None, metavar="DIR",
                    help=f"write {MODEL_FILE}, {PREPROCESS_FILE}, {METRICS_FILE} and {CURVES_FILE} here")
     r.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="0 quiet, 1 bar, 2 a line an epoch")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run that Ctrl-C stopped, from DIR/model.fmlp (--out DIR), with the "
+                        "same arguments; --epochs stays the total")
     t.set_defaults(func=cmd_train)
 
 
@@ -618,13 +655,18 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (CommandError, FileNotFoundError, ValueError, ImportError, FloatingPointError) as e:
         # bad data or files, a diverged run: say what, without a traceback (bugs still show theirs)
         print(f"fastmlp {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:   # Ctrl-C outside training (train handles its own)
+        print(f"fastmlp {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

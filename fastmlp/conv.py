@@ -37,17 +37,14 @@ import numpy as np
 
 from .backend.codes import IDENTITY, window_output_size
 from .initializers import check_init, initialize
-from .layers import Layer, ParamSpec, _check_coef, register
-
-
-def _int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+from .layers import Layer, ParamSpec, _check_coef, _check_size, register
+from .validation import is_int
 
 
 def _kernel_size(value, owner):
     """(KH, KW) from an int or a pair of ints, each >= 1."""
-    pair = (value, value) if _int(value) else value
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_int(v) and v >= 1 for v in pair)):
+    pair = (value, value) if is_int(value) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(is_int(v) and v >= 1 for v in pair)):
         raise ValueError(f"{owner}: expected the kernel size K as an int >= 1 or a pair (KH, KW) "
                          f"of them, got K={value!r}")
     return int(pair[0]), int(pair[1])
@@ -57,9 +54,9 @@ def check_geometry(owner, h, w, kh, kw, stride, pad):
     """(OH, OW) of a KHxKW window sliding by S over an HxW image padded by P, or a
     ValueError naming H, W, K, P and S. H and W are None before the layer is built."""
     where = f"H={h}, W={w}, K=({kh}, {kw}), P={pad}, S={stride}"
-    if not _int(stride) or stride < 1:
+    if not is_int(stride) or stride < 1:
         raise ValueError(f"{owner}: expected the stride S to be an int >= 1, got {where}")
-    if not _int(pad) or pad < 0:
+    if not is_int(pad) or pad < 0:
         raise ValueError(f"{owner}: expected the padding P to be an int >= 0, got {where}")
     if h is None:
         return None
@@ -88,10 +85,8 @@ class Conv2D(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, init="glorot",
                  l1=0.0, l2=0.0):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not _int(v) or v < 1:
-                raise ValueError(f"Conv2D: expected {name} to be a positive int, got {v!r}")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = _check_size("in_channels", in_channels, "Conv2D")
+        self.out_channels = _check_size("out_channels", out_channels, "Conv2D")
         self.kh, self.kw = _kernel_size(kernel_size, "Conv2D")
         check_geometry("Conv2D", None, None, self.kh, self.kw, stride, padding)
         self.stride, self.padding = int(stride), int(padding)
@@ -254,7 +249,7 @@ class MaxPool2D(Layer):
 
     def __init__(self, pool_size, stride=None):
         super().__init__()
-        if not _int(pool_size) or pool_size < 1:
+        if not is_int(pool_size) or pool_size < 1:
             raise ValueError(f"MaxPool2D: expected pool_size K to be an int >= 1, got K={pool_size!r}")
         self.k = int(pool_size)
         s = self.k if stride is None else stride

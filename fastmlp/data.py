@@ -192,9 +192,22 @@ def _to_uint8_images(images):
     raise ValueError(f"expected pixel values in [0, 1] (float) or [0, 255], got range [{lo}, {hi}]")
 
 
-def _pil_to_array(img, Image, size):
-    # Keep L, RGB and RGBA as they are; map palettes and odd modes to RGB(A).
-    if img.mode == "1":
+_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")   # 16-bit grayscale, as Pillow opens it
+
+
+def _pil_to_array(img, Image, size, mode=None):
+    """A Pillow image as a uint8 array (H, W) or (H, W, C), resized to ``size`` when given.
+
+    mode=None keeps L, RGB and RGBA as they are and maps palettes and other modes to
+    RGB(A); mode="L" or "RGB" converts to that. 16-bit grayscale (medical, microscopy
+    and depth images; Pillow's 8-bit conversion would clip it at 255) is scaled to
+    0..255, value / 257 rounded (65535 -> 255), resized in floating point, and stays
+    one channel unless mode="RGB" asks for three."""
+    if img.mode in _16BIT_MODES:
+        return _16bit_to_uint8(img, Image, size, mode)
+    if mode is not None:
+        img = img.convert(mode)
+    elif img.mode == "1":
         img = img.convert("L")
     elif img.mode not in ("L", "RGB", "RGBA"):
         has_alpha = "A" in img.mode or "transparency" in img.info
@@ -202,6 +215,19 @@ def _pil_to_array(img, Image, size):
     if size is not None:
         img = img.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def _16bit_to_uint8(img, Image, size, mode):
+    a = np.asarray(img)
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi > 65535:   # mode "I" holds 32-bit integers: only 16-bit data has a known scale
+        raise ValueError(f"expected 16-bit pixel values (0 .. 65535) in a {img.mode} image, "
+                         f"got range [{lo}, {hi}]")
+    scaled = Image.fromarray((a / 257.0).astype(np.float32), mode="F")
+    if size is not None:
+        scaled = scaled.resize(size, Image.Resampling.BILINEAR)
+    out = np.rint(np.clip(np.asarray(scaled), 0.0, 255.0)).astype(np.uint8)
+    return np.repeat(out[..., None], 3, axis=-1) if mode == "RGB" else out
 
 
 def _check_size(size):
@@ -244,10 +270,14 @@ def save_images_to_h5(path, images, labels, *, x_key="x", y_key="y", classes=Non
     """Write images and labels to an HDF5 file that :func:`load_h5` reads back exactly.
 
     ``images`` is an array ``(N, H, W[, C])`` or a list of image file paths
-    (read with Pillow, resized to ``size=(width, height)`` when given).
-    Pixels are stored as uint8 (the smallest exact type for 8-bit images),
-    chunked and gzip-compressed; labels as int64; ``classes`` as fixed-length
-    bytes under ``list_classes``, the layout of the course's cat files.
+    (read with Pillow, resized to ``size=(width, height)`` when given):
+    grayscale files give ``(N, H, W)``, RGB ``(N, H, W, 3)``, RGBA
+    ``(N, H, W, 4)``; palettes and other modes are read as RGB(A).
+    Pixels are stored as uint8 0 .. 255 (the smallest exact type for 8-bit
+    images): 8-bit files exactly, 16-bit grayscale files scaled (value / 257,
+    rounded: 65535 -> 255) rather than clipped. The array is chunked and
+    gzip-compressed; labels are int64; ``classes`` fixed-length bytes under
+    ``list_classes``, the layout of the course's cat files.
 
     The file is written under a temporary name in the same folder and moved
     into place with ``os.replace``, so a crash or a bad argument never leaves
@@ -429,7 +459,9 @@ def load_image_folder(root, size=(96, 96), grayscale=True):
 
     Classes are the sub-folder names sorted, so indices do not depend on the
     file system's listing order. Every image is resized to ``size=(width,
-    height)``: X is uint8 ``(N, H, W)`` in grayscale, else ``(N, H, W, 3)``.
+    height)``: X is uint8 ``(N, H, W)`` in grayscale, else ``(N, H, W, 3)``,
+    values 0 .. 255. 8-bit images keep their values; 16-bit grayscale PNGs
+    are scaled to 0 .. 255 (value / 257, rounded), not clipped.
     Unreadable files are skipped with one warning naming them, because one
     corrupt photo in a scraped set should not stop training."""
     Image, ImageOps = _require_pillow()
@@ -446,8 +478,7 @@ def load_image_folder(root, size=(96, 96), grayscale=True):
             try:
                 with Image.open(p) as img:
                     img = ImageOps.exif_transpose(img)  # phone photos store rotation in EXIF
-                    img = img.convert("L" if grayscale else "RGB").resize(size, Image.Resampling.BILINEAR)
-                    images.append(np.asarray(img, dtype=np.uint8))
+                    images.append(_pil_to_array(img, Image, size, "L" if grayscale else "RGB"))
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 skipped.append(f"{p} ({type(e).__name__})")
                 continue

@@ -59,9 +59,10 @@ class GramFirstLayer:
         be.matmul(self.K, X, X.T)
         self.K = self.K.astype(f64)
         self.Z0 = (X @ W).astype(f64)
-        # W is updated by the recursion: the flat kernel skips its segment (the first)
-        self.seg_start = self.flat.seg[0]
-        self.seg_start_saved = self.seg_start.copy()
+        # W is updated by the recursion: the flat kernel skips its segment (the first),
+        # made empty meanwhile
+        self.seg_stop = self.flat.seg[1]
+        self.seg_stop_saved = self.seg_stop.copy()
         self.B0 = None
         if self.mu:
             buf = self.flat.state_views(0)[0]
@@ -77,7 +78,7 @@ class GramFirstLayer:
         self.C_prev, self.E_prev = xp.zeros((n, m), f64), xp.zeros((n, m), f64)
         self._prev = (self.a, self.b, self.c, self.d)
         layer.grads[0][...] = 0
-        self.seg_start[0] = self.seg_start[1]
+        self.seg_stop[0] = self.flat.seg[0][0]
 
     def forward(self, x, training):
         """The first layer's forward on the full batch X: a = act(X @ W_t + b)."""
@@ -182,4 +183,4 @@ class GramFirstLayer:
             if self.B0 is not None:
                 v += self.d * self.B0
             buf[...] = v
-        self.seg_start[...] = self.seg_start_saved
+        self.seg_stop[...] = self.seg_stop_saved

@@ -9,12 +9,15 @@ is the first, whose input needs no gradient).
 
 Shapes: N batch, D input features, M output features.
 """
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from .backend.codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 from .initializers import check_init, initialize
+from .validation import check_count, check_real
+from .backend.workspaces import WorkspacePool
 
 
 @dataclass
@@ -26,16 +29,11 @@ class ParamSpec:
 
 
 def _check_size(name, value, owner):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: expected {name} to be a positive int, got {value!r}")
-    return value
+    return check_count(name, value, 1, owner)
 
 
 def _check_coef(name, value, owner):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-            or value != value or value == float("inf"):
-        raise ValueError(f"{owner}: expected {name} to be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_real(name, value, 0.0, owner=owner)
 
 
 LAYERS = {}
@@ -62,7 +60,8 @@ class Layer:
         self.output_shape = None
         self.params = []         # bound parameter views, in ParamSpec order
         self.grads = []
-        self._ws = {}
+        self._ws = WorkspacePool()
+        self._owner = None       # a weak reference to the model whose buffers hold the parameters
         self.rng = None
 
     # -- set-up -----------------------------------------------------------------
@@ -83,24 +82,38 @@ class Layer:
         """Initial float64 values for each ParamSpec, in order."""
         return []
 
+    def owner(self):
+        """The model this layer belongs to (its parameters are views of that model's
+        buffers), or None."""
+        return self._owner() if self._owner is not None else None
+
+    def check_owner(self, model, where):
+        """ValueError when this layer already belongs to a model other than ``model``."""
+        owner = self.owner()
+        if owner is not None and owner is not model:
+            raise ValueError(f"{where} ({self!r}) already belongs to another model, whose weights it "
+                             "holds; expected a new layer instance for each model (build the list "
+                             "again, e.g. in a function called once per model)")
+
+    def attach(self, model):
+        """Make this layer ``model``'s (after check_owner)."""
+        self._owner = weakref.ref(model)
+
     def bind(self, params, grads):
         self.params, self.grads = params, grads
 
     def workspace(self, name, shape, dtype=None):
-        """A buffer reused across steps of the same batch size (no per-step allocation)."""
-        key = (name, shape)
-        buf = self._ws.get(key)
-        if buf is None:
-            buf = self._ws[key] = self.be.empty(shape, dtype or self.dtype)
-        return buf
+        """A buffer of ``shape`` reused from call to call (no allocation once warm); each
+        thread has its own, and all shapes of one name share memory (fastmlp/workspaces.py)."""
+        return self._ws.get(self.be, name, shape, dtype or self.dtype)
 
     def workspaces(self):
-        """The workspace arrays allocated so far."""
-        return list(self._ws.values())
+        """This thread's workspace buffers allocated so far."""
+        return self._ws.arrays()
 
     def workspace_bytes(self):
-        """Bytes of the workspaces allocated so far."""
-        return sum(int(b.nbytes) for b in self._ws.values())
+        """Bytes of this thread's workspaces allocated so far."""
+        return self._ws.nbytes()
 
     def workspace_nbytes(self, n):
         """Bytes of the workspaces a training step on a batch of n holds (memory_report).
@@ -121,6 +134,17 @@ class Layer:
     def set_state(self, state):
         if state:
             raise ValueError(f"{self!r}: expected no state, got {sorted(state)}")
+
+    def undo_state(self):
+        """Put the state back as it was before the last training forward: fit calls it when
+        it undoes a diverging step (whose forward may have written NaN into the state). A
+        layer whose training forward changes its state keeps what this needs, without
+        allocating per step (BatchNorm keeps the previous running statistics)."""
+
+    def state_is_finite(self):
+        """False when the state holds NaN or Inf: fit then undoes the step as it does one
+        whose loss or update went non-finite (so that the model can still be saved)."""
+        return True
 
     # -- description --------------------------------------------------------------
     def get_config(self):
@@ -239,10 +263,8 @@ class LeakyReLU(Activation):
 
     def __init__(self, alpha=0.01):
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
-            # The backward reads the slope from the sign of the output: needs alpha >= 0.
-            raise ValueError(f"LeakyReLU: expected alpha in [0, 1), got {alpha!r}")
-        self.alpha = float(alpha)
+        # The backward reads the slope from the sign of the output: needs alpha >= 0.
+        self.alpha = check_real("alpha", alpha, 0.0, 1.0, hi_open=True, owner="LeakyReLU")
 
     def get_config(self):
         return {"alpha": self.alpha}

@@ -13,6 +13,7 @@ files.py and weights_file.py, the summary and memory report in summary.py.
 They go through the methods here; none touches this class's private state.
 """
 import os
+import threading
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from .optimizers import OPTIMIZERS, SGD, get_optimizer
 from .params import FlatParameters
 from .training import Trainer
 from .validation import check_batch_size, check_dtype, check_features, check_fits_dtype
+from .backend.workspaces import WorkspacePool
 
 EVAL_BATCH = 1024   # rows per forward pass of evaluate / predict when no batch_size is given
 
@@ -40,6 +42,7 @@ class Sequential:
                 raise TypeError(f"expected layer {i} to be a fastmlp Layer, got {type(layer).__name__}")
             if any(layer is other for other in layers[:i]):
                 raise ValueError(f"layer {i} ({layer!r}) appears twice; make a new instance")
+            layer.check_owner(self, f"layer {i}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise ValueError(f"expected seed to be an int >= 0 or None, got {seed!r}")
         self.dtype = check_dtype(dtype)
@@ -64,7 +67,11 @@ class Sequential:
         self._init_params()
         self.stats = self.be.zeros(2, np.float64)   # the epoch's [loss sum, correct count]
         self.batch_buffers = BatchBuffers(self.be, self.dtype)
-        self._dlogits_bufs = {}
+        self._model_workspaces = WorkspacePool()    # d loss / d logits and probabilities, per thread
+        # inference may run in many threads at once; training excludes it (see _enter)
+        self._lock = threading.Lock()
+        self._inferring = 0
+        self._training_thread = None
         if input_shape is None and isinstance(self.layers[0], Dense):
             input_shape = (self.layers[0].in_features,)
         if input_shape is not None:
@@ -75,6 +82,7 @@ class Sequential:
         """The flat buffers, each layer bound to its views, initial values drawn in layer order."""
         be, dt = self.be, self.dtype
         for layer in self.layers:
+            layer.attach(self)
             layer.rng = self.rng
             layer.be, layer.dtype = be, dt
         self.flat = FlatParameters(be, dt, [layer.param_specs() for layer in self.layers],
@@ -109,7 +117,9 @@ class Sequential:
         if not self.built:
             if X_shape is None:
                 raise ValueError("the model is not built yet: call fit/predict with data or pass input_shape=")
-            self.build(tuple(X_shape[1:]))
+            with self._lock:     # two threads' first predict: one builds
+                if not self.built:
+                    self.build(tuple(X_shape[1:]))
 
     # ------------------------------------------------------------------ the step
     def forward(self, x, training):
@@ -127,10 +137,44 @@ class Sequential:
         (first or self.layers[0]).backward(dy)
 
     def _dlogits(self, n):
-        buf = self._dlogits_bufs.get(n)
-        if buf is None:
-            buf = self._dlogits_bufs[n] = self.be.empty((n,) + self.output_shape, self.dtype)
-        return buf
+        return self._model_workspaces.get(self.be, "dlogits", (n,) + self.output_shape, self.dtype)
+
+    def workspace_bytes(self):
+        """Bytes of this thread's model-level workspaces (d loss / d logits)."""
+        return self._model_workspaces.nbytes()
+
+    # ------------------------------------------------------------------ threads
+    # Any number of threads may call predict / predict_classes / evaluate on one model at
+    # once: each thread computes in its own workspaces (fastmlp/workspaces.py) and the
+    # backend's scratch is per thread too. Training writes the weights in place, so fit and
+    # loss_and_grads run alone: they refuse to start while another thread is predicting, and
+    # a prediction from another thread while one runs is refused (never a mix of weights).
+    def _enter(self, training):
+        me = threading.get_ident()
+        with self._lock:
+            owner = self._training_thread
+            if owner is not None and owner != me:
+                raise RuntimeError(f"this model is training in another thread ({owner}); expected no "
+                                   f"{'training' if training else 'prediction'} from a second thread "
+                                   "until fit returns (predict on a copy: fm.load_model or set_weights)")
+            if training:
+                if self._inferring:
+                    raise RuntimeError(f"{self._inferring} prediction(s) on this model are running in other "
+                                       "threads; expected none while it trains (wait for them, or train a copy)")
+                self._training_thread = me
+                return owner is None   # whether this call must _leave(training=True)
+            if owner is None:
+                self._inferring += 1
+                self.be.begin_inference()
+            return owner is None
+
+    def _leave(self, training):
+        with self._lock:
+            if training:
+                self._training_thread = None
+            else:
+                self._inferring -= 1
+                self.be.end_inference()
 
     def train_step(self, xb, tb, stats, first=None):
         """Forward, fused loss + gradient, backward, one update, on a prepared batch.
@@ -188,11 +232,16 @@ class Sequential:
         run. Ctrl-C stops after the current step, leaves the model consistent (the
         weights of the last completed step), writes the checkpoint, and re-raises.
         The loop itself is fastmlp/training.py."""
-        return Trainer(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                       validation_data=validation_data, validation_split=validation_split,
-                       callbacks=callbacks, verbose=verbose, test_data=test_data, augment=augment,
-                       initial_epoch=initial_epoch, checkpoint=checkpoint,
-                       checkpoint_every=checkpoint_every, resume=resume).run()
+        entered = self._enter(training=True)
+        try:
+            return Trainer(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                           validation_data=validation_data, validation_split=validation_split,
+                           callbacks=callbacks, verbose=verbose, test_data=test_data, augment=augment,
+                           initial_epoch=initial_epoch, checkpoint=checkpoint,
+                           checkpoint_every=checkpoint_every, resume=resume).run()
+        finally:
+            if entered:
+                self._leave(training=True)
 
     @property
     def cuda_graph_info(self):
@@ -218,23 +267,42 @@ class Sequential:
                 "accuracy": float(s[1]) / n}
 
     def evaluate(self, X, y, batch_size=None):
-        """{"loss": mean loss + L1/L2 penalty, "accuracy": fraction correct} in evaluation mode."""
+        """{"loss": mean loss + L1/L2 penalty, "accuracy": fraction correct} in evaluation mode.
+        Safe to call from several threads at once."""
         batch_size = check_batch_size(batch_size)
-        X, T = self.prepare(X, y)
-        return self.evaluate_prepared(X, T, batch_size)
+        entered = self._enter(training=False)
+        try:
+            X, T = self.prepare(X, y)
+            return self.evaluate_prepared(X, T, batch_size)
+        finally:
+            if entered:
+                self._leave(training=False)
 
     def predict(self, X, batch_size=None):
-        """Probabilities (sigmoid / softmax; raw outputs for MSE) as a host NumPy array."""
+        """Probabilities (sigmoid / softmax; raw outputs for MSE) as a host NumPy array.
+        Safe to call from several threads at once: each gets what the call gets alone."""
         batch_size = check_batch_size(batch_size)
+        entered = self._enter(training=False)
+        try:
+            return self._predict(X, batch_size)
+        finally:
+            if entered:
+                self._leave(training=False)
+
+    def _predict(self, X, batch_size):
+        be = self.be
         X, _ = self.prepare(X)
         n = X.shape[0]
         b = min(n, batch_size or EVAL_BATCH)
         out = np.empty((n,) + self.output_shape, dtype=self.dtype)
         for start in range(0, n, b):
-            logits = self.forward(rows(self.be, X, start, start + b, self.dtype), False)
-            probs = self._dlogits(logits.shape[0])
-            self.loss.probabilities(self.be, probs, logits)
-            out[start:start + b] = self.be.to_host(probs)
+            logits = self.forward(rows(be, X, start, start + b, self.dtype), False)
+            if be.host_arrays:   # straight into the result
+                self.loss.probabilities(be, out[start:start + logits.shape[0]], logits)
+            else:
+                probs = self._dlogits(logits.shape[0])
+                self.loss.probabilities(be, probs, logits)
+                out[start:start + b] = be.to_host(probs)
         return out
 
     def predict_classes(self, X, batch_size=None):
@@ -243,7 +311,16 @@ class Sequential:
 
     def loss_and_grads(self, X, y):
         """(loss, grads) at the current weights on the whole X as one batch, training mode,
-        L1/L2 included; grads are host arrays aligned with ``get_weights()``. No update."""
+        L1/L2 included; grads are host arrays aligned with ``get_weights()``. No update.
+        Runs alone, as fit does (it writes the gradient buffers and the layers' state)."""
+        entered = self._enter(training=True)
+        try:
+            return self._loss_and_grads(X, y)
+        finally:
+            if entered:
+                self._leave(training=True)
+
+    def _loss_and_grads(self, X, y):
         X, T = self.prepare(X, y)
         be, flat = self.be, self.flat
         stats = be.zeros(2, np.float64)

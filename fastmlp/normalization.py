@@ -9,17 +9,8 @@ Shapes: N batch, F features of (N, F) input, C channels of (N, C, H, W) input.
 """
 import numpy as np
 
-from .layers import Layer, ParamSpec, register
-
-
-def _number(name, value, owner, lo, hi, lo_open=False, hi_open=False):
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) \
-        and np.isfinite(value) and (value > lo if lo_open else value >= lo) \
-        and (value < hi if hi_open else value <= hi)
-    if not ok:
-        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise ValueError(f"{owner}: expected {name} in {lb}{lo}, {hi}{rb}, got {value!r}")
-    return float(value)
+from .layers import Layer, ParamSpec, _check_size, register
+from .validation import all_finite, check_real
 
 
 @register
@@ -39,11 +30,9 @@ class BatchNorm(Layer):
 
     def __init__(self, features, momentum=0.9, eps=1e-5):
         super().__init__()
-        if not isinstance(features, (int, np.integer)) or isinstance(features, bool) or features < 1:
-            raise ValueError(f"BatchNorm: expected features to be a positive int, got {features!r}")
-        self.features = int(features)
-        self.momentum = _number("momentum", momentum, "BatchNorm", 0.0, 1.0)
-        self.eps = _number("eps", eps, "BatchNorm", 0.0, np.inf, lo_open=True, hi_open=True)
+        self.features = _check_size("features", features, "BatchNorm")
+        self.momentum = check_real("momentum", momentum, 0.0, 1.0, owner="BatchNorm")
+        self.eps = check_real("eps", eps, 0.0, lo_open=True, owner="BatchNorm")
         self.running_mean = self.running_var = None
         self._pending_state = None
 
@@ -57,6 +46,9 @@ class BatchNorm(Layer):
         shape = super().build(input_shape, be, dtype)
         self.running_mean = be.zeros(self.features, np.float64)
         self.running_var = be.to_device(np.ones(self.features), np.float64)
+        # the running statistics before the last training forward, (2, F): undo_state
+        self._before_step = be.empty((2, self.features), np.float64)
+        self._before_step[0], self._before_step[1] = self.running_mean, self.running_var
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self.set_state(state)
@@ -78,6 +70,9 @@ class BatchNorm(Layer):
         y = self.workspace("y", x.shape)
         mean = self.workspace("mean", (self.features,), np.float64)
         invstd = self.workspace("invstd", (self.features,), np.float64)
+        if training:   # a diverging step may write NaN into them: kept for undo_state
+            self._before_step[0] = self.running_mean
+            self._before_step[1] = self.running_var
         self.be.batchnorm_forward(y, mean, invstd, self.running_mean, self.running_var, x, gamma, beta,
                                   self.momentum, self.eps, bool(training))
         self.x, self.mean, self.invstd, self.training = x, mean, invstd, bool(training)
@@ -102,6 +97,20 @@ class BatchNorm(Layer):
         return {"running_mean": np.array(self.be.to_host(self.running_mean)),
                 "running_var": np.array(self.be.to_host(self.running_var))}
 
+    def undo_state(self):
+        """The running statistics as they were before the last training forward."""
+        if self.running_mean is not None:
+            self.running_mean[...] = self._before_step[0]
+            self.running_var[...] = self._before_step[1]
+
+    def state_is_finite(self):
+        if self.running_mean is None:
+            return True
+        if self.be.host_arrays:   # checked after every CPU step: a Numba scan, no temporary array
+            return all_finite(self.running_mean) and all_finite(self.running_var)
+        xp = self.be.xp
+        return bool(xp.isfinite(self.running_mean).all() and xp.isfinite(self.running_var).all())
+
     def set_state(self, state):
         """Replace the running statistics; all checked before any is written."""
         if not isinstance(state, dict) or set(state) != {"running_mean", "running_var"}:
@@ -123,6 +132,7 @@ class BatchNorm(Layer):
             return
         self.running_mean[...] = self.be.to_device(checked["running_mean"], np.float64)
         self.running_var[...] = self.be.to_device(checked["running_var"], np.float64)
+        self._before_step[0], self._before_step[1] = self.running_mean, self.running_var
 
     def get_config(self):
         return {"features": self.features, "momentum": self.momentum, "eps": self.eps}
@@ -138,7 +148,7 @@ class Dropout(Layer):
 
     def __init__(self, rate):
         super().__init__()
-        self.rate = _number("rate", rate, "Dropout", 0.0, 1.0, hi_open=True)
+        self.rate = check_real("rate", rate, 0.0, 1.0, hi_open=True, owner="Dropout")
         self.mask = None
 
     def forward(self, x, training):

@@ -6,13 +6,7 @@ added to its gradient inside the same kernel.
 """
 import numpy as np
 
-
-def _positive(name, value, owner, allow_zero=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and value != float("inf") and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{owner}: expected {name} to be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return float(value)
+from .validation import check_real
 
 
 class Optimizer:
@@ -41,8 +35,8 @@ class SGD(Optimizer):
     state_names = ("momentum_buffer",)
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
-        self.lr = _positive("lr", lr, "SGD")
-        self.momentum = _positive("momentum", momentum, "SGD", allow_zero=True)
+        self.lr = check_real("lr", lr, 0.0, lo_open=True, owner="SGD")
+        self.momentum = check_real("momentum", momentum, 0.0, owner="SGD")
         if not isinstance(nesterov, bool):
             raise TypeError(f"SGD: expected nesterov to be a bool, got {nesterov!r}")
         if nesterov and self.momentum == 0.0:
@@ -67,12 +61,10 @@ class Adam(Optimizer):
     state_names = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
-        self.lr = _positive("lr", lr, "Adam")
-        for name, b in (("beta1", beta1), ("beta2", beta2)):
-            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
-                raise ValueError(f"Adam: expected {name} in [0, 1), got {b!r}")
-        self.beta1, self.beta2 = float(beta1), float(beta2)
-        self.eps = _positive("eps", eps, "Adam", allow_zero=True)
+        self.lr = check_real("lr", lr, 0.0, lo_open=True, owner="Adam")
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, hi_open=True, owner="Adam")
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0, hi_open=True, owner="Adam")
+        self.eps = check_real("eps", eps, 0.0, owner="Adam")
         self.t = 0
         self._count = None     # the step count as a (1,) int64 array of the backend
         self._count_at = None  # the value it holds, as far as the host knows

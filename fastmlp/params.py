@@ -4,8 +4,10 @@ Every trainable array of every layer is a view into one flat parameter buffer
 (and its gradient into one flat gradient buffer), so that one kernel launch
 updates the whole model. The arrays are laid out in layer order, W then b,
 each starting on a multiple of ``ALIGN`` elements; segment k (one per array)
-carries its own L1 / L2 coefficients, which the update kernels read from
-``seg`` = (start offsets (NS + 1,), l1 (NS,), l2 (NS,)).
+covers [start[k], stop[k]) and carries its own L1 / L2 coefficients, which the
+update kernels read from ``seg`` = (start (NS,), stop (NS,), l1 (NS,), l2 (NS,)).
+The padding between stop[k] and start[k + 1] lies outside every segment: the
+kernels never touch it, so it stays 0 (an Adam step there with eps=0 would be 0/0).
 
 ``prev`` holds the parameters before the last update and ``bad`` the number of
 parameters it made NaN or Inf (written by the update kernels), so that a
@@ -35,7 +37,8 @@ class FlatParameters:
         self.bad = be.zeros(1, np.int64)
         self.state = [be.zeros(size, dtype) for _ in state_names]
         self.state_names = tuple(state_names)
-        self.seg = (be.to_device(np.array(self.offsets + [size], dtype=np.int64)),
+        self.seg = (be.to_device(np.array(self.offsets, dtype=np.int64)),
+                    be.to_device(np.array([o + n for o, n in zip(self.offsets, sizes)], dtype=np.int64)),
                     be.to_device(np.array([s.l1 for s in self.specs], dtype=np.float64)),
                     be.to_device(np.array([s.l2 for s in self.specs], dtype=np.float64)))
         self.has_reg = any(s.l1 or s.l2 for s in self.specs)

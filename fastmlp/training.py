@@ -24,10 +24,10 @@ from .batches import BatchBuffers, LazyRows
 from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN
 from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
 from .conv import Conv2D, Flatten, MaxPool2D
-from .layers import Activation, Dense
+from .layers import Activation, Dense, Layer
 from .normalization import BatchNorm
 from .optimizers import SGD, Adam
-from .validation import check_batch_size, check_count
+from .validation import check_batch_size, check_count, check_real
 
 # layers whose training step is a fixed sequence of launches (no host draws): CUDA-graph safe
 GRAPH_SAFE = (Dense, Activation, Conv2D, MaxPool2D, Flatten, BatchNorm)
@@ -44,14 +44,16 @@ class Trainer:
         batch_size = check_batch_size(batch_size)
         self.checkpoint, self.checkpoint_every, self.resume, self.initial_epoch = check_checkpoint_args(
             checkpoint, checkpoint_every, resume, initial_epoch)
-        if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"expected validation_split in [0, 1), got {validation_split!r}")
+        validation_split = check_real("validation_split", validation_split, 0.0, 1.0, hi_open=True)
         if verbose not in (0, 1, 2):
             raise ValueError(f"expected verbose 0, 1 or 2, got {verbose!r}")
         self.callbacks = list(callbacks or [])
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"expected Callback instances, got {type(cb).__name__}")
+        keys = log_keys(validation_data is not None or validation_split > 0, test_data is not None)
+        for cb in self.callbacks:
+            cb.check_logs(keys)
         self.shuffle, self.augment, self.verbose = bool(shuffle), augment, verbose
         self._split(X, y, validation_split, validation_data, test_data)
         n = self.n = self.X.shape[0]
@@ -124,8 +126,13 @@ class Trainer:
                     guard.check()
                     if model.stop_training:
                         break
+                # the callbacks end first (EarlyStopping may restore the best weights), so that
+                # the final checkpoint holds what fit returns; a callback may have changed the model
+                self._end_gram()
+                for cb in cbs:
+                    cb.on_train_end()
                 if self.checkpoint is not None and self.epochs > self.initial_epoch \
-                        and self.saved_at != model.position["epoch"]:
+                        and (self.saved_at != model.position["epoch"] or self.callbacks):
                     model.save(self.checkpoint)
                     self.saved_at = model.position["epoch"]
         except KeyboardInterrupt:
@@ -149,8 +156,6 @@ class Trainer:
             raise
         finally:
             self._end_gram()
-        for cb in cbs:
-            cb.on_train_end()
         return history
 
     def _epoch(self, epoch, start):
@@ -242,12 +247,22 @@ class Trainer:
                                      f"{loss_value}; the weights it was computed with (those after the last step "
                                      "with a finite loss) were kept "
                                      "(lower the learning rate?)", epoch, step)
+        for i, layer in enumerate(self.model.layers):
+            if type(layer).state_is_finite is not Layer.state_is_finite and not layer.state_is_finite():
+                # e.g. a batch variance that overflowed into BatchNorm's running variance
+                self._undo_last_update()
+                raise NonFiniteLossError(f"training diverged at epoch {epoch}, step {step}: the state of "
+                                         f"layer {i} ({layer!r}) went NaN or Inf; the weights and state "
+                                         "before that step were kept (lower the learning rate?)", epoch, step)
 
     def _undo_last_update(self):
-        """Back to the parameters before the last update; the optimizer restarts from zero."""
+        """Back to the parameters and the layers' state (BatchNorm's running statistics)
+        before the last step; the optimizer restarts from zero."""
         self.model.flat.undo()
         if self.gram is not None:
             self.gram.undo()
+        for layer in self.model.layers:
+            layer.undo_state()
         self.model.optimizer.t = 0
 
     def _penalty(self):
@@ -296,6 +311,13 @@ class Trainer:
             self.be.gather_rows(tb, T, ib)
             model.train_step(xb, tb, model.stats)
         self._graph_step(("batch", xb.shape[0]), step)
+
+
+def log_keys(validation, test):
+    """The keys of the logs that each epoch of fit hands the callbacks (``_epoch``)."""
+    metrics = ("loss", "accuracy")   # what train_step counts and evaluate returns
+    return (list(metrics) + [f"val_{k}" for k in metrics if validation]
+            + [f"test_{k}" for k in metrics if test] + ["seconds"])
 
 
 def _pair(data, what):

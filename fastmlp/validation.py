@@ -1,5 +1,7 @@
 """Input checks shared by the public entry points: "expected ..., got ..."."""
+import math
 import numbers
+import warnings
 
 import numpy as np
 from numba import njit
@@ -59,11 +61,28 @@ def all_finite(X):
     return _all_finite(X.reshape(-1) if X.flags.c_contiguous else np.ravel(X, order="K"))
 
 
+def warn_flat_images(shape, input_shape, what="X"):
+    """A UserWarning when flat rows ``shape`` (N, F) go to a model that takes (N, C, H, W)
+    images with C > 1: they are read as channels-first, but channels-last rows (N, H*W*C, the
+    layout of load_h5 and load_image_folder) have the same size. One channel reads the same
+    either way: no warning."""
+    if len(shape) != 2 or input_shape is None or len(input_shape) != 3 or input_shape[0] == 1:
+        return
+    c, h, w = input_shape
+    warnings.warn(f"{what} of shape (N, {shape[1]}) is read as channels-first images (N, {c}, {h}, {w}), "
+                  f"the layout of the model's input; rows flattened from channels-last images "
+                  f"(N, {h}, {w}, {c}) would be scrambled: pass {what}.reshape(N, {h}, {w}, {c})"
+                  f".transpose(0, 3, 1, 2) for those, or {what}.reshape(N, {c}, {h}, {w}) to state the "
+                  f"channels-first layout (no warning)", UserWarning, stacklevel=4)
+
+
 def check_features(X, input_shape, what="X", values=True):
     """A host array of per-sample shape ``input_shape``, numeric, non-empty, finite.
 
     Flat input to a layer that wants images (or the reverse) is reshaped
-    when the sizes agree, as Keras users expect from a Flatten-first model."""
+    when the sizes agree, as Keras users expect from a Flatten-first model;
+    flat rows of images with several channels are read channels-first, with a
+    warning (``warn_flat_images``)."""
     if hasattr(X, "get") and not isinstance(X, np.ndarray) and hasattr(X, "__cuda_array_interface__"):
         X = X.get()
     try:
@@ -81,6 +100,8 @@ def check_features(X, input_shape, what="X", values=True):
         raise ValueError(f"expected a non-empty {what}, got {X.shape[0]} samples")
     if input_shape is not None and X.shape[1:] != tuple(input_shape):
         if int(np.prod(X.shape[1:])) == int(np.prod(input_shape)) and (X.ndim == 2 or len(input_shape) == 1):
+            if X.ndim == 2:
+                warn_flat_images(X.shape, input_shape, what)
             X = X.reshape((X.shape[0],) + tuple(input_shape))
         else:
             raise ValueError(f"expected {what} of shape (N, {', '.join(map(str, input_shape))}), "
@@ -97,15 +118,44 @@ def check_same_length(X, y, what="y"):
                          f"{'a scalar' if ny is None else ny}")
 
 
+# Python and NumPy scalars alike (np.int64 sizes and np.float32 rates from NumPy grids);
+# bool and np.bool_ are not numbers here
+def is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_batch_size(batch_size):
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"expected batch_size to be an int >= 1 or None (full batch), got {batch_size!r}")
     return int(batch_size)
 
 
-def check_count(name, value, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"expected {name} to be an int >= {minimum}, got {value!r}")
+def check_count(name, value, minimum=0, owner=None):
+    """int(value) for a Python or NumPy integer >= minimum, else a ValueError ("owner: expected ...")."""
+    if not is_int(value) or value < minimum:
+        where = f"{owner}: " if owner else ""
+        raise ValueError(f"{where}expected {name} to be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_real(name, value, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False, owner=None):
+    """float(value) for a finite Python or NumPy real number in the interval from lo to hi
+    (open at an end when asked), else a ValueError ("owner: expected ...")."""
+    ok = is_real(value) and math.isfinite(value) and (value > lo if lo_open else value >= lo) \
+        and (value < hi if hi_open else value <= hi)
+    if not ok:
+        where = f"{owner}: " if owner else ""
+        if hi == math.inf and lo == -math.inf:
+            want = "to be a finite number"
+        elif hi == math.inf:
+            want = f"to be a finite number {'>' if lo_open else '>='} {lo:g}"
+        else:
+            want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{where}expected {name} {want}, got {value!r}")
+    return float(value)

@@ -18,9 +18,11 @@
 // bit of pow in the bias corrections. reg_penalty is part of the loss and sums in double.
 //
 // Shapes: params, prev, buf, m, v, grads are (NP,) of T (float or double);
-// seg_start (NS+1,) long long, seg_l1 and seg_l2 (NS,) double: segment s covers
-// [seg_start[s], seg_start[s+1]) and carries its L1/L2 coefficients; elements
-// outside every segment get no regularisation. prev receives the parameters
+// seg_start and seg_stop (NS,) long long (the starts increasing), seg_l1 and seg_l2
+// (NS,) double: segment s covers [seg_start[s], seg_stop[s]) and carries its L1/L2
+// coefficients. Elements outside every segment (the alignment padding of
+// fastmlp/params.py) are never read or written: the padding stays 0, where an Adam
+// step with eps = 0 would compute 0/0. prev receives the parameters
 // before the step; bad (1,) int or long long counts non-finite new parameters
 // (added into, with an integer atomicAdd by the threads that saw one; the
 // count is exact whatever the order).
@@ -37,15 +39,16 @@
 
 #include "reduce.cuh"
 
-__device__ __forceinline__ int find_segment(const long long* seg_start, long long s, long long i) {
-    // the segment s with seg_start[s] <= i < seg_start[s+1], or -1
-    if (s <= 0 || i < seg_start[0] || i >= seg_start[s]) return -1;
+__device__ __forceinline__ int find_segment(const long long* seg_start, const long long* seg_stop,
+                                            long long s, long long i) {
+    // the segment k with seg_start[k] <= i < seg_stop[k], or -1
+    if (s <= 0 || i < seg_start[0]) return -1;
     long long lo = 0, hi = s - 1;
     while (lo < hi) {  // largest lo with seg_start[lo] <= i
         const long long mid = (lo + hi + 1) / 2;
         if (seg_start[mid] <= i) lo = mid; else hi = mid - 1;
     }
-    return (int)lo;
+    return i < seg_stop[lo] ? (int)lo : -1;
 }
 
 template <typename T>
@@ -56,14 +59,6 @@ __device__ __forceinline__ T reg_grad(T w, double l1, double l2) {
     return (T)l1 * sign + (T)(2.0 * l2) * w;
 }
 
-template <typename T>
-__device__ __forceinline__ T reg_grad_at(const long long* seg_start, const double* seg_l1,
-                                         const double* seg_l2, long long s, long long i, T w) {
-    // reg_grad for element i with the coefficients of its segment, 0 outside the segments
-    const int seg = find_segment(seg_start, s, i);
-    return seg < 0 ? T(0) : reg_grad(w, seg_l1[seg], seg_l2[seg]);
-}
-
 __device__ __forceinline__ void add_count(int* bad, int k) { atomicAdd(bad, k); }
 __device__ __forceinline__ void add_count(long long* bad, int k) {
     atomicAdd(reinterpret_cast<unsigned long long*>(bad), (unsigned long long)(long long)k);
@@ -71,7 +66,8 @@ __device__ __forceinline__ void add_count(long long* bad, int k) {
 
 template <typename T, typename B>
 __global__ void sgd_update(T* params, T* prev, T* buf, B* bad, const T* grads,
-                           const long long* seg_start, const double* seg_l1, const double* seg_l2,
+                           const long long* seg_start, const long long* seg_stop,
+                           const double* seg_l1, const double* seg_l2,
                            long long p, long long s, double lr, double momentum, int nesterov) {
     // g = grads + reg; with momentum: buf = momentum * buf + g, g = nesterov ? g + momentum * buf : buf;
     // params = params - lr * g. buf is untouched (may be NULL) when momentum == 0.
@@ -79,8 +75,10 @@ __global__ void sgd_update(T* params, T* prev, T* buf, B* bad, const T* grads,
     int nbad = 0;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p;
          i += (long long)gridDim.x * blockDim.x) {
+        const int seg = find_segment(seg_start, seg_stop, s, i);
+        if (seg < 0) continue;
         const T w = params[i];
-        const T g = grads[i] + reg_grad_at(seg_start, seg_l1, seg_l2, s, i, w);
+        const T g = grads[i] + reg_grad(w, seg_l1[seg], seg_l2[seg]);
         T step = g;
         if (mom != T(0)) {
             const T b = mom * buf[i] + g;
@@ -97,9 +95,9 @@ __global__ void sgd_update(T* params, T* prev, T* buf, B* bad, const T* grads,
 
 template <typename T, typename B>
 __global__ void adam_update(T* params, T* prev, T* m, T* v, B* bad, const T* grads,
-                            const long long* seg_start, const double* seg_l1, const double* seg_l2,
-                            long long p, long long s, double lr, double beta1, double beta2,
-                            double eps, const long long* step) {
+                            const long long* seg_start, const long long* seg_stop,
+                            const double* seg_l1, const double* seg_l2, long long p, long long s,
+                            double lr, double beta1, double beta2, double eps, const long long* step) {
     // *step: the step's count, from 1 (in device memory: a CUDA graph replays it as it
     // changes); m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
     // params -= (lr / (1 - b1^step)) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)
@@ -116,8 +114,10 @@ __global__ void adam_update(T* params, T* prev, T* m, T* v, B* bad, const T* gra
     int nbad = 0;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p;
          i += (long long)gridDim.x * blockDim.x) {
+        const int seg = find_segment(seg_start, seg_stop, s, i);
+        if (seg < 0) continue;
         const T w = params[i];
-        const T g = grads[i] + reg_grad_at(seg_start, seg_l1, seg_l2, s, i, w);
+        const T g = grads[i] + reg_grad(w, seg_l1[seg], seg_l2[seg]);
         const T mi = b1 * m[i] + one_m_b1 * g;
         const T vi = b2 * v[i] + one_m_b2 * g * g;
         m[i] = mi;
@@ -132,11 +132,12 @@ __global__ void adam_update(T* params, T* prev, T* m, T* v, B* bad, const T* gra
 
 template <typename T>
 __global__ void add_reg_grad(T* grads, const T* params, const long long* seg_start,
-                             const double* seg_l1, const double* seg_l2, long long p, long long s) {
+                             const long long* seg_stop, const double* seg_l1, const double* seg_l2,
+                             long long p, long long s) {
     // grads (NP,) += l1 * sign(w) + 2 * l2 * w inside the regularised segments; others untouched
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p;
          i += (long long)gridDim.x * blockDim.x) {
-        const int seg = find_segment(seg_start, s, i);
+        const int seg = find_segment(seg_start, seg_stop, s, i);
         if (seg < 0 || (seg_l1[seg] == 0.0 && seg_l2[seg] == 0.0)) continue;
         grads[i] = grads[i] + reg_grad(params[i], seg_l1[seg], seg_l2[seg]);
     }
@@ -144,12 +145,13 @@ __global__ void add_reg_grad(T* grads, const T* params, const long long* seg_sta
 
 template <typename T>
 __global__ void reg_penalty(double* partial, const T* params, const long long* seg_start,
-                            const double* seg_l1, const double* seg_l2, long long p, long long s) {
+                            const long long* seg_stop, const double* seg_l1, const double* seg_l2,
+                            long long p, long long s) {
     // partial (G,) = this block's sum of l1 |w| + l2 w^2 over the elements inside segments
     double acc = 0.0;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p;
          i += (long long)gridDim.x * blockDim.x) {
-        const int seg = find_segment(seg_start, s, i);
+        const int seg = find_segment(seg_start, seg_stop, s, i);
         if (seg < 0) continue;
         const double w = (double)params[i];
         acc += seg_l1[seg] * fabs(w) + seg_l2[seg] * w * w;

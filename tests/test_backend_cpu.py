@@ -241,22 +241,31 @@ def test_mse_float32_loss_accumulates_in_float64(which):
 
 # --------------------------------------------------------------------------- optimizers
 
-def _segments(sizes, l1, l2):
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    return starts, np.asarray(l1, np.float64), np.asarray(l2, np.float64)
+def _segments(sizes, l1, l2, align=1):
+    """(start, stop, l1, l2) of arrays of ``sizes`` laid out as params.py does, each starting
+    on a multiple of ``align`` elements (the gaps: padding outside every segment)."""
+    padded = [-(-n // align) * align for n in sizes]
+    starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
+    return (starts, starts + np.asarray(sizes, np.int64), np.asarray(l1, np.float64),
+            np.asarray(l2, np.float64))
+
+
+def _flat_size(seg):
+    return int(-(-seg[1][-1] // 16) * 16)
 
 
 SEG_CASES = {
     "one": ([1], [0.0], [0.0]),
     "three": ([7, 16, 5], [0.01, 0.0, 0.0], [0.0, 0.02, 0.0]),
-    "big": ([40000, 16, 3000, 13], [0.001, 0.0, 0.003, 0.0], [0.002, 0.0, 0.0005, 0.0]),
+    "padded": ([7, 16, 5], [0.01, 0.0, 0.0], [0.0, 0.02, 0.0], 16),
+    "big": ([40000, 16, 3000, 13], [0.001, 0.0, 0.003, 0.0], [0.002, 0.0, 0.0005, 0.0], 16),
 }
 
 
 def _opt_state(seg, dtype, rng):
-    p = int(seg[0][-1])
-    params = rng.standard_normal(p).astype(dtype)
+    params = rng.standard_normal(_flat_size(seg)).astype(dtype)
     params[::11] = 0.0                       # L1 at exactly 0: sign 0
+    params[~R._inside(params.size, seg[0], seg[1])] = 0.0   # the padding, as params.py leaves it
     return params
 
 
@@ -345,6 +354,39 @@ def test_update_counts_non_finite(opt, which, rng):
 
 
 @pytest.mark.parametrize("which", IMPL_IDS)
+@pytest.mark.parametrize("kernel", ["sgd", "momentum", "adam", "adam_eps0", "add_reg_grad", "reg_penalty"])
+def test_padding_is_never_read_or_written(kernel, which, rng):
+    """Elements outside every segment (params.py's alignment padding) are left alone: NaN
+    planted there stays bitwise NaN, is not counted, and leaks into nothing. With zeros there,
+    Adam(eps=0) would compute 0/0."""
+    seg = _segments([7, 16, 5], [0.01, 0.0, 0.0], [0.0, 0.02, 0.0], align=16)
+    n = _flat_size(seg)
+    outside = ~R._inside(n, seg[0], seg[1])
+    bufs = [rng.standard_normal(n) for _ in range(5)]   # params, prev, state 0, state 1, grads
+    bufs[3] = np.abs(bufs[3])
+    for b in bufs:
+        b[outside] = np.nan
+    params, prev, s0, s1, grads = bufs
+    before = [b.copy() for b in bufs]
+    bad, out = np.zeros(1, np.int64), np.zeros(1)
+    if kernel in ("sgd", "momentum"):
+        _pick("sgd_update", which)(params, prev, s0, bad, grads, *seg, 0.1, 0.9 if kernel == "momentum" else 0.0,
+                                   False)
+    elif kernel.startswith("adam"):
+        _pick("adam_update", which)(params, prev, s0, s1, bad, grads, *seg, 0.01, 0.9, 0.999,
+                                    0.0 if kernel == "adam_eps0" else 1e-8, np.array([3], np.int64))
+    elif kernel == "add_reg_grad":
+        _pick("add_reg_grad", which)(grads, params, *seg)
+    else:
+        _pick("reg_penalty", which)(out, params, *seg)
+        assert np.isfinite(out[0]) and out[0] > 0
+    for b, b0 in zip(bufs, before):
+        np.testing.assert_array_equal(b[outside].view(np.int64), b0[outside].view(np.int64))
+        assert np.isfinite(b[~outside]).all()
+    assert bad[0] == 0
+
+
+@pytest.mark.parametrize("which", IMPL_IDS)
 def test_sgd_counts_float32_overflow(which):
     params = np.array([1e38, 1.0], np.float32)
     grads = np.array([-3e38, 0.0], np.float32)
@@ -365,9 +407,9 @@ EPS32 = float(np.finfo(np.float32).eps)
 
 
 def _reg_f32(w, seg):
-    # l1 * sign(w) + (2 l2) * w in float32, segment by segment
-    f32, out = np.float32, np.empty_like(w)
-    for lo, hi, l1, l2 in zip(seg[0][:-1], seg[0][1:], seg[1], seg[2]):
+    # l1 * sign(w) + (2 l2) * w in float32, segment by segment (0 in the padding)
+    f32, out = np.float32, np.zeros_like(w)
+    for lo, hi, l1, l2 in zip(*seg):
         out[lo:hi] = f32(l1) * np.sign(w[lo:hi]) + f32(2.0 * l2) * w[lo:hi]
     return out
 
@@ -398,11 +440,13 @@ def adam_step_f32(w, m, v, g, seg, lr, beta1, beta2, eps, t):
 def test_float32_updates_compute_in_float32(opt, which, rng):
     seg = _segments(*SEG_CASES["big"])
     params = _opt_state(seg, np.float32, rng)
+    params_padding = ~R._inside(params.size, seg[0], seg[1])
     state = [np.zeros_like(params), np.zeros_like(params)]    # buf, or m and v
     prev, bad = np.empty_like(params), np.zeros(1, np.int64)
     worst_w = worst_state = 0.0
     for t in range(1, 5):
         grads = rng.standard_normal(params.size).astype(np.float32)
+        grads[params_padding] = 0.0   # the replays below run over the padding too: keep it at 0
         w0, s0 = params.copy(), [a.copy() for a in state]
         rp, rs = w0.astype(np.float64), [a.astype(np.float64) for a in s0]
         if opt == "adam":
@@ -434,7 +478,7 @@ def test_float32_replay_tells_float32_from_float64_arithmetic(rng):
     # the bitwise check above can fail: the same step computed in float64 and rounded once
     # differs from the float32 replay
     seg = _segments(*SEG_CASES["big"])
-    w, g = _opt_state(seg, np.float32, rng), rng.standard_normal(seg[0][-1]).astype(np.float32)
+    w, g = _opt_state(seg, np.float32, rng), rng.standard_normal(_flat_size(seg)).astype(np.float32)
     m, v = np.zeros_like(w), np.zeros_like(w)
     replay = adam_step_f32(w, m, v, g, seg, 0.01, 0.9, 0.999, 1e-8, 3)[0]
     w64 = w.astype(np.float64)
@@ -462,7 +506,7 @@ def test_add_reg_grad(segs, dtype, which, rng):
 @pytest.mark.parametrize("which", IMPL_IDS)
 def test_add_reg_grad_partial_cover(which, rng):
     # segments may start after 0: entries outside them are left alone
-    seg = (np.array([3, 8, 10], np.int64), np.array([0.5, 0.0]), np.array([0.0, 0.25]))
+    seg = (np.array([3, 8], np.int64), np.array([8, 10], np.int64), np.array([0.5, 0.0]), np.array([0.0, 0.25]))
     params, grads = rng.standard_normal(12), rng.standard_normal(12)
     ref, got = grads.copy(), grads.copy()
     R.add_reg_grad(ref, params, *seg)

@@ -3,6 +3,7 @@
 Every error must be a ValueError or TypeError that says what was expected
 and what came in, raised before any weight (or optimizer state) changes.
 """
+import json
 import warnings
 
 import numpy as np
@@ -328,3 +329,138 @@ def test_float32_overflow_in_update_keeps_finite_weights():
     print(f"{info.value}; weights {model.get_weights()}")
     assert info.value.epoch == 0
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+
+
+# --------------------------------------------------------------------------- NumPy scalars
+
+# (constructor, the get_config key of each NumPy scalar passed, its Python value)
+NUMPY_SCALARS = {
+    "Dense": (lambda: fm.Dense(np.int64(3), np.int32(4), l1=np.float32(0.5), l2=np.float16(0.25)),
+              {"in_features": 3, "out_features": 4, "l1": 0.5, "l2": 0.25}),
+    "LeakyReLU": (lambda: fm.LeakyReLU(np.float32(0.25)), {"alpha": 0.25}),
+    "Conv2D": (lambda: fm.Conv2D(np.int64(1), np.uint8(4), np.int32(3), stride=np.int64(1),
+                                 padding=np.int16(1), l1=np.float32(0.5), l2=np.float64(0.25)),
+               {"in_channels": 1, "out_channels": 4, "stride": 1, "padding": 1, "l1": 0.5, "l2": 0.25}),
+    "MaxPool2D": (lambda: fm.MaxPool2D(np.int64(2), stride=np.int32(2)), {"pool_size": 2, "stride": 2}),
+    "BatchNorm": (lambda: fm.BatchNorm(np.int64(4), momentum=np.float32(0.5), eps=np.float32(0.125)),
+                  {"features": 4, "momentum": 0.5, "eps": 0.125}),
+    "Dropout": (lambda: fm.Dropout(np.float32(0.5)), {"rate": 0.5}),
+    "SGD": (lambda: fm.SGD(lr=np.float32(0.5), momentum=np.float32(0.25)), {"lr": 0.5, "momentum": 0.25}),
+    "Adam": (lambda: fm.Adam(lr=np.float32(0.5), beta1=np.float32(0.5), beta2=np.float16(0.75),
+                             eps=np.float32(0.125)),
+             {"lr": 0.5, "beta1": 0.5, "beta2": 0.75, "eps": 0.125}),
+    "Augment": (lambda: fm.Augment(rotate=np.float32(10), shift=np.float32(0.25),
+                                   image_shape=(np.int64(8), np.int32(8))),
+                {"rotate": 10.0, "shift": 0.25, "image_shape": (8, 8)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NUMPY_SCALARS))
+def test_numpy_scalars_are_accepted_as_python_numbers(name):
+    """Sizes and rates from NumPy grids (np.int64, np.float32, ...) work wherever Python ints and
+    floats do, and come back as Python ints / floats: get_config stays JSON."""
+    make, want = NUMPY_SCALARS[name]
+    obj = make()
+    cfg = obj.get_config()
+    json.dumps(cfg)
+    for key, value in want.items():
+        assert cfg[key] == value and type(cfg[key]) is type(value), (key, cfg[key], value)
+
+
+def test_numpy_scalars_in_fit_and_callbacks(rng):
+    X, y = _data(rng, n=20)
+    model = _model()
+    stop = fm.EarlyStopping(monitor="val_loss", patience=np.int64(1), min_delta=np.float32(0.0))
+    h = model.fit(X, y, epochs=np.int64(3), batch_size=np.int32(8), validation_split=np.float32(0.25),
+                  callbacks=[stop], checkpoint_every=np.int64(1))
+    assert type(stop.patience) is int and len(h.epoch) >= 1
+    model.predict(X, batch_size=np.uint16(4))
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda: fm.Dense(True, 3), "in_features"),
+    (lambda: fm.Dense(3, np.float64(4.0)), "out_features"),
+    (lambda: fm.Dense(3, 4, l2=np.bool_(True)), "l2"),
+    (lambda: fm.LeakyReLU(True), "alpha"),
+    (lambda: fm.SGD(lr=True), "lr"),
+    (lambda: fm.Adam(beta1=np.float32(1.0)), "beta1"),
+    (lambda: fm.Adam(eps=np.float32(np.nan)), "eps"),
+    (lambda: fm.EarlyStopping(patience=np.float64(2.0)), "patience"),
+    (lambda: fm.EarlyStopping(patience=-1), "patience"),
+    (lambda: fm.Dropout(np.float32(1.0)), "rate"),
+])
+def test_numbers_still_refused_say_what_was_expected(make, fragment):
+    with pytest.raises(ValueError) as info:
+        make()
+    print(info.value)
+    assert f"expected {fragment}" in str(info.value)
+
+
+# --------------------------------------------------------------------------- callbacks' monitors
+
+class _Watcher(fm.Callback):
+    """A user callback that opts in to the monitor check through ``monitor``."""
+    def __init__(self, monitor):
+        self.monitor = monitor
+
+
+@pytest.mark.parametrize("cb,fit_kw,fragment", [
+    (lambda: fm.EarlyStopping(monitor="val_loss"), {}, "val_loss"),
+    (lambda: fm.EarlyStopping(monitor="val_accuracy"), {"test_data": True}, "val_accuracy"),
+    (lambda: fm.EarlyStopping(monitor="test_loss"), {"validation_split": 0.2}, "test_loss"),
+    (lambda: fm.EarlyStopping(monitor="acc"), {}, "acc"),
+    (lambda: _Watcher("val_loss"), {}, "val_loss"),
+])
+def test_a_monitor_fit_will_not_log_is_refused_before_the_first_step(cb, fit_kw, fragment, rng):
+    """EarlyStopping(monitor="val_loss") without validation data used to fail after a whole
+    epoch had changed the weights; now fit refuses it up front, naming what it will log."""
+    X, y = _data(rng, n=20)
+    if fit_kw.get("test_data"):
+        fit_kw = {"test_data": (X, y)}
+    model = _model()
+    rng_state = model.rng.bit_generator.state
+    msg = _raises_unchanged(model, lambda: model.fit(X, y, epochs=2, batch_size=8, callbacks=[cb()], **fit_kw),
+                            ValueError, repr(fragment), "'loss'", "'accuracy'")
+    assert model.rng.bit_generator.state == rng_state
+    assert "val_" in msg or "validation" in msg
+
+
+def test_monitors_fit_will_log_are_accepted(rng):
+    X, y = _data(rng, n=20)
+    model = _model()
+    cbs = [fm.EarlyStopping(monitor="loss", patience=5), fm.EarlyStopping(monitor="val_accuracy", patience=5),
+           fm.EarlyStopping(monitor="test_loss", patience=5), _Watcher("val_loss")]
+    model.fit(X, y, epochs=1, batch_size=8, validation_split=0.2, test_data=(X, y), callbacks=cbs)
+
+
+# --------------------------------------------------------------------------- flat images
+
+def _cnn(c):
+    return fm.Sequential([fm.Conv2D(c, 2, 3, padding=1), fm.ReLU(), fm.Flatten(), fm.Dense(2 * 4 * 5, 3)],
+                         loss="softmax_crossentropy", seed=0, input_shape=(c, 4, 5))
+
+
+def test_flat_colour_images_to_a_conv_model_warn_about_the_layout(rng):
+    """Flat rows of C > 1 channel images could be flattened channels-first (N, C*H*W) or
+    channels-last (N, H*W*C, the layout of load_h5 / load_image_folder): both have the size the
+    model expects, and they were read as channels-first without a word. Now a UserWarning names
+    both layouts and how to say which; NCHW input (and single-channel images, the same either
+    way) pass silently."""
+    model = _cnn(3)
+    X_nhwc = rng.standard_normal((6, 4, 5, 3))
+    with pytest.warns(UserWarning) as record:
+        model.predict(X_nhwc.reshape(6, -1))
+    msg = str(record[0].message)
+    print(msg)
+    for fragment in ("(N, 60)", "channels-first", "channels-last", "(N, 3, 4, 5)", "(N, 4, 5, 3)",
+                     "transpose(0, 3, 1, 2)"):
+        assert fragment in msg, fragment
+    nchw = X_nhwc.transpose(0, 3, 1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = model.predict(nchw)
+        _cnn(1).predict(rng.standard_normal((6, 20)))
+    with pytest.warns(UserWarning):
+        np.testing.assert_array_equal(model.predict(nchw.reshape(6, -1)), p)   # read as channels-first
+    with pytest.raises(ValueError, match=r"\(N, 3, 4, 5\)"):
+        model.predict(X_nhwc)            # 4-D channels-last is refused, as before

@@ -133,6 +133,16 @@ def test_info(capsys):
         assert needle in stdout
 
 
+def test_info_says_why_the_fast_conv_path_is_off(capsys, monkeypatch):
+    from fastmlp.backend.cpu import openblas
+    monkeypatch.setattr(openblas, "_found", None)
+    monkeypatch.setattr(openblas, "reason", "no OpenBLAS of NumPy's among the loaded BLAS libraries: mkl")
+    rc, stdout, _ = run(capsys, "info")
+    line = [ln for ln in stdout.splitlines() if ln.startswith("conv on the CPU: ")][0]
+    print(line)
+    assert rc == 0 and "fast path is off" in line and openblas.reason in line
+
+
 @pytest.mark.parametrize("command", ["demo", "train", "evaluate", "predict", "info"])
 def test_help_everywhere(command, capsys):
     with pytest.raises(SystemExit) as e:
@@ -185,3 +195,75 @@ def test_bad_data_and_files_are_clear_errors(tmp_path, capsys):
 def test_predict_missing_image(shapes_run, capsys, tmp_path):
     rc, _, err = run(capsys, "predict", shapes_run[0], tmp_path / "nope.png")
     assert rc == 1 and "image not found" in err
+
+
+def _interrupt_train(out, extra=()):
+    """`fastmlp train shapes --out out` in a subprocess, sent SIGINT once its first epoch line is
+    out: (return code, stdout, stderr). Bounded in time."""
+    import signal
+    import time
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "fastmlp", "train", "shapes", "--samples", "400", "--image-size", "12",
+            "--hidden", "16", "--batch-size", "16", "--epochs", "100000", "--verbose", "2",
+            "--out", str(out), *extra]
+    p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines, deadline = [], time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("epoch 2:"):
+                break
+        assert lines and lines[-1].startswith("epoch 2:"), "".join(lines) + p.stderr.read()
+        p.send_signal(signal.SIGINT)
+        rest, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    return p.returncode, "".join(lines) + rest, err
+
+
+def test_ctrl_c_in_train_saves_what_was_trained_and_says_how_to_resume(tmp_path):
+    """Ctrl-C used to end `fastmlp train --out DIR` with a traceback, exit status -2 and nothing
+    in DIR. Now fit's Ctrl-C checkpoint goes to DIR/model.fmlp (with preprocess.json beside it),
+    one line says how to resume, and the exit status is 130 (128 + SIGINT)."""
+    import fastmlp as fm
+    out = tmp_path / "run"
+    rc, stdout, err = _interrupt_train(out)
+    print(f"rc={rc}\nstdout tail: {stdout.splitlines()[-2:]}\nstderr: {err}")
+    assert rc == 130, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--resume" in lines[0] and str(out / "model.fmlp") in lines[0]
+    model = fm.load_model(out / "model.fmlp")
+    assert model.position is not None and model.position["epoch"] >= 2
+    assert (out / "preprocess.json").is_file()
+    # the printed command continues the run: a few more epochs, from where it stopped
+    epoch = model.position["epoch"]
+    cmd = lines[0].split("resume with: ", 1)[1].split()
+    assert cmd[:2] == ["fastmlp", "train"] and cmd[-1] == "--resume"
+    args = cmd[1:]
+    args[args.index("--epochs") + 1] = str(epoch + 2)
+    rc, stdout2, err2 = run_main_capture(args)
+    assert rc == 0, err2
+    assert pairs(stdout2)["epochs"] == 2     # the rest of the interrupted epoch, then one more
+    assert fm.load_model(out / "model.fmlp").position["epoch"] == epoch + 2
+
+
+def run_main_capture(argv):
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_resume_needs_the_interrupted_runs_folder(tmp_path, capsys):
+    rc, _, err = run(capsys, "train", "shapes", "--samples", "40", "--resume")
+    assert rc == 1 and "--resume needs --out" in err
+    rc, _, err = run(capsys, "train", "shapes", "--samples", "40", "--out", tmp_path, "--resume")
+    assert rc == 1 and "nothing to resume" in err

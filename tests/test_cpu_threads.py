@@ -6,6 +6,9 @@ Every result is compared with np.matmul, or with the same layer run as separate 
 chunk after chunk (the path the GPU takes): float64 to 1e-12, float32 to 1e-5, relative to
 the largest value. Gradients against centred differences; a planted wrong chunked kernel fails.
 """
+import os
+import threading
+
 import numba
 import numpy as np
 import pytest
@@ -69,6 +72,53 @@ def test_block_gemm_declines_what_blas_cannot_take(rng):
     assert not openblas.matmul(np.empty((20, 40), np.float32), a, b, 2)   # mixed dtypes
     assert not openblas.matmul(np.empty((20, 40), np.int64), a.astype(np.int64), b.astype(np.int64), 2)
     assert not openblas.matmul(np.empty((40, 20)).T, a, b, 2)             # a transposed output
+
+
+@needs_blas
+def test_numpys_openblas_is_found_through_a_symlinked_environment(tmp_path, monkeypatch):
+    """A virtual environment reached through a symlink: NumPy's folder is the link, the loaded
+    library's path is resolved. The two are compared as real paths (they were not: the fast
+    conv path switched itself off without a word)."""
+    site = os.path.dirname(os.path.dirname(np.__file__))
+    link = tmp_path / "venv-link"
+    link.symlink_to(site, target_is_directory=True)
+    monkeypatch.setattr(np, "__file__", str(link / "numpy" / "__init__.py"))
+    monkeypatch.setattr(openblas, "reason", openblas.reason)
+    assert openblas._numpy_openblas() is not None, openblas.reason
+
+
+def test_the_fast_path_says_why_it_is_off(monkeypatch):
+    monkeypatch.setattr(openblas, "reason", openblas.reason)   # put back after the test
+    monkeypatch.setenv("FASTMLP_NUMBA_BLAS", "0")
+    assert openblas._numpy_openblas() is None and "FASTMLP_NUMBA_BLAS=0" in openblas.reason
+
+
+@needs_blas
+def test_single_threaded_from_two_threads_gives_the_thread_count_back():
+    """Thread A holds OpenBLAS at 1 thread; thread B enters meanwhile and used to read back that
+    1 as the count to restore, leaving OpenBLAS single-threaded for good after both returned."""
+    before = openblas._get_threads()
+    openblas._set_threads(2)
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+        def run_a():
+            openblas.single_threaded(lambda: (a_in.set(), b_in.wait(10)))
+            a_out.set()
+
+        def run_b():
+            a_in.wait(10)
+            openblas.single_threaded(lambda: (b_in.set(), a_out.wait(10)))
+
+        threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        after = openblas._get_threads()
+    finally:
+        openblas._set_threads(before)
+    assert after == 2
 
 
 @needs_blas

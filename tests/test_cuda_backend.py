@@ -335,7 +335,7 @@ def _run_every_op(be, dtype, idx_dtype, n, m):
     be.bce_logits(f(n, m), stats, f(n, m), (f(n, m) > 0).astype(dtype), 0.5)
     be.mse(f(n, m), stats, f(n, m), f(n, m), 0.5)
     p = 3 * m + 5
-    seg = (np.array([0, m, 3 * m, p], dtype=np.int64),
+    seg = (np.array([0, m, 3 * m], dtype=np.int64), np.array([m, 3 * m, p], dtype=np.int64),
            np.array([0.0, 1e-3, 0.0]), np.array([0.1, 0.0, 0.0]))
     bad = np.zeros(1, dtype=idx_dtype)
     be.sgd_update(f(p), f(p), f(p), bad, f(p), *seg, 0.1, 0.9, True)
@@ -491,7 +491,8 @@ def test_bad_inputs_are_refused_before_any_launch(fake_cuda):
     with pytest.raises(TypeError, match="stats"):
         be.mse(z, np.zeros(2, np.float32), z, z, 1.0)
     with pytest.raises(TypeError, match="seg_start"):
-        be.add_reg_grad(np.zeros(5), np.zeros(5), np.array([0, 5], np.int32), np.zeros(1), np.zeros(1))
+        be.add_reg_grad(np.zeros(5), np.zeros(5), np.array([0], np.int32), np.array([5], np.int64),
+                        np.zeros(1), np.zeros(1))
     assert not fake.launches
 
 
@@ -642,13 +643,19 @@ def test_mse(cuda, dtype, n, m):
 
 
 def _segments(p, cover_all):
-    # a few segments with mixed L1/L2; cover_all=False leaves elements outside every segment
+    # (start, stop, l1, l2) of a few segments with mixed L1/L2, one of them empty;
+    # cover_all=False leaves elements outside every segment (at both ends and between
+    # the first two, like the alignment padding of params.py)
     cuts = [0, p // 5, p // 2, p // 2, p - 3 if p > 3 else p, p]
-    start = np.array(cuts if cover_all else [1] + cuts[1:-1] + [max(p - 2, 1)], dtype=np.int64)
-    s = len(start) - 1
+    if not cover_all:
+        cuts = [1] + cuts[1:-1] + [max(p - 2, 1)]
+    start, stop = np.array(cuts[:-1], dtype=np.int64), np.array(cuts[1:], dtype=np.int64)
+    if not cover_all and stop[0] - start[0] > 1:
+        stop[0] -= 1
+    s = len(start)
     l1 = np.array([1e-2, 0.0, 0.5, 0.0, 3e-3][:s])
     l2 = np.array([0.0, 1e-2, 0.1, 0.0, 2e-2][:s])
-    return start, l1, l2
+    return start, stop, l1, l2
 
 
 def _opt_inputs(rng, p, dtype, planted_bad):
@@ -671,13 +678,13 @@ def test_sgd_update(cuda, dtype, p, cover_all, planted_bad, bad_dtype, momentum,
     params, grads = _opt_inputs(rng, p, dtype, planted_bad)
     buf = _rand(rng, (p,), dtype)
     seg = _segments(p, cover_all)
-    want = {"params": params.astype(np.float64), "prev": np.empty(p), "buf": buf.astype(np.float64)}
+    want = {"params": params.astype(np.float64), "prev": np.zeros(p), "buf": buf.astype(np.float64)}
     bad_want = np.array([2], dtype=bad_dtype)
     for _ in range(2):   # two steps: the momentum buffer carries over
         with np.errstate(invalid="ignore", over="ignore"):   # the planted inf / nan
             ref.sgd_update(want["params"], want["prev"], want["buf"], bad_want,
                            grads.astype(np.float64), *seg, 0.1, momentum, nesterov)
-    got = {"params": cuda.to_device(params), "prev": cuda.empty((p,), dtype), "buf": cuda.to_device(buf)}
+    got = {"params": cuda.to_device(params), "prev": cuda.zeros((p,), dtype), "buf": cuda.to_device(buf)}
     bad = cuda.to_device(np.array([2], dtype=bad_dtype))
     segd = [cuda.to_device(s) for s in seg]
     for _ in range(2):
@@ -701,9 +708,9 @@ def test_adam_update(cuda, dtype, p, cover_all, planted_bad, bad_dtype):
     params, grads = _opt_inputs(rng, p, dtype, planted_bad)
     seg = _segments(p, cover_all)
     hyper = (0.1, 0.9, 0.999, 1e-8)
-    want = {"params": params.astype(np.float64), "prev": np.empty(p), "m": np.zeros(p), "v": np.zeros(p)}
+    want = {"params": params.astype(np.float64), "prev": np.zeros(p), "m": np.zeros(p), "v": np.zeros(p)}
     bad_want = np.zeros(1, dtype=bad_dtype)
-    got = {"params": cuda.to_device(params), "prev": cuda.empty((p,), dtype),
+    got = {"params": cuda.to_device(params), "prev": cuda.zeros((p,), dtype),
            "m": cuda.zeros((p,), dtype), "v": cuda.zeros((p,), dtype)}
     bad = cuda.zeros((1,), bad_dtype)
     segd = [cuda.to_device(s) for s in seg]

@@ -295,6 +295,57 @@ def test_save_from_png_paths_exact(tmp_path):
     assert fd.load_h5(resized)[0].shape == (3, 4, 6, 3)  # size is (width, height)
 
 
+def _ramp16(path, h=64, w=64):
+    """A smooth 16-bit grayscale ramp 0 .. 65535 saved as a PNG (Pillow mode I;16); returns it."""
+    Image = pytest.importorskip("PIL.Image")
+    a = np.round(np.linspace(0, 65535, h * w)).astype(np.uint16).reshape(h, w)
+    Image.fromarray(a).save(path)
+    with Image.open(path) as img:
+        assert img.mode.startswith("I;16"), img.mode
+    return a
+
+
+def _as8(a16):
+    # 16 bits scaled to the 8-bit range: 65535 -> 255, rounded
+    return np.rint(a16 / 257.0).astype(np.uint8)
+
+
+def test_save_16bit_pngs_scaled_not_clipped_and_gray_stays_gray(tmp_path):
+    """Pillow's 8-bit conversion clips 16-bit data at 255 (a ramp came back as 0, then 255
+    everywhere) and a 16-bit grayscale PNG came back as (1, 64, 64, 3). Now 16 bits are scaled to
+    the uint8 range and a grayscale image stays (N, H, W)."""
+    a = _ramp16(tmp_path / "ramp.png")
+    path = fd.save_images_to_h5(tmp_path / "x.h5", [tmp_path / "ramp.png"], [0])
+    X, y, _ = fd.load_h5(path)
+    print(f"16-bit ramp -> {X.dtype} {X.shape}, {len(np.unique(X))} levels, range [{X.min()}, {X.max()}]")
+    assert X.shape == (1, 64, 64) and X.dtype == np.uint8
+    np.testing.assert_array_equal(X[0], _as8(a))
+    assert len(np.unique(X)) == 256
+    # resized: smooth, never saturated
+    path = fd.save_images_to_h5(tmp_path / "y.h5", [tmp_path / "ramp.png"], [0], size=(32, 16))
+    X, _, _ = fd.load_h5(path)
+    print(f"resized to 32 x 16: range [{X.min()}, {X.max()}], {len(np.unique(X))} levels")
+    assert X.shape == (1, 16, 32) and X.min() < 16 and X.max() > 239 and len(np.unique(X)) > 50
+
+
+@pytest.mark.parametrize("grayscale", [True, False])
+def test_image_folder_16bit_pngs_scaled_not_clipped(grayscale, tmp_path):
+    (tmp_path / "depth").mkdir()
+    a = _ramp16(tmp_path / "depth" / "0.png")
+    X, y, classes = fd.load_image_folder(tmp_path, size=(64, 64), grayscale=grayscale)
+    assert X.dtype == np.uint8 and classes == ["depth"]
+    want = _as8(a)
+    if grayscale:
+        assert X.shape == (1, 64, 64)
+        got = X[0].astype(int)
+    else:
+        assert X.shape == (1, 64, 64, 3)
+        assert np.array_equal(X[0, ..., 0], X[0, ..., 1]) and np.array_equal(X[0, ..., 0], X[0, ..., 2])
+        got = X[0, ..., 0].astype(int)
+    print(f"grayscale={grayscale}: largest difference from the scaled ramp {np.abs(got - want).max()}")
+    assert np.abs(got - want).max() <= 1 and len(np.unique(got)) > 250
+
+
 def test_save_resizes_arrays_to_width_height(tmp_path):
     pytest.importorskip("PIL.Image")
     for shape, out in (((2, 10, 12, 3), (2, 4, 6, 3)), ((2, 10, 12), (2, 4, 6)), ((2, 10, 12, 1), (2, 4, 6, 1))):

@@ -310,6 +310,48 @@ def test_optimizers_match_torch():
         assert err <= TOL
 
 
+def _adam_eps0_case(dtype):
+    r = np.random.default_rng(7)
+    X, y = r.standard_normal((9, 4)), r.integers(0, 3, 9)
+    model = fm.Sequential([fm.Dense(4, 5), fm.Tanh(), fm.Dense(5, 3)], loss="softmax_crossentropy",
+                          optimizer=fm.Adam(lr=0.01, eps=0), dtype=dtype, seed=3)
+    return model, X, y
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adam_eps_zero_leaves_the_padding_alone(dtype):
+    """The flat buffer pads every array to 16 elements; Adam(eps=0) used to compute 0/0 there
+    and fail at step 0. The padding is outside every segment: it stays 0, and training is finite."""
+    model, X, y = _adam_eps0_case(dtype)
+    flat = model.flat
+    padding = np.ones(flat.size, bool)
+    for off, view in zip(flat.offsets, flat.param_views):
+        padding[off:off + view.size] = False
+    assert padding.sum() > 0
+    h = model.fit(X, y, epochs=5, batch_size=None)
+    print(f"Adam(eps=0) {dtype}: losses {np.round(h['loss'], 4)}; {padding.sum()} padding elements")
+    assert np.all(np.isfinite(h["loss"])) and all(np.isfinite(w).all() for w in model.get_weights())
+    for buf in (flat.params, flat.prev, *flat.state):
+        assert not np.any(buf[padding]), "the padding must stay 0"
+
+
+def test_adam_eps_zero_matches_torch():
+    torch = pytest.importorskip("torch")
+    model, X, y = _adam_eps0_case("float64")
+    tw = [torch.tensor(a, requires_grad=True) for a in model.get_weights()]
+    topt = torch.optim.Adam(tw, lr=0.01, eps=0)
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    for _ in range(5):
+        topt.zero_grad()
+        out = torch.tanh(Xt @ tw[0] + tw[1]) @ tw[2] + tw[3]
+        torch.nn.functional.cross_entropy(out, yt).backward()
+        topt.step()
+    model.fit(X, y, epochs=5, batch_size=None)
+    err = max(rel(a, b.detach().numpy()) for a, b in zip(model.get_weights(), tw))
+    print(f"Adam(eps=0) vs torch.optim.Adam(eps=0) after 5 steps: rel err {err:.2e}")
+    assert all(torch.isfinite(t).all() for t in tw) and err <= TOL
+
+
 # --------------------------------------------------------------------------- initialisation, seeds
 
 def test_course_init_reproduces_numpy_seed():

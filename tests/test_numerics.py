@@ -230,3 +230,38 @@ def test_minibatch_divergence_leaves_a_usable_model(dtype, tmp_path):
     back = fm.load_model(tmp_path / "after.fmlp")
     assert all(np.array_equal(a, b) for a, b in zip(back.get_weights(), model.get_weights()))
     assert back.optimizer.t == 0                             # the optimizer restarted (its state held NaN)
+
+
+
+@pytest.mark.parametrize("planted", ["nan_loss", "inf_variance"])
+@pytest.mark.parametrize("bs", [None, 4])
+def test_divergence_restores_the_layer_state_too(planted, bs, tmp_path):
+    """A diverging step has already written NaN into BatchNorm's running statistics when it is
+    undone (nan_loss: a batch mean that overflows makes the loss NaN), or a finite loss comes
+    with an Inf running variance (inf_variance). Either way fit undoes the step: weights and
+    running statistics come back, the model predicts as before, and its file loads
+    (load_model refuses non-finite running statistics)."""
+    r = np.random.default_rng(2)
+    X, y = r.standard_normal((16, 5)), r.standard_normal(16)
+    model = fm.Sequential([fm.BatchNorm(5), fm.Dense(5, 8), fm.ReLU(), fm.Dense(8, 1)], loss="mse",
+                          optimizer=fm.SGD(lr=0.01, momentum=0.9), dtype="float64", seed=0)
+    model.fit(X, y, epochs=2, batch_size=bs)
+    weights, state, pred = model.get_weights(), model.layers[0].get_state(), model.predict(X)
+    huge = X.copy()
+    if planted == "nan_loss":
+        huge[:2] = 1.7e308        # their sum overflows: mean Inf, then NaN everywhere
+    else:
+        huge[:2] = [[1e200], [-1e200]]   # finite mean, variance 1e400 = Inf, output (and loss) finite
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(fm.NonFiniteLossError) as info:
+            model.fit(huge, y, epochs=3, batch_size=bs, shuffle=False)
+    print(f"{planted} batch_size={bs}: {info.value}")
+    assert info.value.epoch == 0 and info.value.step == 0
+    for k, v in model.layers[0].get_state().items():
+        np.testing.assert_array_equal(v, state[k])
+    for a, b in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(model.predict(X), pred)
+    model.save(tmp_path / "diverged.fmlp")
+    np.testing.assert_array_equal(fm.load_model(tmp_path / "diverged.fmlp").predict(X), pred)

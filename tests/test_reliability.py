@@ -507,6 +507,27 @@ def test_checkpoint_every_and_final(rng, tmp_path):
     _only(tmp_path, ["ck.fmlp"])
 
 
+@pytest.mark.parametrize("patience", [1, 100])   # stopped early, or ran to the last epoch
+def test_final_checkpoint_holds_the_restored_best_weights(patience, rng, tmp_path):
+    """With EarlyStopping(restore_best_weights=True) fit returns the best epoch's weights (and
+    BatchNorm statistics); the checkpoint written when fit ends holds the same, not the last
+    epoch's. Resuming from it continues from those weights at the epoch where fit stopped."""
+    X, y = _data(rng)
+    path = tmp_path / "ck.fmlp"
+    model = _mlp("sgd")
+    model.optimizer.lr = 3.0                  # the validation loss bounces: the best epoch is not the last
+    stop = fm.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    h = model.fit(X, y, epochs=8, batch_size=32, validation_split=0.25, checkpoint=path, callbacks=[stop])
+    print(f"patience={patience}: val_loss {np.round(h['val_loss'], 3)}, best epoch {stop.best_epoch}, "
+          f"ran {len(h.epoch)} epochs")
+    assert stop.best_epoch != h.epoch[-1]
+    saved = fm.load_model(path)
+    _assert_same_state(model, saved)
+    with np.load(path, allow_pickle=False) as npz:
+        header = json.loads(npz["header"].tobytes().decode())
+    assert header["training"]["epoch"] == h.epoch[-1] + 1 and header["training"]["step"] == 0
+
+
 @pytest.mark.parametrize("opt", ["adam", "nesterov"])
 def test_resume_from_checkpoint_equals_uninterrupted(opt, rng, tmp_path):
     X, y = _data(rng)
@@ -731,9 +752,9 @@ def _actual_bytes(model, b):
     flat = model.flat
     parts = [flat.params, flat.grads, flat.prev, *flat.state, model.stats, flat.bad, flat._penalty, *flat.seg]
     total = sum(a.nbytes for a in parts)
-    total += sum(buf.nbytes for layer in model.layers for buf in layer._ws.values())
+    total += sum(layer.workspace_bytes() for layer in model.layers)
     total += model.batch_buffers.nbytes()
-    total += model._dlogits_bufs[b].nbytes
+    total += model.workspace_bytes()
     widths = {layer.out_features for layer in model.layers if isinstance(layer, fm.Dense)}
     widths |= {w * layer.features for layer in model.layers if isinstance(layer, fm.BatchNorm) for w in (1, 2)}
     widths |= {layer.out_channels for layer in model.layers           # a fused conv epilogue's sums

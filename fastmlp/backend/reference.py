@@ -117,62 +117,76 @@ def mse(dout, stats, out, targets, scale):
         stats[1] += np.sum(np.argmax(out, axis=1) == np.argmax(targets, axis=1))
 
 
-def _reg_grad(params, seg_start, seg_l1, seg_l2):
-    # L1/L2 gradient per element: l1 * sign(w) + 2 * l2 * w for its segment
+def _inside(n, seg_start, seg_stop):
+    # (n,) bool: the elements inside some segment [seg_start[s], seg_stop[s]); the rest
+    # (the alignment padding of the flat buffer) is never read or written by the updates
+    mask = np.zeros(n, dtype=bool)
+    for lo, hi in zip(seg_start, seg_stop):
+        mask[lo:hi] = True
+    return mask
+
+
+def _reg_grad(params, seg_start, seg_stop, seg_l1, seg_l2):
+    # L1/L2 gradient per element: l1 * sign(w) + 2 * l2 * w for its segment, 0 outside
     g = np.zeros_like(params)
     for s in range(len(seg_l1)):
-        w = params[seg_start[s]:seg_start[s + 1]]
-        g[seg_start[s]:seg_start[s + 1]] = seg_l1[s] * np.sign(w) + 2.0 * seg_l2[s] * w
+        w = params[seg_start[s]:seg_stop[s]]
+        g[seg_start[s]:seg_stop[s]] = seg_l1[s] * np.sign(w) + 2.0 * seg_l2[s] * w
     return g
 
 
-def reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+def reg_penalty(out, params, seg_start, seg_stop, seg_l1, seg_l2):
     # out (1,) float64 = sum over segments of l1 * sum|w| + l2 * sum w^2 (Keras convention)
     total = 0.0
     for s in range(len(seg_l1)):
-        w = params[seg_start[s]:seg_start[s + 1]]
+        w = params[seg_start[s]:seg_stop[s]]
         total += seg_l1[s] * np.abs(w).sum() + seg_l2[s] * (w * w).sum()
     out[0] = total
 
 
-def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
-    # grads (NP,) += L1/L2 gradient; the NS segments cover [seg_start[0], seg_start[NS])
-    grads += _reg_grad(params, seg_start, seg_l1, seg_l2)
+def add_reg_grad(grads, params, seg_start, seg_stop, seg_l1, seg_l2):
+    # grads (NP,) += L1/L2 gradient inside the NS segments; the rest untouched
+    grads += _reg_grad(params, seg_start, seg_stop, seg_l1, seg_l2)
 
 
-def _finish_update(params, prev, bad, new):
-    prev[...] = params
-    params[...] = new
-    bad[0] += np.count_nonzero(~np.isfinite(new))
+def _finish_update(params, prev, bad, new, inside):
+    prev[inside] = params[inside]
+    params[inside] = new[inside]
+    bad[0] += np.count_nonzero(~np.isfinite(new[inside]))
 
 
-def sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
+def sgd_update(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
                lr, momentum, nesterov):
-    """torch.optim.SGD step over the flat buffer, L1/L2 added to the gradient.
+    """torch.optim.SGD step over the segments of the flat buffer, L1/L2 added to the gradient.
 
     params, prev, buf, grads are (NP,); prev receives the parameters before the
     step (so a step that went non-finite can be undone); bad (1,) counts
     non-finite new parameters. buf is the momentum buffer, zero at the start
-    (torch's first-step buf = g is the same as buf = momentum * 0 + g)."""
-    g = grads + _reg_grad(params, seg_start, seg_l1, seg_l2)
+    (torch's first-step buf = g is the same as buf = momentum * 0 + g). Elements
+    outside every segment are left alone."""
+    inside = _inside(params.size, seg_start, seg_stop)
+    g = grads + _reg_grad(params, seg_start, seg_stop, seg_l1, seg_l2)
     if momentum != 0.0:
-        buf[...] = momentum * buf + g
+        buf[inside] = momentum * buf[inside] + g[inside]
         g = g + momentum * buf if nesterov else buf.copy()
-    _finish_update(params, prev, bad, params - lr * g)
+    _finish_update(params, prev, bad, params - lr * g, inside)
 
 
-def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
+def adam_update(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
                 lr, beta1, beta2, eps, step):
-    """torch.optim.Adam step, L1/L2 added to the gradient. step (1,) int64 holds the
-    step's count (from 1): a device array on the GPU, so that a CUDA graph replays it."""
+    """torch.optim.Adam step, L1/L2 added to the gradient, over the segments only (the
+    padding, all zeros, would give 0/0 with eps=0). step (1,) int64 holds the step's count
+    (from 1): a device array on the GPU, so that a CUDA graph replays it."""
+    inside = _inside(params.size, seg_start, seg_stop)
     step = float(step[0])
-    g = grads + _reg_grad(params, seg_start, seg_l1, seg_l2)
-    m[...] = beta1 * m + (1.0 - beta1) * g
-    v[...] = beta2 * v + (1.0 - beta2) * g * g
+    g = (grads + _reg_grad(params, seg_start, seg_stop, seg_l1, seg_l2))[inside]
+    m[inside] = beta1 * m[inside] + (1.0 - beta1) * g
+    v[inside] = beta2 * v[inside] + (1.0 - beta2) * g * g
     bc1 = 1.0 - beta1 ** step
     bc2 = 1.0 - beta2 ** step
-    denom = np.sqrt(v) / np.sqrt(bc2) + eps
-    _finish_update(params, prev, bad, params - (lr / bc1) * m / denom)
+    new = params.copy()
+    new[inside] = params[inside] - (lr / bc1) * m[inside] / (np.sqrt(v[inside]) / np.sqrt(bc2) + eps)
+    _finish_update(params, prev, bad, new, inside)
 
 
 def gather_rows(out, x, idx):

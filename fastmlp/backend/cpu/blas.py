@@ -17,6 +17,7 @@ the next Numba kernel needs; in an MLP, whose steps are GEMMs and short
 kernels, OpenBLAS's own threading is the faster.
 """
 import os
+import threading
 
 import numba
 import numpy as np
@@ -26,7 +27,7 @@ from . import openblas
 SMALL_MACS = int(os.environ.get("FASTMLP_BLAS_SMALL", 1 << 22))
 
 _blas = []
-_numba_thread_gemms = [False]
+_local = threading.local()   # whose threads run big GEMMs: each Python thread says for itself
 
 
 def _controller():
@@ -52,26 +53,58 @@ def _controller():
 def use_numba_thread_gemms(flag):
     """Run big GEMMs on Numba's threads from now on (True: a model with chunked conv kernels),
     or on OpenBLAS's (False). Each model says which before its steps."""
-    _numba_thread_gemms[0] = bool(flag) and openblas.available()
+    _local.numba_thread_gemms = bool(flag) and openblas.available()
 
 
 def numba_thread_gemms():
     """Whether big GEMMs run on Numba's threads now."""
-    return _numba_thread_gemms[0]
+    return getattr(_local, "numba_thread_gemms", False)
+
+
+# Predictions running at once in several Python threads: while two or more do, every GEMM
+# runs on one BLAS thread. OpenBLAS has one pool of worker threads for the process, and a
+# threaded GEMM waits for it while another thread's holds it, so callers sharing the pool
+# queue up; each on one thread of its own, they run side by side.
+_concurrent = [0]
+_concurrent_lock = threading.Lock()
+
+
+def begin_inference():
+    """A thread starts a prediction (Sequential._enter)."""
+    set_threads, most = _controller()
+    with _concurrent_lock:
+        _concurrent[0] += 1
+        if _concurrent[0] == 2 and set_threads is not None and most > 1:
+            set_threads(1)
+
+
+def end_inference():
+    """The prediction of begin_inference is done."""
+    set_threads, most = _controller()
+    with _concurrent_lock:
+        _concurrent[0] -= 1
+        if _concurrent[0] == 1 and set_threads is not None and most > 1:
+            set_threads(most)
 
 
 def matmul(out, a, b):
     # out (m, n) = a (m, k) @ b (k, n); a and b may be transposed views
     set_threads, most = _controller()
     small = a.shape[0] * a.shape[1] * b.shape[1] < SMALL_MACS
-    if not small and _numba_thread_gemms[0] and numba.get_num_threads() > 1:
+    if _concurrent[0] > 1:          # BLAS is on one thread already (begin_inference)
+        np.matmul(a, b, out=out)
+        return
+    if not small and getattr(_local, "numba_thread_gemms", False) and numba.get_num_threads() > 1:
         if openblas.matmul(out, a, b, numba.get_num_threads()):
             return
     if set_threads is not None and most > 1 and small:
-        set_threads(1)
+        with _concurrent_lock:      # not while a second prediction starts (begin_inference)
+            set_threads(1)
         try:
             np.matmul(a, b, out=out)
         finally:
-            set_threads(most)
+            with _concurrent_lock:
+                if _concurrent[0] < 2:
+                    set_threads(most)
     else:
         np.matmul(a, b, out=out)

@@ -18,6 +18,7 @@ chunk order: results depend on the chunks (the batch and the image size), not on
 which thread ran what.
 """
 import sys
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -29,6 +30,7 @@ from .conv import col2im_twins, conv_bias_act_pool_backward_twins, conv_bias_act
 from .jit import cover_dependencies
 from .openblas import NO_TRANS, ROW_MAJOR, TRANS
 from .reduce import REDUCTION_BLOCKS
+from ..workspaces import WorkspacePool
 
 # The CPU backend package: its ops and its ``fused_conv_chunks`` are looked up there when
 # called, so that a test or a profiler that replaces one there is obeyed.
@@ -96,15 +98,13 @@ def _check_scratch(cols, zt):
         raise ValueError(f"conv scratch: expected a row per thread ({t}), got cols {cols.shape}, zt {zt.shape}")
 
 
-_partials = {}
+_partials = WorkspacePool()
+_HOST = SimpleNamespace(empty=np.empty)
 
 
 def _thread_partials(t, m):
-    # the (T, BLOCKS, M) float64 bias-gradient scratch of backward, one per (T, M), reused
-    buf = _partials.get((t, m))
-    if buf is None:
-        buf = _partials[(t, m)] = np.empty((t, REDUCTION_BLOCKS, m), dtype=np.float64)
-    return buf
+    # the (T, BLOCKS, M) float64 bias-gradient scratch of backward: the calling thread's
+    return _partials.get(_HOST, "partials", (t, REDUCTION_BLOCKS, m), np.float64)
 
 
 def conv_act_pool_forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, code, alpha,

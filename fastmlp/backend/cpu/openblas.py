@@ -20,9 +20,13 @@ False: GEMMs stay on np.matmul and Conv2D runs its kernels chunk after chunk.
 """
 import ctypes
 import os
+import threading
+from types import SimpleNamespace
 
 import numpy as np
 from numba import njit, prange
+
+from ..workspaces import WorkspacePool
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 ALIGN = 8           # block edges on multiples of 8 rows / columns (whole SIMD vectors)
@@ -36,29 +40,49 @@ def _prototype(real):
                             ctypes.c_void_p, _I64, real, ctypes.c_void_p, _I64)
 
 
+reason = ""   # why the fast path is off (``fastmlp info`` prints it), "" when it is on
+
+
 def _numpy_openblas():
     """(sgemm, dgemm, set_num_threads, get_num_threads) ctypes functions of NumPy's OpenBLAS,
-    or None."""
+    or None, with ``reason`` saying why."""
+    global reason
     if os.environ.get("FASTMLP_NUMBA_BLAS", "1") == "0":
+        reason = "switched off by FASTMLP_NUMBA_BLAS=0"
         return None
     try:
         from threadpoolctl import threadpool_info
-        numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    except ImportError:
+        reason = "threadpoolctl is not installed (it finds the BLAS library NumPy loaded)"
+        return None
+    # real paths on both sides: a virtual environment reached through a symlink has an
+    # unresolved NumPy folder, while the loaded libraries' paths are resolved
+    numpy_dir = os.path.join(os.path.realpath(os.path.dirname(os.path.dirname(np.__file__))), "")
+    seen = []
+    try:
         for info in threadpool_info():
-            path = info.get("filepath") or ""
+            path = os.path.realpath(info.get("filepath") or "")
+            seen.append(f"{info.get('internal_api')} at {path}")
             if info.get("internal_api") != "openblas" or not path.startswith(numpy_dir) or "numpy" not in path:
                 continue
             lib = ctypes.CDLL(path)
             for prefix in ("scipy_", ""):
                 try:
-                    return (_prototype(ctypes.c_float)((f"{prefix}cblas_sgemm64_", lib)),
-                            _prototype(ctypes.c_double)((f"{prefix}cblas_dgemm64_", lib)),
-                            ctypes.CFUNCTYPE(None, _INT)((f"{prefix}openblas_set_num_threads64_", lib)),
-                            ctypes.CFUNCTYPE(_INT)((f"{prefix}openblas_get_num_threads64_", lib)))
+                    found = (_prototype(ctypes.c_float)((f"{prefix}cblas_sgemm64_", lib)),
+                             _prototype(ctypes.c_double)((f"{prefix}cblas_dgemm64_", lib)),
+                             ctypes.CFUNCTYPE(None, _INT)((f"{prefix}openblas_set_num_threads64_", lib)),
+                             ctypes.CFUNCTYPE(_INT)((f"{prefix}openblas_get_num_threads64_", lib)))
                 except AttributeError:
                     continue
-    except Exception:  # threadpoolctl missing, a library that can't be opened, ...
+                reason = ""
+                return found
+            reason = f"the 64-bit cblas_?gemm symbols were not found in NumPy's OpenBLAS {path}"
+            return None
+    except Exception as e:  # a library that can't be opened, ...
+        reason = f"NumPy's OpenBLAS could not be opened: {type(e).__name__}: {e}"
         return None
+    reason = (f"no OpenBLAS of NumPy's (under {numpy_dir}) among the loaded BLAS libraries: "
+              f"{', '.join(seen) or 'none'}")
     return None
 
 
@@ -76,15 +100,29 @@ def gemm_for(dtype):
     return {np.dtype(np.float32): _sgemm, np.dtype(np.float64): _dgemm}.get(np.dtype(dtype))
 
 
+_held = {"count": 0, "threads": None}   # how many calls hold OpenBLAS at 1 thread, and its count before
+_held_lock = threading.Lock()
+
+
 def single_threaded(fn, *args):
     """fn(*args) with NumPy's OpenBLAS held to one thread, its thread count put back after:
-    Numba's threads then each call it without OpenBLAS starting threads of its own."""
-    before = _get_threads()
-    _set_threads(1)
+    Numba's threads then each call it without OpenBLAS starting threads of its own.
+
+    The count is one setting for the whole process: with calls from several Python threads,
+    the first to enter reads it and sets 1, the last to leave puts it back (a call that read
+    it back while another held it at 1 would restore that 1 for good)."""
+    with _held_lock:
+        if _held["count"] == 0:
+            _held["threads"] = _get_threads()
+            _set_threads(1)
+        _held["count"] += 1
     try:
         fn(*args)
     finally:
-        _set_threads(before)
+        with _held_lock:
+            _held["count"] -= 1
+            if _held["count"] == 0:
+                _set_threads(_held["threads"])
 
 
 def _layout(x):
@@ -153,12 +191,11 @@ def matmul(out, a, b, threads):
     return True
 
 
-_scratch = {}
+_scratch = WorkspacePool()
+_HOST = SimpleNamespace(empty=np.empty)
 
 
 def _partials(shape, dtype):
-    # the (T, m, n) partial products of a k-split GEMM, one buffer per shape, reused
-    buf = _scratch.get((shape, dtype))
-    if buf is None:
-        buf = _scratch[(shape, dtype)] = np.empty(shape, dtype)
-    return buf
+    # the (T, m, n) partial products of a k-split GEMM: this thread's, one buffer for every
+    # shape, grown to the largest (backend/workspaces.py)
+    return _scratch.get(_HOST, "partials", shape, dtype)

@@ -15,6 +15,8 @@ reg_penalty is part of the loss, and sums in float64 like the losses.
 The kernels loop over the segments of the flat buffer and hand each segment to an
 inlined helper as 1-D slices: indexing the whole buffer within [lo, hi) bounds keeps
 LLVM from vectorising the loop, slices with their own base pointers vectorise.
+Segment s is [seg_start[s], seg_stop[s]); elements outside every segment (the
+alignment padding of params.py) are never read or written.
 """
 import math
 
@@ -51,13 +53,13 @@ def _sgd_segment(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2):
     return nbad
 
 
-def _sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
+def _sgd_update(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
                 lr, momentum, nesterov):
-    # params, prev, buf, grads (NP,); segment s is [seg_start[s], seg_start[s + 1]) with its
+    # params, prev, buf, grads (NP,); segment s is [seg_start[s], seg_stop[s]) with its
     # L1/L2 coefficients seg_l1[s], seg_l2[s]; bad (1,) += the non-finite new parameters
     nbad = 0
     for s in range(seg_l1.size):
-        lo, hi = seg_start[s], seg_start[s + 1]
+        lo, hi = seg_start[s], seg_stop[s]
         mbuf = buf[lo:hi] if momentum != 0 else prev[lo:hi]   # unused without momentum
         nbad += _sgd_segment(params[lo:hi], prev[lo:hi], mbuf, grads[lo:hi], lr, momentum,
                              nesterov, seg_l1[s], 2.0 * seg_l2[s])
@@ -67,10 +69,10 @@ def _sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
 sgd_update_twins = twins(_sgd_update)
 
 
-def sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
+def sgd_update(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
                lr, momentum, nesterov):
     # flat (NP,) buffers, NS segments; buf is None or unused when momentum == 0
-    pick(sgd_update_twins, params.size)(params, prev, buf, bad, grads, seg_start,
+    pick(sgd_update_twins, params.size)(params, prev, buf, bad, grads, seg_start, seg_stop,
                                         seg_l1, seg_l2, lr, momentum, nesterov)
 
 
@@ -96,7 +98,7 @@ def _adam_segment(w, prev, m, v, g, beta1, beta2, eps, step_size, sqrt_bc2, l1, 
     return nbad
 
 
-def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
+def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
                  lr, beta1, beta2, eps, step):
     # torch.optim.Adam; step (1,) int64 holds the step's count, from 1; the bias
     # corrections in float64, once a call
@@ -105,7 +107,7 @@ def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
     sqrt_bc2 = math.sqrt(1.0 - beta2 ** step)
     nbad = 0
     for s in range(seg_l1.size):
-        lo, hi = seg_start[s], seg_start[s + 1]
+        lo, hi = seg_start[s], seg_stop[s]
         nbad += _adam_segment(params[lo:hi], prev[lo:hi], m[lo:hi], v[lo:hi], grads[lo:hi],
                               beta1, beta2, eps, step_size, sqrt_bc2, seg_l1[s], 2.0 * seg_l2[s])
     bad[0] += nbad
@@ -114,10 +116,10 @@ def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
 adam_update_twins = twins(_adam_update)
 
 
-def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
+def adam_update(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
                 lr, beta1, beta2, eps, step):
     # flat (NP,) buffers, NS segments; step (1,) int64
-    pick(adam_update_twins, params.size)(params, prev, m, v, bad, grads, seg_start,
+    pick(adam_update_twins, params.size)(params, prev, m, v, bad, grads, seg_start, seg_stop,
                                          seg_l1, seg_l2, lr, beta1, beta2, eps, step)
 
 
@@ -128,19 +130,19 @@ def _add_reg_segment(g, w, l1, l2x2):
         g[i] += _reg(w[i], l1, l2x2)
 
 
-def _add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
+def _add_reg_grad(grads, params, seg_start, seg_stop, seg_l1, seg_l2):
     # grads (NP,) += the L1/L2 gradient inside the regularised segments
     for s in range(seg_l1.size):
         if seg_l1[s] != 0.0 or seg_l2[s] != 0.0:
-            lo, hi = seg_start[s], seg_start[s + 1]
+            lo, hi = seg_start[s], seg_stop[s]
             _add_reg_segment(grads[lo:hi], params[lo:hi], seg_l1[s], 2.0 * seg_l2[s])
 
 
 add_reg_grad_twins = twins(_add_reg_grad)
 
 
-def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
-    pick(add_reg_grad_twins, params.size)(grads, params, seg_start, seg_l1, seg_l2)
+def add_reg_grad(grads, params, seg_start, seg_stop, seg_l1, seg_l2):
+    pick(add_reg_grad_twins, params.size)(grads, params, seg_start, seg_stop, seg_l1, seg_l2)
 
 
 @njit(inline="always", error_model="numpy")
@@ -152,12 +154,12 @@ def _penalty_segment(w, l1, l2):
     return acc
 
 
-def _reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+def _reg_penalty(out, params, seg_start, seg_stop, seg_l1, seg_l2):
     # out (1,) float64 = sum over segments of l1 * sum|w| + l2 * sum w^2
     total = 0.0
     for s in range(seg_l1.size):
         if seg_l1[s] != 0.0 or seg_l2[s] != 0.0:
-            lo, hi = seg_start[s], seg_start[s + 1]
+            lo, hi = seg_start[s], seg_stop[s]
             total += _penalty_segment(params[lo:hi], seg_l1[s], seg_l2[s])
     out[0] = total
 
@@ -165,9 +167,9 @@ def _reg_penalty(out, params, seg_start, seg_l1, seg_l2):
 reg_penalty_twins = twins(_reg_penalty)
 
 
-def reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+def reg_penalty(out, params, seg_start, seg_stop, seg_l1, seg_l2):
     # out (1,) float64, assigned
-    pick(reg_penalty_twins, params.size)(out, params, seg_start, seg_l1, seg_l2)
+    pick(reg_penalty_twins, params.size)(out, params, seg_start, seg_stop, seg_l1, seg_l2)
 
 
 cover_dependencies(__name__)

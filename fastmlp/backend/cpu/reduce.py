@@ -3,8 +3,10 @@
 A reduction over N rows sums blocks of rows into the rows of a (REDUCTION_BLOCKS, width)
 float64 scratch, one block a thread, then adds the rows in order: the blocks depend on
 the shape only, so the sums do not depend on the thread count. The scratch is kept here,
-one buffer per width, reused call to call.
+one buffer per width and thread, reused call to call.
 """
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -14,14 +16,18 @@ from .jit import cover_dependencies
 # dimension of their scratch.
 REDUCTION_BLOCKS = 64
 
-_partials = {}
+_local = threading.local()   # each thread its own scratch: threads that compute at once never share it
 
 
 def partial_sums(width):
-    """The (REDUCTION_BLOCKS, width) float64 scratch of a column reduction."""
-    buf = _partials.get(width)
+    """The (REDUCTION_BLOCKS, width) float64 scratch of a column reduction, this thread's."""
+    try:
+        mine = _local.partials
+    except AttributeError:
+        mine = _local.partials = {}
+    buf = mine.get(width)
     if buf is None:
-        buf = _partials[width] = np.empty((REDUCTION_BLOCKS, width), dtype=np.float64)
+        buf = mine[width] = np.empty((REDUCTION_BLOCKS, width), dtype=np.float64)
     return buf
 
 

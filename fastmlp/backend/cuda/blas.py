@@ -19,6 +19,7 @@ CuPy does; float64 in float64.
 """
 import ctypes
 import os
+import threading
 
 import cupy
 import numpy as np
@@ -30,8 +31,7 @@ _GEMM_DEFAULT = -1
 _WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
 
 _lib = None
-_handles = {}    # device id -> handle with our workspace set
-_keep = []       # the workspaces (alive as long as the process)
+_local = threading.local()   # .handles: device id -> (CuPy's cuBLAS handle of this thread, its workspace)
 _ONE = {np.dtype(np.float32): ctypes.c_float(1.0), np.dtype(np.float64): ctypes.c_double(1.0)}
 _ZERO = {np.dtype(np.float32): ctypes.c_float(0.0), np.dtype(np.float64): ctypes.c_double(0.0)}
 
@@ -60,15 +60,20 @@ def _library():
 
 
 def _handle(lib):
+    # CuPy keeps a cuBLAS handle per thread; cublasSetStream on a handle shared by two
+    # threads would race, so each thread uses its own, with its own workspace
+    handles = getattr(_local, "handles", None)
+    if handles is None:
+        handles = _local.handles = {}
     dev = cupy.cuda.runtime.getDevice()
-    h = _handles.get(dev)
+    h = handles.get(dev)
     if h is None:
         h = cupy.cuda.device.get_cublas_handle()
         ws = cupy.empty(_WORKSPACE_BYTES, dtype=cupy.uint8)
         _check(lib.cublasSetWorkspace_v2(h, ws.data.ptr, _WORKSPACE_BYTES), "cublasSetWorkspace")
-        _keep.append(ws)
-        _handles[dev] = h
-    return h
+        handles[dev] = (h, ws)   # the workspace lives as long as the thread's handle entry
+        return h
+    return h[0]
 
 
 def _check(status, what):
@@ -137,3 +142,14 @@ def use_numba_thread_gemms(flag):
 
 def numba_thread_gemms():
     return False
+
+
+# Predictions from several threads: each has its own workspaces, launch scratch and cuBLAS
+# handle, and all launch on the current stream (CuPy's default, shared), which keeps them
+# correct; they queue on that stream rather than overlap.
+def begin_inference():
+    pass
+
+
+def end_inference():
+    pass

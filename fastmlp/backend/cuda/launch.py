@@ -11,6 +11,8 @@ float64 workspace cached per (device, stream), with grid sizes that depend on
 the shape only: results are bitwise reproducible, and a step allocates nothing
 once the workspace has grown to the largest shape seen.
 """
+import threading
+
 import cupy
 import numpy as np
 
@@ -25,7 +27,7 @@ INDEX = {np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
 
 _modules = {}     # family -> cupy.RawModule
 _kernels = {}     # (family, name expression) -> cupy.RawKernel (compiled per device by CuPy)
-_workspaces = {}  # (device id, stream ptr) -> float64 cupy array
+_workspaces = {}  # (device id, stream ptr, thread) -> float64 cupy array
 
 
 def kernel(family, expression):
@@ -42,8 +44,9 @@ def kernel(family, expression):
 
 
 def workspace(count):
-    """A float64 scratch array of ``count`` elements for this device and stream."""
-    key = (cupy.cuda.runtime.getDevice(), cupy.cuda.get_current_stream().ptr)
+    """A float64 scratch array of ``count`` elements for this device, stream and thread (two
+    threads on one stream enqueue in any interleaving: each needs its own)."""
+    key = (cupy.cuda.runtime.getDevice(), cupy.cuda.get_current_stream().ptr, threading.get_ident())
     buf = _workspaces.get(key)
     if buf is None or buf.size < count:
         size = 1 << max(10, (count - 1).bit_length())

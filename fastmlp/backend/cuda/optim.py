@@ -11,18 +11,19 @@ from .launch import MAX_REDUCE_BLOCKS, THREADS, blocks, cdiv, ftype, itype, kern
 from .source import expr
 
 
-def _segments(seg_start, seg_l1, seg_l2):
+def _segments(seg_start, seg_stop, seg_l1, seg_l2):
+    # NS segments [seg_start[s], seg_stop[s]), the starts increasing (the kernels search them)
     s = seg_l1.size
-    if seg_start.dtype != np.int64 or seg_start.size != s + 1:
-        raise TypeError(f"expected seg_start int64 of shape ({s + 1},), "
-                        f"got {seg_start.dtype} {seg_start.shape}")
+    for what, a in (("seg_start", seg_start), ("seg_stop", seg_stop)):
+        if a.dtype != np.int64 or a.size != s:
+            raise TypeError(f"expected {what} int64 of shape ({s},), got {a.dtype} {a.shape}")
     for what, a in (("seg_l1", seg_l1), ("seg_l2", seg_l2)):
         if a.dtype != np.float64 or a.size != s:
             raise TypeError(f"expected {what} float64 of shape ({s},), got {a.dtype} {a.shape}")
     return np.int64(s)
 
 
-def sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
+def sgd_update(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
                lr, momentum, nesterov):
     if momentum != 0.0 and buf is None:
         raise ValueError("expected a momentum buffer buf of shape (NP,) when momentum != 0, got None")
@@ -30,22 +31,22 @@ def sgd_update(params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2,
     for what, a in zip(("prev", "buf", "grads"), (prev, buf, grads)):
         if a is not None:
             same_shape(what, a, params.shape)
-    s = _segments(seg_start, seg_l1, seg_l2)
+    s = _segments(seg_start, seg_stop, seg_l1, seg_l2)
     bt = itype(bad, "bad")
     if params.size == 0:
         return
     kernel("optim", expr("sgd_update", t, bt))(
         (blocks(params.size),), (THREADS,),
-        (params, prev, buf, bad, grads, seg_start, seg_l1, seg_l2, np.int64(params.size), s,
+        (params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, np.int64(params.size), s,
          np.float64(lr), np.float64(momentum), np.int32(bool(nesterov))))
 
 
-def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
+def adam_update(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
                 lr, beta1, beta2, eps, step):
     t = ftype(params, prev, m, v, grads)
     for what, a in zip(("prev", "m", "v", "grads"), (prev, m, v, grads)):
         same_shape(what, a, params.shape)
-    s = _segments(seg_start, seg_l1, seg_l2)
+    s = _segments(seg_start, seg_stop, seg_l1, seg_l2)
     bt = itype(bad, "bad")
     if step.dtype != np.int64 or step.shape != (1,):
         raise TypeError(f"expected step as an int64 device array of shape (1,), got {step.dtype} {step.shape}")
@@ -53,30 +54,30 @@ def adam_update(params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2,
         return
     kernel("optim", expr("adam_update", t, bt))(
         (blocks(params.size),), (THREADS,),
-        (params, prev, m, v, bad, grads, seg_start, seg_l1, seg_l2, np.int64(params.size), s,
+        (params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, np.int64(params.size), s,
          np.float64(lr), np.float64(beta1), np.float64(beta2), np.float64(eps), step))
 
 
-def add_reg_grad(grads, params, seg_start, seg_l1, seg_l2):
+def add_reg_grad(grads, params, seg_start, seg_stop, seg_l1, seg_l2):
     t = ftype(grads, params)
     same_shape("params", params, grads.shape)
-    s = _segments(seg_start, seg_l1, seg_l2)
+    s = _segments(seg_start, seg_stop, seg_l1, seg_l2)
     if params.size == 0:
         return
     kernel("optim", expr("add_reg_grad", t))(
         (blocks(params.size),), (THREADS,),
-        (grads, params, seg_start, seg_l1, seg_l2, np.int64(params.size), s))
+        (grads, params, seg_start, seg_stop, seg_l1, seg_l2, np.int64(params.size), s))
 
 
-def reg_penalty(out, params, seg_start, seg_l1, seg_l2):
+def reg_penalty(out, params, seg_start, seg_stop, seg_l1, seg_l2):
     # out (1,) float64 = l1 * sum|w| + l2 * sum w^2 over the segments (assigned)
     if out.dtype != np.float64 or out.size != 1:
         raise TypeError(f"expected out as a float64 device array of 1, got {out.dtype} {out.shape}")
     t = ftype(params)
-    s = _segments(seg_start, seg_l1, seg_l2)
+    s = _segments(seg_start, seg_stop, seg_l1, seg_l2)
     g = min(cdiv(max(params.size, 1), 4 * THREADS), MAX_REDUCE_BLOCKS)
     partial = workspace(g)
     kernel("optim", expr("reg_penalty", t))(
         (g,), (THREADS,),
-        (partial, params, seg_start, seg_l1, seg_l2, np.int64(params.size), s))
+        (partial, params, seg_start, seg_stop, seg_l1, seg_l2, np.int64(params.size), s))
     kernel("optim", "reg_penalty_finish")((1,), (THREADS,), (out, partial, np.int64(g)))
