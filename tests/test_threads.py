@@ -159,3 +159,18 @@ def test_a_layer_belongs_to_one_model():
     del first                                   # once its model is gone, a layer may join another
     again = fm.Sequential(layers, loss="softmax_crossentropy", optimizer="adam", seed=1)
     assert again.predict(X).shape == p.shape
+
+
+def test_blas_threads_are_given_back_when_concurrent_predictions_end():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+
+    model = _mlp()
+    before = blas_threads()
+    x = np.random.default_rng(6).standard_normal((32, 50)).astype(np.float32)
+    _hammer([(model.predict, (x,))] * 400, threads=4)
+    after = blas_threads()
+    print(f"BLAS threads before {before}, after 4 threads predicting {after}")
+    assert after == before

@@ -18,6 +18,7 @@ kernels, OpenBLAS's own threading is the faster.
 """
 import os
 import threading
+import time
 
 import numba
 import numpy as np
@@ -64,36 +65,65 @@ def numba_thread_gemms():
 # Predictions running at once in several Python threads: while two or more do, every GEMM
 # runs on one BLAS thread. OpenBLAS has one pool of worker threads for the process, and a
 # threaded GEMM waits for it while another thread's holds it, so callers sharing the pool
-# queue up; each on one thread of its own, they run side by side.
-_concurrent = [0]
+# queue up; each on one thread of its own, they run side by side. Callers that come back
+# to back overlap only in part, so while any prediction runs, the pool returns to all its
+# threads only once none has run beside another for SERVING_QUIET seconds; when none runs,
+# it gets them back at once (the caller's own NumPy code never inherits the setting).
+SERVING_QUIET = 0.05
+_concurrent = [0]           # predictions running now
+_single = [False]           # whether BLAS is held to one thread for them
+_last_overlap = [0.0]       # when two last ran at once (time.monotonic)
 _concurrent_lock = threading.Lock()
 
 
 def begin_inference():
     """A thread starts a prediction (Sequential._enter)."""
     set_threads, most = _controller()
+    if set_threads is None or most < 2:
+        return
     with _concurrent_lock:
         _concurrent[0] += 1
-        if _concurrent[0] == 2 and set_threads is not None and most > 1:
-            set_threads(1)
+        now = time.monotonic()
+        if _concurrent[0] > 1:
+            _last_overlap[0] = now
+            if not _single[0]:
+                set_threads(1)
+                _single[0] = True
+        else:
+            _release_if_quiet(now)
+
+
+def _release_if_quiet(now):
+    # BLAS back to all its threads once no two predictions have overlapped for a while
+    # (called with _concurrent_lock held)
+    if _single[0] and _concurrent[0] < 2 and now - _last_overlap[0] > SERVING_QUIET:
+        set_threads, most = _controller()
+        set_threads(most)
+        _single[0] = False
 
 
 def end_inference():
     """The prediction of begin_inference is done."""
     set_threads, most = _controller()
+    if set_threads is None or most < 2:
+        return
     with _concurrent_lock:
         _concurrent[0] -= 1
-        if _concurrent[0] == 1 and set_threads is not None and most > 1:
+        if _concurrent[0] == 0 and _single[0]:   # nothing of ours runs: the caller's code gets it all
             set_threads(most)
+            _single[0] = False
 
 
 def matmul(out, a, b):
     # out (m, n) = a (m, k) @ b (k, n); a and b may be transposed views
     set_threads, most = _controller()
     small = a.shape[0] * a.shape[1] * b.shape[1] < SMALL_MACS
-    if _concurrent[0] > 1:          # BLAS is on one thread already (begin_inference)
-        np.matmul(a, b, out=out)
-        return
+    if _single[0]:                  # BLAS is on one thread already (begin_inference)
+        if _concurrent[0] > 1 or time.monotonic() - _last_overlap[0] <= SERVING_QUIET:
+            np.matmul(a, b, out=out)
+            return
+        with _concurrent_lock:      # a training step after the serving has stopped
+            _release_if_quiet(time.monotonic())
     if not small and getattr(_local, "numba_thread_gemms", False) and numba.get_num_threads() > 1:
         if openblas.matmul(out, a, b, numba.get_num_threads()):
             return
@@ -104,7 +134,7 @@ def matmul(out, a, b):
             np.matmul(a, b, out=out)
         finally:
             with _concurrent_lock:
-                if _concurrent[0] < 2:
+                if not _single[0]:
                     set_threads(most)
     else:
         np.matmul(a, b, out=out)
