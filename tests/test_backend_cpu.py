@@ -613,7 +613,8 @@ def test_cpu_picks_the_parallel_twin_by_work_size(monkeypatch, rng):
 
 def test_small_gemms_run_on_one_blas_thread_and_give_it_back(monkeypatch):
     """blas.py's shape rule: below SMALL_MACS one BLAS thread, then the count is put
-    back; above it nothing is touched. The real setter leaves BLAS as it found it."""
+    back; above it, and below BLAS_SINGLE_MACS (where OpenBLAS itself runs one thread),
+    nothing is touched. The real setter leaves BLAS as it found it."""
     from threadpoolctl import threadpool_info
     before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     rng = np.random.default_rng(3)
@@ -624,6 +625,9 @@ def test_small_gemms_run_on_one_blas_thread_and_give_it_back(monkeypatch):
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
     calls = []
     monkeypatch.setattr(blas, "_blas", [calls.append, 4])
+    blas.matmul(out, a, b)
+    assert calls == []          # below BLAS_SINGLE_MACS OpenBLAS takes one thread by itself
+    monkeypatch.setattr(blas, "BLAS_SINGLE_MACS", 8 * 9 * 7)
     blas.matmul(out, a, b)
     assert calls == [1, 4]
     monkeypatch.setattr(blas, "SMALL_MACS", 8 * 9 * 7)  # now this product is "big"

@@ -114,10 +114,19 @@ def end_inference():
             _single[0] = False
 
 
+# Below this many multiply-adds OpenBLAS runs a GEMM on one thread by itself
+# (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD in its interface/gemm.c): no need to say so.
+BLAS_SINGLE_MACS = 1 << 18
+
+
 def matmul(out, a, b):
     # out (m, n) = a (m, k) @ b (k, n); a and b may be transposed views
+    macs = a.shape[0] * a.shape[1] * b.shape[1]
+    if macs < BLAS_SINGLE_MACS:
+        np.matmul(a, b, out=out)
+        return
     set_threads, most = _controller()
-    small = a.shape[0] * a.shape[1] * b.shape[1] < SMALL_MACS
+    small = macs < SMALL_MACS
     if _single[0]:                  # BLAS is on one thread already (begin_inference)
         if _concurrent[0] > 1 or time.monotonic() - _last_overlap[0] <= SERVING_QUIET:
             np.matmul(a, b, out=out)
