@@ -451,7 +451,12 @@ def cmd_info(args):
     print(f"numba cache dir: {numba.config.CACHE_DIR or '(beside the package: __pycache__)'}")
     devs = fm.devices()
     print(f"devices: cpu=yes cuda={'yes' if devs['cuda'] else 'no'} ({devs['cuda_reason']})")
-    print(f"cpu cores: {os.cpu_count()}")
+    from fastmlp.backend.cpu import thread_count as step_threads
+    print(f"cpu cores: {os.cpu_count()} ({step_threads.available_cores()} available to this process)")
+    try:
+        print(f"training threads: {step_threads.policy()}")
+    except ValueError as e:
+        print(f"training threads: {e}")
     return 0
 
 

@@ -60,6 +60,8 @@ class Trainer:
         self.b = n if batch_size is None else min(batch_size, n)
         self.full_batch = self.b == n and augment is None  # augmenting needs a copy: gather it
         _check_batch_statistics(model.layers, n, self.b)
+        # the CPU's thread count, measured while training (backend/cpu/thread_count.py)
+        self.threads = self.be.step_threads() or _NoThreads()
 
     def _split(self, X, y, validation_split, validation_data, test_data):
         model, be = self.model, self.be
@@ -112,7 +114,10 @@ class Trainer:
             self.gram = gram_path.GramFirstLayer(model, self.X)
         self.graphs = model.step_graphs = self._step_graphs()
         self.saved_at = None
+        if self.graphs is not None:
+            self.threads = _NoThreads()
         guard = self.guard = InterruptGuard()  # Ctrl-C waits for the end of the step
+        self.threads.start()
         try:
             with guard:
                 for epoch in range(self.initial_epoch, self.epochs):
@@ -156,6 +161,8 @@ class Trainer:
             raise
         finally:
             self._end_gram()
+            self.threads.stop()
+            history.threads = getattr(self.threads, "used", {})   # count -> steps run on it
         return history
 
     def _epoch(self, epoch, start):
@@ -177,6 +184,7 @@ class Trainer:
                 self._graph_step(("full",), lambda: model.train_step(X, T, stats))
             elif not skip:
                 self._checked_step(X, T, epoch, 0)
+                self.threads.end()
             pos["step"] = 1
             self.guard.check()
         else:
@@ -194,6 +202,7 @@ class Trainer:
                     if self.augment is not None:
                         self.augment.apply(be, xb, model.rng)
                     self._checked_step(xb, tb, epoch, step)
+                    self.threads.end()
                 pos["step"] = step + 1
                 self.guard.check()
         model.position = {"epoch": epoch + 1, "step": 0}
@@ -311,6 +320,15 @@ class Trainer:
             self.be.gather_rows(tb, T, ib)
             model.train_step(xb, tb, model.stats)
         self._graph_step(("batch", xb.shape[0]), step)
+
+
+class _NoThreads:
+    """No thread count to choose (the GPU, or steps replayed as CUDA graphs)."""
+
+    def start(self):
+        pass
+
+    end = stop = start
 
 
 def log_keys(validation, test):

@@ -12,6 +12,12 @@ import numpy as np
 import pytest
 
 from fastmlp.backend import cuda_available
+from fastmlp.backend.cpu.cores import most
+
+# Training steps on all the cores whatever else the machine runs (the default, "auto", takes
+# fewer under load: backend/cpu/thread_count.py), so that the tests comparing two runs bit
+# for bit do not depend on the load; tests/test_step_threads.py tests "auto" itself.
+os.environ.setdefault("FASTMLP_THREADS", str(most()))
 
 _CUDA_OK, _CUDA_WHY = cuda_available()
 

@@ -27,7 +27,8 @@ if "NUMBA_CACHE_DIR" not in os.environ and not _cache_dir_is_writable():
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.expanduser("~"), ".cache", "fastmlp", "numba")
     numba.config.reload_config()
 
-from . import openblas  # noqa: E402
+from . import cores, openblas  # noqa: E402
+from . import thread_count  # noqa: E402
 from .augment import augment_images  # noqa: E402
 from .blas import begin_inference, end_inference, matmul, numba_thread_gemms, use_numba_thread_gemms  # noqa: E402
 from .conv import (col2im, conv_bias_act_pool_backward, conv_bias_act_pool_forward,  # noqa: E402
@@ -61,8 +62,14 @@ fused_conv_chunks = openblas.available()
 
 
 def threads():
-    # T: the threads a chunked kernel may run on, one scratch buffer each
-    return numba.get_num_threads()
+    # T: the threads a chunked kernel may run on, one scratch buffer each: the most a step
+    # may use (cores.py), whatever count the step runs on now (thread_count.py)
+    return max(numba.get_num_threads(), cores.most())
+
+
+def step_threads():
+    # the thread count of one fit's steps, measured as it trains (thread_count.py)
+    return thread_count.StepThreads()
 
 
 def step_graphs():

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from . import openblas
+from .cores import most as planned_threads
 
 SMALL_MACS = int(os.environ.get("FASTMLP_BLAS_SMALL", 1 << 22))
 
@@ -49,6 +50,23 @@ def _controller():
         except Exception:  # threadpoolctl missing or BLAS not introspectable
             _blas.extend([None, 1])
     return _blas[0], _blas[1]
+
+
+def threads():
+    """NumPy's BLAS thread count now (what set_threads last set), 1 if it can't be found."""
+    return _controller()[1]
+
+
+def set_threads(n):
+    """NumPy's BLAS on n threads from now on (the training step's count, thread_count.py); the
+    small GEMMs and the predictions put back this count after their single-threaded calls."""
+    set_threads_, _ = _controller()
+    if set_threads_ is None:
+        return
+    with _concurrent_lock:
+        _blas[1] = n
+        if not _single[0]:
+            set_threads_(n)
 
 
 def use_numba_thread_gemms(flag):
@@ -133,8 +151,9 @@ def matmul(out, a, b):
             return
         with _concurrent_lock:      # a training step after the serving has stopped
             _release_if_quiet(time.monotonic())
-    if not small and getattr(_local, "numba_thread_gemms", False) and numba.get_num_threads() > 1:
-        if openblas.matmul(out, a, b, numba.get_num_threads()):
+    if not small and getattr(_local, "numba_thread_gemms", False):
+        plan = planned_threads()  # blocks for the most threads, whatever runs them now: same sums
+        if plan > 1 and openblas.matmul(out, a, b, plan):
             return
     if set_threads is not None and most > 1 and small:
         with _concurrent_lock:      # not while a second prediction starts (begin_inference)

@@ -55,6 +55,10 @@ else:
         # T: one scratch buffer for the kernels (the host thread launches them all)
         return 1
 
+    def step_threads():
+        # the host thread only launches: no thread count to choose
+        return None
+
     def step_graphs():
         # a fresh StepGraphs: a fit's training steps captured and replayed as CUDA graphs
         return graph.StepGraphs()

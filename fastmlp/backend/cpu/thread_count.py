@@ -1,0 +1,152 @@
+"""How many threads a CPU training step runs on: the cores that are free now.
+
+On a quiet machine a step is fastest on all the cores. When another process
+keeps a core busy, every parallel region (an OpenBLAS GEMM, a Numba kernel)
+waits for the thread that lost its core: P2 at batch 128 on 2 cores with one
+busy process ran 33,516 samples/s on 2 threads against 78,751 on 1. No count
+fixed in advance is right for both, and the load changes while a model trains.
+
+So ``fit`` looks, while it trains, at how many other threads want a core
+(``StepThreads``): every ``SAMPLE_S`` seconds it counts the runnable threads
+of the machine (``procs_running`` in /proc/stat) less its own runnable ones
+(/proc/self/task), and every ``PERIOD`` seconds it runs the steps on the cores
+that the average leaves free (at least one). A core counts as taken only when
+some other thread wanted it most of the period (``BUSY``). Reading /proc costs
+about 0.1 ms a sample: well under 1 % of the time. Where /proc is missing (not
+Linux) every step runs on all the cores.
+
+On a quiet machine the count stays at all the cores, so a run is bitwise
+repeatable as before. A count chosen under load changes the rounding of the
+multi-threaded GEMMs (OpenBLAS splits a product differently on 1 and 2
+threads), so runs that met different loads can differ in the last bits;
+``FASTMLP_THREADS=N`` fixes the count (1 up to the cores) for bitwise
+repeatable runs whatever the load. ``History.threads`` records the counts a fit
+used; ``fastmlp info`` prints the policy and the last fit's choice.
+"""
+import os
+import time
+
+import numba
+
+from . import blas
+from .cores import available_cores, most
+
+ENV = "FASTMLP_THREADS"
+SAMPLE_S = 0.1        # seconds between two looks at the machine's runnable threads
+PERIOD = 0.5          # seconds of samples behind each choice
+BUSY = 0.75           # another thread on a core this share of the time: the core is taken
+
+last_choice = None    # what the last fit chose (``fastmlp info``)
+
+
+def fixed():
+    """The count FASTMLP_THREADS fixes, or None for ``auto``; a clear error for anything else."""
+    raw = os.environ.get(ENV, "auto").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{ENV}: expected 'auto' or a whole number of threads >= 1, got {raw!r}")
+    return min(n, numba.config.NUMBA_NUM_THREADS)
+
+
+def others_running():
+    """Threads of other processes that are running or waiting for a core now, or None
+    where /proc can't tell (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("procs_running"):
+                    total = int(line.split()[1])
+                    break
+            else:
+                return None
+        mine = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    stat = f.read()
+            except OSError:         # the thread ended meanwhile
+                continue
+            mine += stat[stat.rindex(")") + 2] == "R"
+        return max(0, total - mine)
+    except (OSError, ValueError):
+        return None
+
+
+def free_cores(others, cores):
+    """Cores left for the step when ``others`` threads (an average) want one: at least 1."""
+    taken = int(others + (1 - BUSY))
+    return max(1, cores - taken)
+
+
+def policy():
+    """One line for ``fastmlp info``: the policy and the last fit's choice."""
+    n = fixed()
+    line = (f"{ENV}={n}: every step on {n} thread(s)" if n is not None else
+            f"auto: the free cores of {most()} (at least 1), looked at every {SAMPLE_S} s "
+            f"while training; {ENV}=N fixes it")
+    return line + (f"; last fit: {last_choice}" if last_choice else "")
+
+
+def _set(n):
+    numba.set_num_threads(n)       # the calling thread's Numba kernels (a per-thread setting)
+    blas.set_threads(n)            # NumPy's BLAS (one setting for the process)
+
+
+class StepThreads:
+    """The thread count of one fit's steps. ``start()`` before the first step, ``end()`` after
+    each, ``stop()`` after the last: the counts found at ``start`` are put back.
+    ``look`` (others_running) and ``clock`` can be replaced (tests)."""
+
+    def __init__(self, look=others_running, clock=time.monotonic):
+        self.look, self.clock = look, clock
+        self.fixed = fixed()
+        self.top = most() if self.fixed is None else self.fixed
+        self.current = self.top
+        self.used = {}                 # count -> steps run on it
+        self.samples = []
+        self.before = None
+        self.next_sample = 0.0
+
+    def start(self):
+        self.before = (numba.get_num_threads(), blas.threads())
+        self.current = self.top
+        _set(self.current)
+        self.samples, self.next_sample = [], self.clock() + SAMPLE_S
+        if self.fixed is not None or self.top < 2 or self.look() is None:
+            self.next_sample = float("inf")        # nothing to choose, or no way to see the load
+
+    def end(self):
+        self.used[self.current] = self.used.get(self.current, 0) + 1
+        now = self.clock()
+        if now < self.next_sample:
+            return
+        self.next_sample = now + SAMPLE_S
+        seen = self.look()
+        if seen is None:
+            return
+        self.samples.append(seen)
+        if len(self.samples) * SAMPLE_S >= PERIOD:
+            n = free_cores(sum(self.samples) / len(self.samples), self.top)
+            self.samples = []
+            if n != self.current:
+                self.current = n
+                _set(n)
+
+    def stop(self):
+        global last_choice
+        if self.before is None:
+            return
+        numba.set_num_threads(self.before[0])
+        blas.set_threads(self.before[1])
+        self.before = None
+        last_choice = self.describe()
+
+    def describe(self):
+        how = f"fixed by {ENV}" if self.fixed is not None else "auto"
+        steps = ", ".join(f"{n} thread(s) for {k} step(s)" for n, k in sorted(self.used.items(), reverse=True))
+        return f"{steps or 'no steps'} ({how})"

@@ -1,0 +1,104 @@
+"""The thread count of a CPU training step (backend/cpu/thread_count.py): all the cores on a
+quiet machine, the free ones under load, FASTMLP_THREADS to fix it; the counts a fit found
+are put back after it, and a fixed count gives the same bits as before."""
+import numba
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp.backend.cpu import blas, thread_count
+from fastmlp.backend.cpu.thread_count import StepThreads, free_cores
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _mlp(seed=0):
+    return fm.Sequential([fm.Dense(784, 256), fm.ReLU(), fm.Dense(256, 10)], loss="softmax_crossentropy",
+                         optimizer=fm.SGD(0.1), seed=seed)
+
+
+@pytest.mark.parametrize("others, cores, want", [(0, 2, 2), (0.2, 2, 2), (0.8, 2, 1), (1, 2, 1), (3, 2, 1),
+                                                 (1, 8, 7), (2.5, 8, 6), (0.5, 8, 8)])
+def test_free_cores_count_a_core_taken_only_when_another_thread_mostly_wants_it(others, cores, want):
+    assert free_cores(others, cores) == want
+
+
+def test_auto_follows_the_load_and_puts_the_counts_back(monkeypatch):
+    monkeypatch.delenv("FASTMLP_THREADS", raising=False)
+    monkeypatch.setattr(thread_count, "most", lambda: 2)
+    load = [0]
+    clock = Clock()
+    before = numba.get_num_threads(), blas.threads()
+    st = StepThreads(look=lambda: load[0], clock=clock)
+    st.start()
+    assert st.current == 2 and numba.get_num_threads() == 2
+    seen = []
+    for step in range(40):
+        load[0] = 1 if 10 <= step < 25 else 0      # another busy process for a while
+        clock.t += 0.05
+        st.end()
+        seen.append(st.current)
+    st.stop()
+    assert seen[:10] == [2] * 10                        # quiet: all the cores
+    assert 1 in seen[10:25] and seen[-1] == 2           # busy: one; quiet again: back to two
+    assert (numba.get_num_threads(), blas.threads()) == before
+    assert set(st.used) == {1, 2} and sum(st.used.values()) == 40
+    assert "auto" in st.describe()
+
+
+def test_no_proc_means_all_the_cores(monkeypatch):
+    monkeypatch.delenv("FASTMLP_THREADS", raising=False)
+    clock = Clock()
+    st = StepThreads(look=lambda: None, clock=clock)
+    st.start()
+    for _ in range(20):
+        clock.t += 1
+        st.end()
+    st.stop()
+    assert set(st.used) == {thread_count.most()}
+
+
+def test_the_machine_is_looked_at_through_proc():
+    seen = thread_count.others_running()
+    assert seen is None or (isinstance(seen, int) and seen >= 0)
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "two", "1.5"])
+def test_a_bad_thread_count_is_refused_before_training(monkeypatch, rng, raw):
+    monkeypatch.setenv("FASTMLP_THREADS", raw)
+    model = _mlp()
+    w = [a.copy() for a in model.get_weights()]
+    with pytest.raises(ValueError, match="FASTMLP_THREADS: expected 'auto' or a whole number"):
+        model.fit(rng.random((64, 784)), rng.integers(0, 10, 64), epochs=1)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), w))
+
+
+def test_a_fixed_count_is_used_for_every_step_and_reported(monkeypatch, rng):
+    monkeypatch.setenv("FASTMLP_THREADS", "1")
+    before = numba.get_num_threads()
+    h = _mlp().fit(rng.random((256, 784)), rng.integers(0, 10, 256), epochs=2, batch_size=64)
+    assert h.threads == {1: 8}
+    assert numba.get_num_threads() == before
+    assert "fixed by FASTMLP_THREADS" in thread_count.last_choice and "FASTMLP_THREADS=1" in thread_count.policy()
+
+
+def test_chunked_conv_kernels_give_the_same_bits_on_any_count(monkeypatch, rng):
+    """The conv chunks, the reductions and the GEMM blocks on Numba's threads are fixed by
+    the shapes: a CNN trains to the same bits on 1 thread and on all of them."""
+    X, y = rng.standard_normal((32, 1, 12, 12)), rng.integers(0, 3, 32)
+    runs = []
+    for n in ("1", str(thread_count.most())):
+        monkeypatch.setenv("FASTMLP_THREADS", n)
+        model = fm.Sequential([fm.Conv2D(1, 8, 3, padding=1), fm.ReLU(), fm.MaxPool2D(2), fm.Flatten(),
+                               fm.Dense(288, 3)], loss="softmax_crossentropy", optimizer=fm.SGD(0.05),
+                              seed=3, input_shape=(1, 12, 12))
+        model.fit(X, y, epochs=2, batch_size=8)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
