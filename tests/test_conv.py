@@ -262,6 +262,12 @@ def test_cuda_wrappers_launch_what_the_kernels_take(shape, dtype, monkeypatch):
     ph, pw = _out(h, 2, 2, 0), _out(w, 2, 2, 0)
     be.maxpool_forward(f(n, c, ph, pw), np.zeros((n, c, ph, pw), np.int32), f(*shape), 2, 2)
     be.maxpool_backward(f(*shape), f(n, c, ph, pw), np.zeros((n, c, ph, pw), np.int32), 2, 2)
+    be.avgpool_forward(f(n, c, ph, pw), f(*shape), 2, 2)
+    be.avgpool_backward(f(*shape), f(n, c, ph, pw), 2, 2)
+    be.global_avgpool_forward(f(n, c), f(*shape))
+    be.global_avgpool_backward(f(*shape), f(n, c))
+    be.global_maxpool_forward(f(n, c), np.zeros((n, c), np.int32), f(*shape))
+    be.global_maxpool_backward(f(*shape), f(n, c), np.zeros((n, c), np.int32))
     qh, qw = _out(oh, 2, 2, 0), _out(ow, 2, 2, 0)          # a conv with ReLU and 2x2 pool fused
     fused = (f(n, 5, qh, qw), np.zeros((n, 5, qh, qw), np.int32))
     be.conv_bias_act_pool_forward(*fused, f(n * oh * ow, 5), f(5), oh, ow, 1, 0.0, 2, 2)
