@@ -72,7 +72,8 @@ def check_geometry(owner, h, w, kh, kw, stride, pad):
     """(OH, OW) of a KHxKW window sliding by S over an HxW image padded by P (each side, or
     (PT, PB, PL, PR)), or a ValueError naming H, W, K, P and S. H and W are None before the
     layer is built."""
-    where = f"H={h}, W={w}, K=({kh}, {kw}), P={pad}, S={stride}"
+    shown = pad[0] if isinstance(pad, tuple) and len(set(pad)) == 1 else pad   # P=1, or P=(PT, PB, PL, PR)
+    where = f"H={h}, W={w}, K=({kh}, {kw}), P={shown}, S={stride}"
     if not is_int(stride) or stride < 1:
         raise ValueError(f"{owner}: expected the stride S to be an int >= 1, got {where}")
     pads = pad if isinstance(pad, tuple) else (pad,)
@@ -87,9 +88,10 @@ def check_geometry(owner, h, w, kh, kw, stride, pad):
     return padded_output_size(h, kh, stride, pt, pb), padded_output_size(w, kw, stride, pl, pr)
 
 
-def _padding(value, owner):
+def _padding(value, owner, where=""):
     """A padding argument as given: "same", "valid", an int P >= 0 or a pair (top and bottom,
-    left and right) of them; returns "same", an int, or a pair of ints."""
+    left and right) of them; returns "same", an int, or a pair of ints. ``where`` is added
+    to the error (the rest of the geometry)."""
     if isinstance(value, str) and value.lower() in PADDINGS:
         return value.lower()
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) and v >= 0 for v in value):
@@ -98,7 +100,7 @@ def _padding(value, owner):
         return int(value)
     hint = did_you_mean(value, PADDINGS) if isinstance(value, str) else ""
     raise ValueError(f"{owner}: expected padding to be 'same', 'valid', an int P >= 0 or a pair "
-                     f"(top and bottom, left and right) of them, got {value!r}{hint}")
+                     f"(top and bottom, left and right) of them, got P={value!r}{where}{hint}")
 
 
 def same_pads(size, k, stride):
@@ -138,7 +140,7 @@ class Conv2D(Layer):
         self.in_channels = _check_size("in_channels", in_channels, "Conv2D")
         self.out_channels = _check_size("out_channels", out_channels, "Conv2D")
         self.kh, self.kw = _kernel_size(kernel_size, "Conv2D")
-        padding = _padding(padding, "Conv2D")
+        padding = _padding(padding, "Conv2D", f", K=({self.kh}, {self.kw}), S={stride}")
         check_geometry("Conv2D", None, None, self.kh, self.kw, stride, 0)
         self.stride, self.padding = int(stride), (0 if padding == "valid" else padding)
         self.pads = self._pads(None, None)

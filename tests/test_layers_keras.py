@@ -179,6 +179,24 @@ def test_conv_activation_before_maxpool_is_the_fused_triple(name, rng):
         np.testing.assert_array_equal(a, b)
 
 
+def test_conv_activation_then_activation_then_pool_runs_each(rng):
+    # the Conv2D's own activation, then another one: the pool is not fused (one activation a kernel)
+    model = fm.Sequential([fm.Conv2D(1, 2, 3, padding=1, activation="relu"), fm.Tanh(), fm.MaxPool2D(2),
+                           fm.Flatten()], loss="mse", dtype="float64", seed=0, input_shape=(1, 4, 4))
+    conv, tanh, pool = model.layers[:3]
+    assert conv.pool is None and not tanh.fused and not pool.fused
+    x = rng.standard_normal((3, 1, 4, 4))
+    W, b = model.get_weights()
+    z = np.zeros((3, 2, 4, 4))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for i in range(4):
+        for j in range(4):
+            z[:, :, i, j] = np.einsum("ncuv,mcuv->nm", xp[:, :, i:i + 3, j:j + 3], W) + b
+    a = np.tanh(np.maximum(z, 0))
+    want = a.reshape(3, 2, 2, 2, 2, 2).max(axis=(3, 5)).reshape(3, -1)
+    np.testing.assert_allclose(model.predict(x), want, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("name", ["tanh", "sigmoid"])
 def test_conv_activation_without_pool_gradients(name, rng):
     layer = _bind(fm.Conv2D(2, 3, (3, 2), padding="same", activation=name), (2, 5, 6), rng)
