@@ -14,11 +14,13 @@ from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential, load_model
 from .normalization import BatchNorm, Dropout
 from .optimizers import SGD, Adam
+from .pooling import AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
 from .version import __version__
 
 __all__ = [
     "Sequential", "Dense", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "activation",
-    "Conv2D", "MaxPool2D", "Flatten", "BatchNorm", "Dropout",
+    "Conv2D", "MaxPool2D", "Flatten", "BatchNorm", "Dropout", "AvgPool2D", "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D", "MaxPooling2D", "AveragePooling2D",
     "BinaryCrossEntropy", "SoftmaxCrossEntropy", "MeanSquaredError", "SGD", "Adam",
     "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
     "gradcheck", "gradcheck_layer", "devices", "Augment", "load_model", "compare", "__version__",

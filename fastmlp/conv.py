@@ -30,15 +30,21 @@ chunk's dW.T and db are summed in chunk order, so the result does not depend on
 the thread count.
 
 Shapes: N batch, C input channels, M output channels (filters), H, W input
-height and width, KH, KW kernel, S stride, P zero padding, OH, OW output
-height and width (floor((H + 2P - KH) / S) + 1, as PyTorch), L = OH * OW.
+height and width, KH, KW kernel, S stride, P zero padding (PT, PB, PL, PR on
+the top, bottom, left and right when they differ), OH, OW output height and
+width (floor((H + PT + PB - KH) / S) + 1, as PyTorch), L = OH * OW.
 """
+import math
+
 import numpy as np
 
-from .backend.codes import IDENTITY, window_output_size
+from .backend.codes import IDENTITY, padded_output_size, pads4
 from .initializers import check_init, initialize
-from .layers import Layer, ParamSpec, _check_coef, _check_size, register
+from .keywords import did_you_mean
+from .layers import Layer, ParamSpec, _check_coef, _check_size, activation_spec, register
 from .validation import is_int
+
+PADDINGS = ("same", "valid")
 
 
 def _kernel_size(value, owner):
@@ -50,20 +56,59 @@ def _kernel_size(value, owner):
     return int(pair[0]), int(pair[1])
 
 
+def check_pool_size(value, owner):
+    """K from a pooling window's side: an int >= 1, or a pair (K, K) (Keras's pool_size=(2, 2));
+    the windows are square."""
+    pair = value if isinstance(value, (tuple, list)) and len(value) == 2 else (value, value)
+    if not all(is_int(v) and v >= 1 for v in pair):
+        raise ValueError(f"{owner}: expected pool_size K to be an int >= 1 (or a pair (K, K)), got K={value!r}")
+    if pair[0] != pair[1]:
+        raise ValueError(f"{owner}: expected a square window, pool_size (K, K), got {tuple(value)}: "
+                         "non-square pooling windows are not supported")
+    return int(pair[0])
+
+
 def check_geometry(owner, h, w, kh, kw, stride, pad):
-    """(OH, OW) of a KHxKW window sliding by S over an HxW image padded by P, or a
-    ValueError naming H, W, K, P and S. H and W are None before the layer is built."""
-    where = f"H={h}, W={w}, K=({kh}, {kw}), P={pad}, S={stride}"
+    """(OH, OW) of a KHxKW window sliding by S over an HxW image padded by P (each side, or
+    (PT, PB, PL, PR)), or a ValueError naming H, W, K, P and S. H and W are None before the
+    layer is built."""
+    shown = pad[0] if isinstance(pad, tuple) and len(set(pad)) == 1 else pad   # P=1, or P=(PT, PB, PL, PR)
+    where = f"H={h}, W={w}, K=({kh}, {kw}), P={shown}, S={stride}"
     if not is_int(stride) or stride < 1:
         raise ValueError(f"{owner}: expected the stride S to be an int >= 1, got {where}")
-    if not is_int(pad) or pad < 0:
+    pads = pad if isinstance(pad, tuple) else (pad,)
+    if not all(is_int(p) and p >= 0 for p in pads):
         raise ValueError(f"{owner}: expected the padding P to be an int >= 0, got {where}")
     if h is None:
         return None
-    if h + 2 * pad < kh or w + 2 * pad < kw:
+    pt, pb, pl, pr = pads4(pad)
+    if h + pt + pb < kh or w + pl + pr < kw:
         raise ValueError(f"{owner}: the kernel does not fit the padded image: expected "
-                         f"H + 2P >= KH and W + 2P >= KW, got {where}")
-    return window_output_size(h, kh, stride, pad), window_output_size(w, kw, stride, pad)
+                         f"H + PT + PB >= KH and W + PL + PR >= KW, got {where}")
+    return padded_output_size(h, kh, stride, pt, pb), padded_output_size(w, kw, stride, pl, pr)
+
+
+def _padding(value, owner, where=""):
+    """A padding argument as given: "same", "valid", an int P >= 0 or a pair (top and bottom,
+    left and right) of them; returns "same", an int, or a pair of ints. ``where`` is added
+    to the error (the rest of the geometry)."""
+    if isinstance(value, str) and value.lower() in PADDINGS:
+        return value.lower()
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) and v >= 0 for v in value):
+        return int(value[0]) if value[0] == value[1] else (int(value[0]), int(value[1]))
+    if is_int(value) and value >= 0:
+        return int(value)
+    hint = did_you_mean(value, PADDINGS) if isinstance(value, str) else ""
+    raise ValueError(f"{owner}: expected padding to be 'same', 'valid', an int P >= 0 or a pair "
+                     f"(top and bottom, left and right) of them, got P={value!r}{where}{hint}")
+
+
+def same_pads(size, k, stride):
+    """(before, after): the zeros around ``size`` values that make OH = ceil(size / S), as
+    Keras's and PyTorch's padding="same" (PyTorch: stride 1 only); the odd one of an odd
+    total, which an even kernel at stride 1 has, goes after (below, right)."""
+    total = max((math.ceil(size / stride) - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
 
 
 def _image_shape(owner, input_shape, channels=None):
@@ -79,33 +124,55 @@ class Conv2D(Layer):
     """2-D convolution (cross-correlation, as PyTorch and Keras) with zero padding.
 
     W is (M, C, KH, KW) (the PyTorch layout), b is (M,); W takes l1/l2, b does not.
-    ``init`` as for Dense, with fan_in = C*KH*KW and fan_out = M*KH*KW."""
+    ``init`` as for Dense, with fan_in = C*KH*KW and fan_out = M*KH*KW.
+
+    ``padding``: an int P (each side), a pair (top and bottom, left and right), "valid" (0)
+    or "same" (OH = ceil(H / S), as Keras; PyTorch's "same" at stride 1): an even kernel
+    then pads one more row below and one more column right than above and left, as
+    PyTorch and Keras do. ``activation`` as for Dense: it runs in the fused kernels of a
+    MaxPool2D that follows, else in place on the output."""
     trainable = True
+    example = "Conv2D(3, 16, 3, padding='same')"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, init="glorot",
-                 l1=0.0, l2=0.0):
+                 l1=0.0, l2=0.0, activation=None):
         super().__init__()
         self.in_channels = _check_size("in_channels", in_channels, "Conv2D")
         self.out_channels = _check_size("out_channels", out_channels, "Conv2D")
         self.kh, self.kw = _kernel_size(kernel_size, "Conv2D")
-        check_geometry("Conv2D", None, None, self.kh, self.kw, stride, padding)
-        self.stride, self.padding = int(stride), int(padding)
+        padding = _padding(padding, "Conv2D", f", K=({self.kh}, {self.kw}), S={stride}")
+        check_geometry("Conv2D", None, None, self.kh, self.kw, stride, 0)
+        self.stride, self.padding = int(stride), (0 if padding == "valid" else padding)
+        self.pads = self._pads(None, None)
         self.init = check_init(init)
         self.l1 = _check_coef("l1", l1, "Conv2D")
         self.l2 = _check_coef("l2", l2, "Conv2D")
-        self.act_code, self.alpha, self.pool = IDENTITY, 0.0, None
+        self.activation = activation_spec(activation, "Conv2D")
+        self.act_code, self.alpha, self.pool = self.activation.code, self.activation.alpha, None
         self._edges = {}
+
+    def _pads(self, h, w):
+        # (PT, PB, PL, PR) of the padding for an HxW input ("same" needs H and W unless S = 1)
+        p = self.padding
+        if p == "same":
+            if h is None and self.stride != 1:
+                return None
+            return same_pads(h or 1, self.kh, self.stride) + same_pads(w or 1, self.kw, self.stride)
+        ph, pw = (p, p) if is_int(p) else p
+        return ph, ph, pw, pw
 
     def fuse_pool(self, act_code, alpha, pool):
         """Run the activation (code, alpha) and MaxPool2D ``pool`` that follow in this layer's
         kernels (set by the model; ``pool=None`` undoes it). Forward then returns the pooled
-        output (N, M, PH, PW) and backward takes its gradient."""
+        output (N, M, PH, PW) and backward takes its gradient. With ``pool=None`` the
+        activation (this layer's own, or none) runs on the unpooled output."""
         self.act_code, self.alpha, self.pool = act_code, alpha, pool
 
     def compute_output_shape(self, input_shape):
         _, h, w = _image_shape(repr(self), input_shape, self.in_channels)
-        oh, ow = check_geometry(repr(self), h, w, self.kh, self.kw, self.stride, self.padding)
-        self.oh, self.ow = oh, ow
+        pads = self._pads(h, w)
+        oh, ow = check_geometry(repr(self), h, w, self.kh, self.kw, self.stride, pads)
+        self.oh, self.ow, self.pads = oh, ow, pads
         return (self.out_channels, oh, ow)
 
     def param_specs(self):
@@ -174,11 +241,14 @@ class Conv2D(Layer):
         self.x, self.x_shape = x, x.shape
         if pool is None:
             cols = self.cols = self.workspace("cols", (self.w2.shape[1], n * npix))
-            be.im2col(cols, x, self.kh, self.kw, self.stride, self.padding)
+            be.im2col(cols, x, self.kh, self.kw, self.stride, self.pads)
             z = self.workspace("z", (self.out_channels, n * npix))
             be.matmul(z, self.w2, cols)
             y = self.workspace("y", (n, self.out_channels, self.oh, self.ow))
             be.conv_bias_forward(y, z, b)
+            if self.act_code != IDENTITY:       # this layer's own activation, in place
+                be.act_forward(y, y, self.act_code, self.alpha)
+                self.y = y
             return y
         # fused, a chunk of images at a time: im2col -> zt = cols.T @ W2.T (z transposed, which
         # BLAS forms faster for these thin products) -> act + pool, while the chunk is in cache
@@ -186,7 +256,7 @@ class Conv2D(Layer):
         argmax = self.workspace("argmax", y.shape, np.int32)
         edges, _ = self._chunks(n)
         be.conv_act_pool_forward(y, argmax, *self._scratch(n), x, self.w2, b, edges, self.kh, self.kw,
-                                 self.stride, self.padding, self.oh, self.ow, self.act_code, self.alpha, pool.k,
+                                 self.stride, self.pads, self.oh, self.ow, self.act_code, self.alpha, pool.k,
                                  pool.stride)
         self.y, self.argmax = y, argmax
         return y
@@ -199,12 +269,14 @@ class Conv2D(Layer):
         dx = self.workspace("dx", self.x_shape) if self.needs_dx else None
         if pool is None:
             cols = self.cols
+            if self.act_code != IDENTITY:       # dy (the next layer's workspace) becomes dy * act'(y)
+                be.act_backward(dy, dy, self.y, self.act_code, self.alpha)
             dz = self.workspace("z", (self.out_channels, cols.shape[1]))
             be.conv_bias_backward(dz, self.grads[1], dy)
             be.matmul(self.dw2, dz, cols.T)
             if dx is not None:
                 be.matmul(cols, self.w2.T, dz)
-                be.col2im(dx, cols, self.kh, self.kw, self.stride, self.padding)
+                be.col2im(dx, cols, self.kh, self.kw, self.stride, self.pads)
             return dx
         # fused, chunk by chunk: cols again from x (forward's are still there when the batch
         # is one chunk), dzt from dy, dW.T = cols @ dzt (the faster orientation for BLAS),
@@ -216,7 +288,7 @@ class Conv2D(Layer):
         dwt = self.workspace("dwt", (count, self.w2.shape[1], m))
         db = self.grads[1].reshape(1, m) if count == 1 else self.workspace("db", (count, m))
         be.conv_act_pool_backward(dx, dwt, db, *self._scratch(n), self.x, self.w2, dy, self.y, self.argmax, edges,
-                                  self.kh, self.kw, self.stride, self.padding, self.oh, self.ow, self.act_code,
+                                  self.kh, self.kw, self.stride, self.pads, self.oh, self.ow, self.act_code,
                                   self.alpha, pool.k, pool.stride)
         dw_t = dwt[0]
         if count > 1:
@@ -226,15 +298,19 @@ class Conv2D(Layer):
         return dx
 
     def get_config(self):
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": (self.kh, self.kw), "stride": self.stride, "padding": self.padding,
-                "init": self.init if isinstance(self.init, str) else "glorot",
-                "l1": self.l1, "l2": self.l2}
+        cfg = {"in_channels": self.in_channels, "out_channels": self.out_channels,
+               "kernel_size": (self.kh, self.kw), "stride": self.stride, "padding": self.padding,
+               "init": self.init if isinstance(self.init, str) else "glorot",
+               "l1": self.l1, "l2": self.l2}
+        if self.activation.code != IDENTITY:     # absent when none: older files read the same
+            cfg["activation"] = self.activation.config()
+        return cfg
 
     def __repr__(self):
         k = self.kh if self.kh == self.kw else (self.kh, self.kw)
-        extra = "".join(f", {n}={v}" for n, v, d in (("stride", self.stride, 1),
-                                                     ("padding", self.padding, 0)) if v != d)
+        extra = "".join(f", {n}={v!r}" for n, v, d in (("stride", self.stride, 1), ("padding", self.padding, 0),
+                                                       ("activation", self.activation.config(), "linear"))
+                        if v != d)
         return f"Conv2D({self.in_channels}, {self.out_channels}, {k}{extra})"
 
 
@@ -247,11 +323,11 @@ class MaxPool2D(Layer):
     After a Conv2D (and its activation) the model fuses it into the Conv2D
     (``fused``): forward and backward then pass their input through."""
 
+    example = "MaxPool2D(2)"
+
     def __init__(self, pool_size, stride=None):
         super().__init__()
-        if not is_int(pool_size) or pool_size < 1:
-            raise ValueError(f"MaxPool2D: expected pool_size K to be an int >= 1, got K={pool_size!r}")
-        self.k = int(pool_size)
+        self.k = check_pool_size(pool_size, "MaxPool2D")
         s = self.k if stride is None else stride
         check_geometry("MaxPool2D", None, None, self.k, self.k, s, 0)
         self.stride = int(s)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .backend.codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 from .initializers import check_init, initialize
+from .keywords import checked_init, did_you_mean
 from .validation import check_count, check_real
 from .backend.workspaces import WorkspacePool
 
@@ -49,8 +50,18 @@ class Layer:
     """Base class. Subclasses list their parameters in ``param_specs``.
 
     ``self.rng`` is the model's generator (set by the model before build):
-    every random draw of a layer (dropout masks, ...) comes from it."""
+    every random draw of a layer (dropout masks, ...) comes from it.
+
+    A subclass's constructor checks its call first (fastmlp/keywords.py): an unknown
+    keyword names the closest real one, missing arguments show ``example``."""
     trainable = False
+    example = None           # a call that works, shown when arguments are missing
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "__wrapped_checked__", False):
+            cls.__init__ = checked_init(init)
 
     def __init__(self):
         self.be = None           # backend module, set by build
@@ -163,18 +174,25 @@ class Layer:
 class Dense(Layer):
     """y = act(x @ W + b); W is (D, M) (the Keras layout), b is (M,).
 
-    When the model finds an activation layer right after a Dense, it fuses it
-    here (``act_code``) so that one kernel adds the bias and applies it."""
+    ``activation`` (a name, an activation layer, or None) runs in the bias kernel
+    (``act_code``); so does an activation layer right after a Dense without one, which
+    the model fuses here (fastmlp/fusion.py): ``Dense(D, M, activation="relu")`` and
+    ``Dense(D, M), ReLU()`` run the same kernels."""
     trainable = True
+    example = "Dense(784, 256)"
 
-    def __init__(self, in_features, out_features, init="glorot", l1=0.0, l2=0.0):
+    def __init__(self, in_features, out_features, init="glorot", l1=0.0, l2=0.0, activation=None):
         super().__init__()
         self.in_features = _check_size("in_features", in_features, "Dense")
         self.out_features = _check_size("out_features", out_features, "Dense")
+        if isinstance(init, str) and init.lower() in ACTIVATIONS:
+            raise ValueError(f"Dense: got init={init!r}, an activation: the third argument is the "
+                             f"initializer; pass activation={init!r}")
         self.init = check_init(init)
         self.l1 = _check_coef("l1", l1, "Dense")
         self.l2 = _check_coef("l2", l2, "Dense")
-        self.act_code, self.alpha = IDENTITY, 0.0
+        self.activation = activation_spec(activation, "Dense")
+        self.act_code, self.alpha = self.activation.code, self.activation.alpha
 
     def compute_output_shape(self, input_shape):
         if input_shape != (self.in_features,):
@@ -217,6 +235,8 @@ class Dense(Layer):
         cfg = {"in_features": self.in_features, "out_features": self.out_features,
                "init": self.init if isinstance(self.init, str) else "glorot",
                "l1": self.l1, "l2": self.l2}
+        if self.activation.code != IDENTITY:     # absent when none: older files read the same
+            cfg["activation"] = self.activation.config()
         return cfg
 
 
@@ -291,3 +311,49 @@ def activation(name):
         names = [k for k, v in ACTIVATIONS.items() if v is not None]
         raise ValueError(f"expected an activation name in {names}, got {name!r}")
     return ACTIVATIONS[name.lower()]()
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """The ``activation=`` of a Dense or Conv2D: its code and slope, and its name."""
+    name: str
+    code: int
+    alpha: float = 0.0
+
+    def config(self):
+        # a name, or {"name", "alpha"} for a LeakyReLU of another slope than the default
+        if self.code == LEAKY_RELU and self.alpha != LeakyReLU().alpha:
+            return {"name": self.name, "alpha": self.alpha}
+        return self.name
+
+
+NO_ACTIVATION = ActivationSpec("linear", IDENTITY)
+
+
+def activation_spec(value, owner):
+    """An ``activation=`` argument as an ActivationSpec: None or "linear" (none), a name in
+    ACTIVATIONS, an activation layer (``LeakyReLU(0.2)``), or the saved form
+    {"name": "leaky_relu", "alpha": 0.2}."""
+    names = [k for k, v in ACTIVATIONS.items() if v is not None]
+    if value is None:
+        return NO_ACTIVATION
+    if isinstance(value, dict) and set(value) <= {"name", "alpha"} and "name" in value:
+        layer = activation(value["name"])
+        if "alpha" in value:
+            if not isinstance(layer, LeakyReLU):
+                raise ValueError(f"{owner}: alpha applies to leaky_relu only, got activation={value!r}")
+            layer = LeakyReLU(value["alpha"])
+        value = layer
+    if isinstance(value, str):
+        key = value.lower()
+        if key not in ACTIVATIONS:
+            raise ValueError(f"{owner}: expected activation to be one of {names} or None, got "
+                             f"{value!r}{did_you_mean(value, names + ['linear'])}")
+        if ACTIVATIONS[key] is None:
+            return NO_ACTIVATION
+        value = ACTIVATIONS[key]()
+    if isinstance(value, Activation) and type(value) in ACTIVATIONS.values():
+        name = next(k for k, v in ACTIVATIONS.items() if v is type(value))
+        return ActivationSpec(name, value.code, float(value.alpha))
+    raise ValueError(f"{owner}: expected activation to be one of {names}, None, or an activation "
+                     f"layer such as LeakyReLU(0.2), got {value!r}")

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from . import gram as gram_path
+from . import pooling
 from .batches import BatchBuffers, LazyRows
 from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN
 from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
@@ -30,7 +31,7 @@ from .optimizers import SGD, Adam
 from .validation import check_batch_size, check_count, check_real
 
 # layers whose training step is a fixed sequence of launches (no host draws): CUDA-graph safe
-GRAPH_SAFE = (Dense, Activation, Conv2D, MaxPool2D, Flatten, BatchNorm)
+GRAPH_SAFE = (Dense, Activation, Conv2D, MaxPool2D, Flatten, BatchNorm) + pooling.LAYERS
 
 
 class Trainer:

@@ -10,7 +10,9 @@
 //
 // Shapes (row-major, the letters of fastmlp/backend/codes.py): x, dx (N, C, H, W);
 // cols (C*KH*KW, N*L) with column n*L + oh*OW + ow and row (c*KH + i)*KW + j, L = OH*OW,
-// OH = (H + 2P - KH) / S + 1 (floor; codes.window_output_size); z, dz (M, N*L); y, dy of
+// OH = (H + PT + PB - KH) / S + 1 (floor; codes.padded_output_size), PT, PB the zero rows
+// above and below, PL, PR the zero columns left and right (the kernels take PT and PL and the
+// output size OH, OW, which says how far the padding reaches below and right); z, dz (M, N*L); y, dy of
 // a convolution (N, M, L). Fused: zt, dzt (N*L, M) = z, dz transposed; y, dy, argmax
 // (N, M, PH, PW), argmax int32 = oh*OW + ow in the conv output plane. T is float or double.
 //
@@ -39,7 +41,7 @@
 
 template <typename T>
 __global__ void im2col(T* cols, const T* x, long long n, int c, int h, int w, int kh, int kw,
-                       int stride, int pad, int oh, int ow) {
+                       int stride, int pad_top, int pad_left, int oh, int ow) {
     // cols (C*KH*KW, N*L) from x (N, C, H, W); zeros in the padding
     const long long npix = (long long)oh * ow;
     const long long ncols = n * npix;
@@ -54,7 +56,7 @@ __global__ void im2col(T* cols, const T* x, long long n, int c, int h, int w, in
         const int ch = (int)(r / (kh * kw));
         const int rem = (int)(r - (long long)ch * kh * kw);
         const int i = rem / kw, j = rem - (rem / kw) * kw;
-        const int ih = p * stride + i - pad, iw = q * stride + j - pad;
+        const int ih = p * stride + i - pad_top, iw = q * stride + j - pad_left;
         cols[e] = (ih >= 0 && ih < h && iw >= 0 && iw < w)
                       ? x[((img * c + ch) * h + ih) * (long long)w + iw] : T(0);
     }
@@ -62,7 +64,7 @@ __global__ void im2col(T* cols, const T* x, long long n, int c, int h, int w, in
 
 template <typename T>
 __global__ void col2im(T* dx, const T* cols, long long n, int c, int h, int w, int kh, int kw,
-                       int stride, int pad, int oh, int ow) {
+                       int stride, int pad_top, int pad_left, int oh, int ow) {
     // dx (N, C, H, W): each pixel sums the entries of cols (C*KH*KW, N*L) that im2col
     // copied from it, in (i, j) order -- a gather, no atomics
     const long long npix = (long long)oh * ow;
@@ -77,12 +79,12 @@ __global__ void col2im(T* dx, const T* cols, long long n, int c, int h, int w, i
         const long long img = plane / c;
         T s = T(0);
         for (int i = 0; i < kh; ++i) {
-            const int py = ih + pad - i;
+            const int py = ih + pad_top - i;
             if (py < 0 || py % stride != 0) continue;
             const int p = py / stride;
             if (p >= oh) continue;
             for (int j = 0; j < kw; ++j) {
-                const int px = iw + pad - j;
+                const int px = iw + pad_left - j;
                 if (px < 0 || px % stride != 0) continue;
                 const int q = px / stride;
                 if (q >= ow) continue;

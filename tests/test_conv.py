@@ -130,13 +130,13 @@ def test_im2col_col2im_kernels(shape, kh, kw, s, p, twin, dtype, rng):
     want = np.empty((c * kh * kw, n * npix))
     R.im2col(want, x, kh, kw, s, p)
     cols = np.full(want.shape, np.nan, dtype)
-    cpu_conv.im2col_twins[twin](cols, x, kh, kw, s, p)
+    cpu_conv.im2col_twins[twin](cols, x, kh, kw, s, p, p, p, p)   # PT, PB, PL, PR
     e1 = _rel(cols, want)
     g = rng.standard_normal(want.shape).astype(dtype)
     want_dx = np.empty(shape)
     R.col2im(want_dx, g, kh, kw, s, p)
     dx = np.full(shape, np.nan, dtype)
-    cpu_conv.col2im_twins[twin](dx, g, kh, kw, s, p)
+    cpu_conv.col2im_twins[twin](dx, g, kh, kw, s, p, p, p, p)
     e2 = _rel(dx, want_dx)
     print(f"im2col {shape} k={kh}x{kw} s={s} p={p} twin={twin} {dtype.__name__}: {e1:.1e}, col2im {e2:.1e}")
     assert e1 <= KERNEL_TOL[dtype] and e2 <= KERNEL_TOL[dtype]
@@ -262,6 +262,12 @@ def test_cuda_wrappers_launch_what_the_kernels_take(shape, dtype, monkeypatch):
     ph, pw = _out(h, 2, 2, 0), _out(w, 2, 2, 0)
     be.maxpool_forward(f(n, c, ph, pw), np.zeros((n, c, ph, pw), np.int32), f(*shape), 2, 2)
     be.maxpool_backward(f(*shape), f(n, c, ph, pw), np.zeros((n, c, ph, pw), np.int32), 2, 2)
+    be.avgpool_forward(f(n, c, ph, pw), f(*shape), 2, 2)
+    be.avgpool_backward(f(*shape), f(n, c, ph, pw), 2, 2)
+    be.global_avgpool_forward(f(n, c), f(*shape))
+    be.global_avgpool_backward(f(*shape), f(n, c))
+    be.global_maxpool_forward(f(n, c), np.zeros((n, c), np.int32), f(*shape))
+    be.global_maxpool_backward(f(*shape), f(n, c), np.zeros((n, c), np.int32))
     qh, qw = _out(oh, 2, 2, 0), _out(ow, 2, 2, 0)          # a conv with ReLU and 2x2 pool fused
     fused = (f(n, 5, qh, qw), np.zeros((n, 5, qh, qw), np.int32))
     be.conv_bias_act_pool_forward(*fused, f(n * oh * ow, 5), f(5), oh, ow, 1, 0.0, 2, 2)
@@ -325,8 +331,8 @@ def test_parallel_twins_are_bitwise_equal_to_serial(rng):
     cols = [np.empty((3 * 9, 8 * 9 * 8), np.float32) for _ in TWINS]
     dxs = [np.empty_like(x) for _ in TWINS]
     for t in TWINS:
-        cpu_conv.im2col_twins[t](cols[t], x, 3, 3, 1, 0)
-        cpu_conv.col2im_twins[t](dxs[t], cols[t], 3, 3, 1, 0)
+        cpu_conv.im2col_twins[t](cols[t], x, 3, 3, 1, 0, 0, 0, 0)
+        cpu_conv.col2im_twins[t](dxs[t], cols[t], 3, 3, 1, 0, 0, 0, 0)
     np.testing.assert_array_equal(cols[0], cols[1])
     np.testing.assert_array_equal(dxs[0], dxs[1])
 
@@ -350,7 +356,7 @@ def test_col2im_sums_taps_in_order(shape, kh, kw, s, p, twin, rng):
     g = rng.standard_normal((c * kh * kw, n * _out(h, kh, s, p) * _out(w, kw, s, p)))
     want, got = np.empty(shape), np.full(shape, np.nan)
     R.col2im(want, g, kh, kw, s, p)
-    cpu_conv.col2im_twins[twin](got, g, kh, kw, s, p)
+    cpu_conv.col2im_twins[twin](got, g, kh, kw, s, p, p, p, p)
     assert np.array_equal(got, want)
 
 

@@ -358,6 +358,12 @@ def _run_every_op(be, dtype, idx_dtype, n, m):
     argmax = np.zeros((n, 2, 2, 2), np.int32)
     be.maxpool_forward(f(n, 2, 2, 2), argmax, x, 2, 2)
     be.maxpool_backward(f(n, 2, 5, 4), f(n, 2, 2, 2), argmax, 2, 2)
+    be.avgpool_forward(f(n, 2, 2, 2), x, 2, 2)
+    be.avgpool_backward(f(n, 2, 5, 4), f(n, 2, 2, 2), 2, 2)
+    be.global_avgpool_forward(f(n, 2), x)
+    be.global_avgpool_backward(f(n, 2, 5, 4), f(n, 2))
+    be.global_maxpool_forward(f(n, 2), np.zeros((n, 2), np.int32), x)
+    be.global_maxpool_backward(f(n, 2, 5, 4), f(n, 2), np.zeros((n, 2), np.int32))
     c64 = lambda: np.ones(2)  # noqa: E731
     for training in (True, False):
         be.batchnorm_forward(f(n, 2, 5, 4), c64(), c64(), c64(), c64(), x, f(2), f(2), 0.9, 1e-5,

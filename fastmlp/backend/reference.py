@@ -7,7 +7,7 @@ first, then inputs, then scalars. Shapes use the letters of ``codes.py``.
 """
 import numpy as np
 
-from .codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, window_output_size
+from .codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, padded_output_size, pads4
 
 
 def act(x, code, alpha=0.0):
@@ -212,11 +212,13 @@ def im2col(cols, x, kh, kw, stride, pad):
     """Unfold the KHxKW windows of x (N, C, H, W) into the columns of cols (C*KH*KW, N*L).
 
     Column n*L + oh*OW + ow is the window of output pixel (oh, ow) of image n;
-    row (c*KH + i)*KW + j holds x[n, c, oh*S + i - P, ow*S + j - P], 0 in the
-    padding. Then W (M, C*KH*KW) @ cols is the convolution as one GEMM."""
+    row (c*KH + i)*KW + j holds x[n, c, oh*S + i - PT, ow*S + j - PL], 0 in the
+    padding. Then W (M, C*KH*KW) @ cols is the convolution as one GEMM. pad is P (each
+    side) or (PT, PB, PL, PR)."""
     n, c, h, w = x.shape
-    oh, ow = window_output_size(h, kh, stride, pad), window_output_size(w, kw, stride, pad)
-    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    pt, pb, pl, pr = pads4(pad)
+    oh, ow = padded_output_size(h, kh, stride, pt, pb), padded_output_size(w, kw, stride, pl, pr)
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     win = _windows(xp, kh, kw, stride, oh, ow)                # (N, C, OH, OW, KH*KW)
     cols[...] = win.transpose(1, 4, 0, 2, 3).reshape(c * kh * kw, n * oh * ow)
 
@@ -225,14 +227,15 @@ def col2im(dx, cols, kh, kw, stride, pad):
     """The adjoint of im2col: dx (N, C, H, W) = sum of every column's window
     written back where it came from (overlapping windows accumulate)."""
     n, c, h, w = dx.shape
-    oh, ow = window_output_size(h, kh, stride, pad), window_output_size(w, kw, stride, pad)
+    pt, pb, pl, pr = pads4(pad)
+    oh, ow = padded_output_size(h, kh, stride, pt, pb), padded_output_size(w, kw, stride, pl, pr)
     win = np.asarray(cols, np.float64).reshape(c, kh, kw, n, oh, ow)
-    dxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    dxp = np.zeros((n, c, h + pt + pb, w + pl + pr))
     for i in range(kh):
         for j in range(kw):   # within one (i, j) the targets are distinct: += is exact
             dxp[:, :, i:i + stride * (oh - 1) + 1:stride,
                 j:j + stride * (ow - 1) + 1:stride] += win[:, i, j].transpose(1, 0, 2, 3)
-    dx[...] = dxp[:, :, pad:pad + h, pad:pad + w]
+    dx[...] = dxp[:, :, pt:pt + h, pl:pl + w]
 
 
 def conv_bias_forward(y, z, b):
@@ -270,6 +273,52 @@ def maxpool_backward(dx, dy, argmax, k, stride):
     flat = np.zeros((n, c, h * w))
     np.add.at(flat, (np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], argmax),
               np.asarray(dy, np.float64))
+    dx[...] = flat.reshape(n, c, h, w)
+
+
+def avgpool_forward(y, x, k, stride):
+    # y (N, C, OH, OW): the mean of each KxK window of x (N, C, H, W), no padding
+    oh, ow = y.shape[2:]
+    y[...] = _windows(np.asarray(x, np.float64), k, k, stride, oh, ow).mean(axis=-1)
+
+
+def avgpool_backward(dx, dy, k, stride):
+    # dx (N, C, H, W): each pixel gets dy / K^2 of every window (N, C, OH, OW) that covers it
+    oh, ow = dy.shape[2:]
+    g = np.asarray(dy, np.float64) / (k * k)
+    out = np.zeros(dx.shape)
+    for i in range(k):
+        for j in range(k):
+            out[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride] += g
+    dx[...] = out
+
+
+def global_avgpool_forward(y, x):
+    # y (N, C): the mean of each (image, channel) plane of x (N, C, H, W)
+    y[...] = np.asarray(x, np.float64).mean(axis=(2, 3))
+
+
+def global_avgpool_backward(dx, dy):
+    # dx (N, C, H, W) = dy (N, C) / (H*W) on every pixel of its plane
+    h, w = dx.shape[2:]
+    dx[...] = np.broadcast_to(np.asarray(dy, np.float64)[:, :, None, None] / (h * w), dx.shape)
+
+
+def global_maxpool_forward(y, argmax, x):
+    """y, argmax (N, C): the max of each (image, channel) plane of x (N, C, H, W) and where it
+    is, ih*W + iw; ties to the first in row-major order, a NaN the maximum (np.argmax)."""
+    n, c = x.shape[:2]
+    planes = np.asarray(x, np.float64).reshape(n, c, -1)
+    a = np.argmax(planes, axis=-1)
+    y[...] = np.take_along_axis(planes, a[..., None], axis=-1)[..., 0]
+    argmax[...] = a
+
+
+def global_maxpool_backward(dx, dy, argmax):
+    # dx (N, C, H, W) = 0 except each plane's argmax (N, C), which gets its dy (N, C)
+    n, c, h, w = dx.shape
+    flat = np.zeros((n, c, h * w))
+    np.put_along_axis(flat, np.asarray(argmax)[..., None], np.asarray(dy, np.float64)[..., None], axis=-1)
     dx[...] = flat.reshape(n, c, h, w)
 
 

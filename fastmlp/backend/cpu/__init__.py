@@ -41,7 +41,9 @@ from .dropout import dropout_backward, dropout_forward  # noqa: E402
 from .loss import bce_logits, mse, softmax_forward, softmax_xent  # noqa: E402
 from .norm import batchnorm_backward, batchnorm_forward  # noqa: E402
 from .optim import adam_update, add_reg_grad, reg_penalty, sgd_update  # noqa: E402
-from .pool import maxpool_backward, maxpool_forward  # noqa: E402
+from .pool import (avgpool_backward, avgpool_forward, global_avgpool_backward,  # noqa: E402
+                   global_avgpool_forward, global_maxpool_backward, global_maxpool_forward, maxpool_backward,
+                   maxpool_forward)
 from .reduce import reduction_scratch_nbytes  # noqa: E402
 
 name = "cpu"

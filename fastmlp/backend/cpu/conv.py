@@ -14,13 +14,13 @@ import numpy as np
 from numba import njit, prange
 
 from .. import codes
-from ..codes import IDENTITY, RELU, window_output_size
+from ..codes import IDENTITY, RELU, padded_output_size, pads4
 from . import activation, reduce
 from .activation import act_grad, act_value
 from .jit import cast_like, cover_dependencies, pick, twins
 from .reduce import partial_sums, sum4
 
-_output_size = njit(inline="always")(window_output_size)
+_padded_size = njit(inline="always")(padded_output_size)
 
 
 @njit(inline="always", error_model="numpy")
@@ -52,14 +52,14 @@ def _fill0(dst):
         dst[k] = 0
 
 
-def _im2col(cols, x, kh, kw, stride, pad):
+def _im2col(cols, x, kh, kw, stride, pt, pb, pl, pr):
     # x (N, C, H, W) C-contiguous; cols (C*KH*KW, N*L), column n*L + oh*OW + ow, row
     # (c*KH + i)*KW + j. A thread writes whole rows of cols (one (c, i, j) tap each), image
     # by image. With stride 1 and OW == W (a "same" convolution) the block of an image is
-    # the plane shifted by (i - P)*W + j - P: one flat copy, then the padding columns zeroed;
+    # the plane shifted by (i - PT)*W + j - PL: one flat copy, then the padding columns zeroed;
     # otherwise a copy per output row.
     n, c, h, w = x.shape
-    oh, ow = _output_size(h, kh, stride, pad), _output_size(w, kw, stride, pad)
+    oh, ow = _padded_size(h, kh, stride, pt, pb), _padded_size(w, kw, stride, pl, pr)
     npix = oh * ow
     planes = x.reshape(n, c, h * w)
     flat = stride == 1 and ow == w
@@ -67,8 +67,8 @@ def _im2col(cols, x, kh, kw, stride, pad):
         ch = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
-        p_lo, p_hi = _out_range(oh, h, i - pad, stride)
-        q_lo, q_hi = _out_range(ow, w, j - pad, stride)
+        p_lo, p_hi = _out_range(oh, h, i - pt, stride)
+        q_lo, q_hi = _out_range(ow, w, j - pl, stride)
         crow = cols[r]
         for img in range(n):
             src = planes[img, ch]
@@ -76,7 +76,7 @@ def _im2col(cols, x, kh, kw, stride, pad):
             _fill0(dst[:p_lo * ow])
             _fill0(dst[p_hi * ow:])
             if flat:
-                shift = (i - pad) * w + j - pad
+                shift = (i - pt) * w + j - pl
                 t_lo = max(p_lo * ow, -shift)          # what the clipping drops is padding
                 t_hi = min(p_hi * ow, h * w - shift)
                 if t_hi > t_lo:
@@ -93,7 +93,7 @@ def _im2col(cols, x, kh, kw, stride, pad):
                 _fill0(row[:q_lo])
                 _fill0(row[q_hi:])
                 if q_hi > q_lo:
-                    s0 = (p * stride + i - pad) * w + q_lo * stride + j - pad
+                    s0 = (p * stride + i - pt) * w + q_lo * stride + j - pl
                     seg = row[q_lo:q_hi]
                     if stride == 1:
                         _copy(seg, src[s0:s0 + seg.size])
@@ -106,11 +106,11 @@ im2col_twins = twins(_im2col)
 
 
 def im2col(cols, x, kh, kw, stride, pad):
-    # x (N, C, H, W); cols (C*KH*KW, N*L)
-    pick(im2col_twins, cols.size)(cols, x, kh, kw, stride, pad)
+    # x (N, C, H, W); cols (C*KH*KW, N*L); pad P or (PT, PB, PL, PR)
+    pick(im2col_twins, cols.size)(cols, x, kh, kw, stride, *pads4(pad))
 
 
-def _col2im(dx, cols, kh, kw, stride, pad):
+def _col2im(dx, cols, kh, kw, stride, pt, pb, pl, pr):
     # dx (N, C, H, W) C-contiguous = the adjoint of im2col of cols (C*KH*KW, N*L); each
     # (image, channel) plane is summed by one thread in the fixed (i, j, oh, ow) order, a
     # contiguous run of cols per output row (the CUDA twin gathers in the same order).
@@ -119,13 +119,13 @@ def _col2im(dx, cols, kh, kw, stride, pad):
     # row) by ``keep``: the same sums as row by row, in loops long enough for LLVM to
     # vectorise (a row of 14 is not)
     n, c, h, w = dx.shape
-    oh, ow = _output_size(h, kh, stride, pad), _output_size(w, kw, stride, pad)
+    oh, ow = _padded_size(h, kh, stride, pt, pb), _padded_size(w, kw, stride, pl, pr)
     npix = oh * ow
     planes = dx.reshape(n, c, h * w)
     flat = stride == 1 and ow == w
     keep = np.ones((kw, npix if flat else 0), dtype=np.bool_)   # keep[j, t]: column t % OW in tap j's range
     for j in range(kw if flat else 0):
-        q_lo, q_hi = _out_range(ow, w, j - pad, stride)
+        q_lo, q_hi = _out_range(ow, w, j - pl, stride)
         for t in range(npix):
             keep[j, t] = q_lo <= t % ow < q_hi
     for plane in prange(n * c):
@@ -134,14 +134,14 @@ def _col2im(dx, cols, kh, kw, stride, pad):
         out = planes[img, ch]
         _fill0(out)
         for i in range(kh):
-            p_lo, p_hi = _out_range(oh, h, i - pad, stride)
+            p_lo, p_hi = _out_range(oh, h, i - pt, stride)
             for j in range(kw):
-                q_lo, q_hi = _out_range(ow, w, j - pad, stride)
+                q_lo, q_hi = _out_range(ow, w, j - pl, stride)
                 if q_hi <= q_lo:
                     continue
                 src = cols[(ch * kh + i) * kw + j, img * npix:(img + 1) * npix]
                 if flat:
-                    shift = (i - pad) * w + j - pad
+                    shift = (i - pt) * w + j - pl
                     t_lo = max(p_lo * ow, -shift)
                     t_hi = min(p_hi * ow, h * w - shift)
                     if t_hi <= t_lo:
@@ -152,7 +152,7 @@ def _col2im(dx, cols, kh, kw, stride, pad):
                         acc[k] += seg[k] if use[k] else zero
                     continue
                 for p in range(p_lo, p_hi):
-                    d0 = (p * stride + i - pad) * w + q_lo * stride + j - pad
+                    d0 = (p * stride + i - pt) * w + q_lo * stride + j - pl
                     seg = src[p * ow + q_lo:p * ow + q_hi]
                     if stride == 1:
                         acc = out[d0:d0 + seg.size]
@@ -167,8 +167,8 @@ col2im_twins = twins(_col2im)
 
 
 def col2im(dx, cols, kh, kw, stride, pad):
-    # cols (C*KH*KW, N*L); dx (N, C, H, W), overwritten
-    pick(col2im_twins, cols.size)(dx, cols, kh, kw, stride, pad)
+    # cols (C*KH*KW, N*L); dx (N, C, H, W), overwritten; pad P or (PT, PB, PL, PR)
+    pick(col2im_twins, cols.size)(dx, cols, kh, kw, stride, *pads4(pad))
 
 
 def _per_image(a):

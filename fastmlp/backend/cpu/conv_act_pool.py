@@ -25,6 +25,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from .. import conv_chunks
+from ..codes import pads4
 from . import conv, openblas
 from .conv import col2im_twins, conv_bias_act_pool_backward_twins, conv_bias_act_pool_forward_twins, im2col_twins
 from .jit import cover_dependencies
@@ -45,12 +46,13 @@ _pool_backward = conv_bias_act_pool_backward_twins.serial
 @njit(inline="always", nogil=True)
 def _chunk(cols, scratch, x, edges, c, ckk, m, kh, kw, stride, pad, npix):
     # chunk c on the calling thread t: (i0, i1, cc, o), views of row t of the scratch buffers:
-    # cc (C*KH*KW, rows) holding the chunk's im2col, o (rows, M) to be written
+    # cc (C*KH*KW, rows) holding the chunk's im2col, o (rows, M) to be written; pad is
+    # (PT, PB, PL, PR)
     t = get_thread_id()
     i0, i1 = edges[c], edges[c + 1]
     rows = (i1 - i0) * npix
     cc = cols[t, :ckk * rows].reshape((ckk, rows))
-    _im2col(cc, x[i0:i1], kh, kw, stride, pad)
+    _im2col(cc, x[i0:i1], kh, kw, stride, pad[0], pad[1], pad[2], pad[3])
     return i0, i1, cc, scratch[t, :rows * m].reshape((rows, m))
 
 
@@ -88,7 +90,7 @@ def _backward(dx, dwt, db, partial, cols, dzt, x, w2, dy, y, argmax, edges, kh, 
         if need_dx:         # dcols (C*KH*KW, rows) = w2.T @ d.T, into cc, then summed into dx
             gemm(ROW_MAJOR, TRANS, TRANS, ckk, rows, m, 1.0, w2.ctypes.data, ckk, d.ctypes.data, m, 0.0,
                  cc.ctypes.data, rows)
-            _col2im(dx[i0:i1], cc, kh, kw, stride, pad)
+            _col2im(dx[i0:i1], cc, kh, kw, stride, pad[0], pad[1], pad[2], pad[3])
 
 
 def _check_scratch(cols, zt):
@@ -110,11 +112,12 @@ def _thread_partials(t, m):
 def conv_act_pool_forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, code, alpha,
                           k, pstride):
     # y, argmax (N, M, PH, PW); cols, zt (T, ...) scratch; x (N, C, H, W); w2 (M, C*KH*KW);
-    # edges (chunks + 1,) int64
+    # edges (chunks + 1,) int64; pad P or (PT, PB, PL, PR)
     if not _backend.fused_conv_chunks:
         return conv_chunks.forward(_backend, y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride,
                                    pad, oh, ow, code, alpha, k, pstride)
     _check_scratch(cols, zt)
+    pad = pads4(pad)
     openblas.single_threaded(_forward, y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow,
                              code, alpha, k, pstride, openblas.gemm_for(w2.dtype))
 
@@ -126,6 +129,7 @@ def conv_act_pool_backward(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, 
         return conv_chunks.backward(_backend, dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges,
                                     kh, kw, stride, pad, oh, ow, code, alpha, k, pstride)
     _check_scratch(cols, dzt)
+    pad = pads4(pad)
     partial = _thread_partials(cols.shape[0], w2.shape[0])
     openblas.single_threaded(_backward, x if dx is None else dx, dwt, db, partial, cols, dzt, x, w2, dy, y, argmax,
                              edges, kh, kw, stride, pad, oh, ow, code, alpha, k, pstride, dx is not None,

@@ -37,7 +37,8 @@ else:
     from .loss import bce_logits, mse, softmax_forward, softmax_xent
     from .norm import batchnorm_backward, batchnorm_forward
     from .optim import adam_update, add_reg_grad, reg_penalty, sgd_update
-    from .pool import maxpool_backward, maxpool_forward
+    from .pool import (avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward,
+                       global_maxpool_backward, global_maxpool_forward, maxpool_backward, maxpool_forward)
 
     name = "cuda"
     xp = cupy

@@ -7,19 +7,22 @@ its passes in order (kernels/conv.cu says which).
 """
 import numpy as np
 
-from ..codes import window_output_size
+from ..codes import padded_output_size, pads4, window_output_size
 from .launch import THREADS, blocks, cdiv, channel_grid, check_argmax, ftype, kernel, same_shape, workspace
 from .source import expr
 
 
 def _conv_dims(x_shape, kh, kw, stride, pad):
+    # (N, C, H, W, OH, OW, PT, PL) for pad P or (PT, PB, PL, PR)
     n, c, h, w = x_shape
-    return n, c, h, w, window_output_size(h, kh, stride, pad), window_output_size(w, kw, stride, pad)
+    pt, pb, pl, pr = pads4(pad)
+    return (n, c, h, w, padded_output_size(h, kh, stride, pt, pb), padded_output_size(w, kw, stride, pl, pr),
+            pt, pl)
 
 
 def im2col(cols, x, kh, kw, stride, pad):
-    # x (N, C, H, W); cols (C*KH*KW, N*OH*OW)
-    n, c, h, w, oh, ow = _conv_dims(x.shape, kh, kw, stride, pad)
+    # x (N, C, H, W); cols (C*KH*KW, N*OH*OW); pad P or (PT, PB, PL, PR)
+    n, c, h, w, oh, ow, pt, pl = _conv_dims(x.shape, kh, kw, stride, pad)
     same_shape("cols", cols, (c * kh * kw, n * oh * ow))
     t = ftype(cols, x)
     if cols.size == 0:
@@ -27,12 +30,12 @@ def im2col(cols, x, kh, kw, stride, pad):
     kernel("conv", expr("im2col", t))(
         (blocks(cols.size),), (THREADS,),
         (cols, x, np.int64(n), np.int32(c), np.int32(h), np.int32(w), np.int32(kh), np.int32(kw),
-         np.int32(stride), np.int32(pad), np.int32(oh), np.int32(ow)))
+         np.int32(stride), np.int32(pt), np.int32(pl), np.int32(oh), np.int32(ow)))
 
 
 def col2im(dx, cols, kh, kw, stride, pad):
     # cols (C*KH*KW, N*OH*OW); dx (N, C, H, W), overwritten (a gather: no atomics)
-    n, c, h, w, oh, ow = _conv_dims(dx.shape, kh, kw, stride, pad)
+    n, c, h, w, oh, ow, pt, pl = _conv_dims(dx.shape, kh, kw, stride, pad)
     same_shape("cols", cols, (c * kh * kw, n * oh * ow))
     t = ftype(dx, cols)
     if dx.size == 0:
@@ -40,7 +43,7 @@ def col2im(dx, cols, kh, kw, stride, pad):
     kernel("conv", expr("col2im", t))(
         (blocks(dx.size),), (THREADS,),
         (dx, cols, np.int64(n), np.int32(c), np.int32(h), np.int32(w), np.int32(kh), np.int32(kw),
-         np.int32(stride), np.int32(pad), np.int32(oh), np.int32(ow)))
+         np.int32(stride), np.int32(pt), np.int32(pl), np.int32(oh), np.int32(ow)))
 
 
 def conv_bias_forward(y, z, b):

@@ -49,7 +49,9 @@ def _family_exprs():
         "conv": (t1("im2col") + t1("col2im") + t1("conv_bias_forward") + t1("conv_bias_backward")
                  + t1("column_sums") + t1("conv_bias_act_pool_forward") + t1("conv_bias_act_pool_backward")
                  + t1("channel_sums") + t1("transpose")),
-        "pool": t1("maxpool_forward") + t1("maxpool_backward"),
+        "pool": (t1("maxpool_forward") + t1("maxpool_backward") + t1("avgpool_forward") + t1("avgpool_backward")
+                 + t1("global_avgpool_forward") + t1("global_avgpool_backward") + t1("global_maxpool_forward")
+                 + t1("global_maxpool_backward")),
         "norm": (t1("channel_sums") + ["batchnorm_mean", "batchnorm_var", "batchnorm_eval_stats"]
                  + t1("batchnorm_apply") + t1("batchnorm_backward_sums")
                  + t1("batchnorm_backward_finish") + t1("batchnorm_backward_apply")),
