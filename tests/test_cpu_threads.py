@@ -362,3 +362,58 @@ def test_cached_kernels_stamp_covers_the_code_they_compile_in(module, compiled_i
         pytest.skip("this Numba's cache has no per-file stamp to extend")
     for kernel in kernels:
         assert kernel._cache._cache_file._source_stamp == want, kernel.py_func.__name__
+
+
+# --- OpenBLAS from several threads: never two transposed operands ------------------------
+
+@needs_blas
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_openblas_is_never_asked_for_two_transposed_operands(dtype, monkeypatch, rng):
+    """OpenBLAS 0.3.31 (NumPy 2.4's): sgemm with both operands transposed, called at once from
+    two threads on small products of different sizes, sometimes returns wrong values. The
+    chunked conv kernels and the GEMM blocks must never ask for it. The kernels run here as
+    Python (their ``py_func``) with every cblas call recorded, and still train as compiled."""
+    from fastmlp.backend.cpu import conv_act_pool
+    calls = []
+    real = openblas.gemm_for
+
+    def recording(dt):
+        gemm = real(dt)
+
+        def call(order, ta, tb, *rest):
+            calls.append((ta, tb))
+            gemm(order, ta, tb, *rest)
+        return call
+    monkeypatch.setattr(cpu, "conv_chunk_bytes", 3000)
+    X, y = rng.standard_normal((13, 2, 11, 11)), rng.integers(0, 3, 13)
+    want = _cnn(dtype, stride=2, size=11)
+    want.fit(X, y, epochs=1, batch_size=len(X), shuffle=False)
+    monkeypatch.setattr(openblas, "gemm_for", recording)
+    monkeypatch.setattr(conv_act_pool, "_forward", conv_act_pool._forward.py_func)
+    monkeypatch.setattr(conv_act_pool, "_backward", conv_act_pool._backward.py_func)
+    got = _cnn(dtype, stride=2, size=11)
+    got.fit(X, y, epochs=1, batch_size=len(X), shuffle=False)
+    assert len(calls) >= 13 * 2 + 8 * 3                  # conv 1: 13 chunks, conv 2: 8 (and its dx)
+    assert (openblas.TRANS, openblas.TRANS) not in calls
+    for g, w in zip(got.get_weights(), want.get_weights()):
+        assert _rel(g, w) < TOL[np.dtype(dtype).type] * 100
+    a, b = rng.standard_normal((300, 200)), rng.standard_normal((400, 300))
+    assert not openblas.matmul(np.empty((200, 400)), a.T, b.T, 2)        # declined: np.matmul does it
+
+
+@needs_blas
+def test_the_chunked_backward_gives_the_same_bits_on_every_call(monkeypatch, rng):
+    """The case that found the race: chunks of 1 and 2 images on two threads. Run 1,500 times on
+    the same inputs, the backward gave other values about once in 400 calls."""
+    monkeypatch.setattr(cpu, "conv_chunk_bytes", 3000)
+    model = _cnn("float32", stride=2, size=11)
+    X = rng.standard_normal((13, 2, 11, 11)).astype(np.float32)
+    model.predict(X)
+    conv, x = model.layers[3], np.array(model.layers[0].forward(X, True))
+    y = np.array(conv.forward(x, True))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    first = [np.array(a) for a in [conv.backward(dy)] + list(conv.grads)]
+    for _ in range(1500):
+        again = [np.array(a) for a in [conv.backward(dy)] + list(conv.grads)]
+        for a, b in zip(again, first):
+            np.testing.assert_array_equal(a, b)

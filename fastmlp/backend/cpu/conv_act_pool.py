@@ -57,28 +57,28 @@ def _chunk(cols, scratch, x, edges, c, ckk, m, kh, kw, stride, pad, npix):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, code, alpha, k, pstride,
+def _forward(y, argmax, cols, zt, x, w2t, b, edges, kh, kw, stride, pad, oh, ow, code, alpha, k, pstride,
              gemm):
     # y, argmax (N, M, PH, PW): the pooled act(conv(x) + b); cols (T, >= C*KH*KW*B*L) and
     # zt (T, >= B*L*M) the scratch of each thread t, B the largest chunk's images; x (N, C, H,
-    # W); w2 (M, C*KH*KW); chunk c is images edges[c] .. edges[c + 1] - 1
-    m, ckk = w2.shape
+    # W); w2t (C*KH*KW, M) = W2.T; chunk c is images edges[c] .. edges[c + 1] - 1
+    ckk, m = w2t.shape
     for c in prange(edges.size - 1):
         i0, i1, cc, z = _chunk(cols, zt, x, edges, c, ckk, m, kh, kw, stride, pad, oh * ow)
         rows = z.shape[0]
-        # z (rows, M) = cc.T @ w2.T
-        gemm(ROW_MAJOR, TRANS, TRANS, rows, m, ckk, 1.0, cc.ctypes.data, rows, w2.ctypes.data, ckk, 0.0,
+        # z (rows, M) = cc.T @ w2t
+        gemm(ROW_MAJOR, TRANS, NO_TRANS, rows, m, ckk, 1.0, cc.ctypes.data, rows, w2t.ctypes.data, m, 0.0,
              z.ctypes.data, m)
         _pool_forward(y[i0:i1], argmax[i0:i1], z, b, oh, ow, code, alpha, k, pstride)
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _backward(dx, dwt, db, partial, cols, dzt, x, w2, dy, y, argmax, edges, kh, kw, stride, pad, oh, ow,
+def _backward(dx, dwt, db, partial, cols, dzt, x, w2t, dy, y, argmax, edges, kh, kw, stride, pad, oh, ow,
               code, alpha, k, pstride, need_dx, gemm):
     # dwt (chunks, C*KH*KW, M), db (chunks, M): each chunk's dW.T and bias gradient; dx (N, C,
     # H, W), written when need_dx; partial (T, BLOCKS, M) float64, cols, dzt as in forward:
-    # each thread's scratch; dy, y, argmax (N, M, PH, PW)
-    m, ckk = w2.shape
+    # each thread's scratch; w2t (C*KH*KW, M) = W2.T; dy, y, argmax (N, M, PH, PW)
+    ckk, m = w2t.shape
     for c in prange(edges.size - 1):
         i0, i1, cc, d = _chunk(cols, dzt, x, edges, c, ckk, m, kh, kw, stride, pad, oh * ow)
         rows = d.shape[0]
@@ -87,8 +87,8 @@ def _backward(dx, dwt, db, partial, cols, dzt, x, w2, dy, y, argmax, edges, kh, 
         # dwt[c] (C*KH*KW, M) = cc @ d
         gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, ckk, m, rows, 1.0, cc.ctypes.data, rows, d.ctypes.data, m, 0.0,
              dwt[c].ctypes.data, m)
-        if need_dx:         # dcols (C*KH*KW, rows) = w2.T @ d.T, into cc, then summed into dx
-            gemm(ROW_MAJOR, TRANS, TRANS, ckk, rows, m, 1.0, w2.ctypes.data, ckk, d.ctypes.data, m, 0.0,
+        if need_dx:         # dcols (C*KH*KW, rows) = w2t @ d.T, into cc, then summed into dx
+            gemm(ROW_MAJOR, NO_TRANS, TRANS, ckk, rows, m, 1.0, w2t.ctypes.data, m, d.ctypes.data, m, 0.0,
                  cc.ctypes.data, rows)
             _col2im(dx[i0:i1], cc, kh, kw, stride, pad[0], pad[1], pad[2], pad[3])
 
@@ -109,6 +109,17 @@ def _thread_partials(t, m):
     return _partials.get(_HOST, "partials", (t, REDUCTION_BLOCKS, m), np.float64)
 
 
+def _transposed(w2):
+    # W2.T (C*KH*KW, M) C-contiguous, in the calling thread's scratch. The kernels never ask
+    # OpenBLAS for a product of two transposed operands: its sgemm with both transposed,
+    # called at once from two threads on small products of different sizes (a batch's last,
+    # smaller chunk), sometimes returns wrong values (OpenBLAS 0.3.31 as NumPy 2.4 ships it;
+    # tests/test_cpu_threads.py::test_openblas_is_never_asked_for_two_transposed_operands)
+    w2t = _partials.get(_HOST, "w2t", w2.shape[::-1], w2.dtype)
+    np.copyto(w2t, w2.T)
+    return w2t
+
+
 def conv_act_pool_forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow, code, alpha,
                           k, pstride):
     # y, argmax (N, M, PH, PW); cols, zt (T, ...) scratch; x (N, C, H, W); w2 (M, C*KH*KW);
@@ -118,8 +129,8 @@ def conv_act_pool_forward(y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, 
                                    pad, oh, ow, code, alpha, k, pstride)
     _check_scratch(cols, zt)
     pad = pads4(pad)
-    openblas.single_threaded(_forward, y, argmax, cols, zt, x, w2, b, edges, kh, kw, stride, pad, oh, ow,
-                             code, alpha, k, pstride, openblas.gemm_for(w2.dtype))
+    openblas.single_threaded(_forward, y, argmax, cols, zt, x, _transposed(w2), b, edges, kh, kw, stride, pad,
+                             oh, ow, code, alpha, k, pstride, openblas.gemm_for(w2.dtype))
 
 
 def conv_act_pool_backward(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, kh, kw, stride, pad, oh, ow,
@@ -131,9 +142,9 @@ def conv_act_pool_backward(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, 
     _check_scratch(cols, dzt)
     pad = pads4(pad)
     partial = _thread_partials(cols.shape[0], w2.shape[0])
-    openblas.single_threaded(_backward, x if dx is None else dx, dwt, db, partial, cols, dzt, x, w2, dy, y, argmax,
-                             edges, kh, kw, stride, pad, oh, ow, code, alpha, k, pstride, dx is not None,
-                             openblas.gemm_for(w2.dtype))
+    openblas.single_threaded(_backward, x if dx is None else dx, dwt, db, partial, cols, dzt, x, _transposed(w2),
+                             dy, y, argmax, edges, kh, kw, stride, pad, oh, ow, code, alpha, k, pstride,
+                             dx is not None, openblas.gemm_for(w2.dtype))
 
 
 cover_dependencies(__name__, conv, openblas)

@@ -178,6 +178,8 @@ def matmul(out, a, b, threads):
     la, lb, lc = _layout(a), _layout(b), _layout(out)
     if la is None or lb is None or lc is None or lc[0] != NO_TRANS:
         return False
+    if la[0] == TRANS and lb[0] == TRANS:
+        return False        # two transposed operands from several threads: see conv_act_pool._transposed
     m, k = a.shape
     n = b.shape[1]
     axis, edges = blocks(m, k, n, threads)
