@@ -8,6 +8,7 @@ from .backend import devices
 from .callbacks import Callback, EarlyStopping, History, NonFiniteLossError, TerminateOnNaN
 from .compare import compare  # the function; its helpers: from fastmlp.compare import table
 from .conv import Conv2D, Flatten, MaxPool2D
+from .export_onnx import export_onnx
 from .gradcheck import gradcheck, gradcheck_layer
 from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
@@ -21,5 +22,5 @@ __all__ = [
     "Conv2D", "MaxPool2D", "Flatten", "BatchNorm", "Dropout",
     "BinaryCrossEntropy", "SoftmaxCrossEntropy", "MeanSquaredError", "SGD", "Adam",
     "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
-    "gradcheck", "gradcheck_layer", "devices", "Augment", "load_model", "compare", "__version__",
+    "gradcheck", "gradcheck_layer", "export_onnx", "devices", "Augment", "load_model", "compare", "__version__",
 ]
