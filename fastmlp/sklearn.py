@@ -22,11 +22,11 @@ scikit-learn's rules around it, per epoch, in a callback:
   (a new optimizer, as scikit-learn), ``partial_fit`` (one epoch, the
   optimizer kept), ``ConvergenceWarning`` at ``max_iter``: scikit-learn's rules.
 
-Two solver details follow PyTorch rather than scikit-learn (fastmlp's
-optimizers match ``torch.optim``): Adam adds ``epsilon`` to ``sqrt(v_hat)``
-(scikit-learn adds it to ``sqrt(v)``, a difference of order ``epsilon``), and
-SGD's momentum keeps ``lr * v`` rather than ``v`` (the same updates at a
-constant learning rate).
+The optimizers step as scikit-learn's: fastmlp's follow ``torch.optim``, so
+Adam's epsilon is rescaled per step (scikit-learn adds it to ``sqrt(v)``,
+torch to ``sqrt(v_hat)``) and SGD's momentum buffer (torch keeps it without
+the learning rate) is rescaled whenever 'invscaling' or 'adaptive' changes the
+rate. On the GPU the steps therefore run without CUDA-graph replay.
 
 Extra parameters: ``device`` ("cpu", "cuda", "auto") and ``dtype`` (None:
 as scikit-learn, float32 input trains in float32 and any other in float64;
@@ -37,6 +37,7 @@ accepted for signature compatibility: scikit-learn reads it only for
 Needs scikit-learn (``pip install "fastmlp[sklearn]"``); imported only when
 this module is.
 """
+import math
 import warnings
 from numbers import Integral, Real
 
@@ -91,6 +92,20 @@ class _SklearnLoss(Loss):
         self.inner.probabilities(be, out, logits)
 
 
+class _SklearnAdam(Adam):
+    """Adam with scikit-learn's epsilon, added to sqrt(v) where torch's rule (fastmlp's)
+    adds it to sqrt(v_hat) = sqrt(v / (1 - beta2^t)): the same step with
+    eps_t = epsilon / sqrt(1 - beta2^t) in torch's rule at step t."""
+
+    def __init__(self, lr, beta1, beta2, epsilon):
+        super().__init__(lr, beta1, beta2, epsilon)
+        self.epsilon = epsilon
+
+    def step(self, be, flat):
+        self.eps = self.epsilon / math.sqrt(1.0 - self.beta2 ** (self.t + 1))
+        super().step(be, flat)
+
+
 def _loss_for(kind, n_outputs):
     if kind == "softmax":
         return _SklearnLoss(SoftmaxCrossEntropy())
@@ -111,6 +126,17 @@ def _set_l2(model, l2):
         if isinstance(layer, Dense):
             layer.l2 = l2
     model.flat.seg[3][...] = model.be.to_device(np.array(values, dtype=np.float64))
+
+
+def _set_lr(model, lr):
+    """A new learning rate for the next steps. fastmlp's SGD (torch's rule) keeps the momentum
+    buffer v without the learning rate and steps by lr * v, where scikit-learn keeps lr * v:
+    the buffer is rescaled by old / new lr so that the steps continue as scikit-learn's."""
+    opt = model.optimizer
+    if isinstance(opt, SGD) and opt.momentum > 0:
+        buf = model.flat.state[0]   # the momentum buffer (SGD.state_names), fastmlp/params.py
+        buf *= opt.lr / lr
+    opt.lr = lr
 
 
 class _EpochRules(Callback):
@@ -144,13 +170,13 @@ class _EpochRules(Callback):
         self._update_no_improvement_count()
         opt = model.optimizer
         if est.solver == "sgd" and est.learning_rate == "invscaling":
-            opt.lr = float(est.learning_rate_init) / (est.t_ + 1) ** est.power_t
+            _set_lr(model, float(est.learning_rate_init) / (est.t_ + 1) ** est.power_t)
         if est._no_improvement_count > est.n_iter_no_change:
             what = "Validation score" if est.early_stopping else "Training loss"
             msg = (f"{what} did not improve more than tol={est.tol:f} for "
                    f"{est.n_iter_no_change} consecutive epochs.")
             if est.solver == "sgd" and est.learning_rate == "adaptive" and opt.lr > 1e-6:
-                opt.lr /= 5.0
+                _set_lr(model, opt.lr / 5.0)
                 if est.verbose:
                     print(msg + " Setting learning rate to %f" % opt.lr)
                 est._no_improvement_count = 0
@@ -240,13 +266,14 @@ class _BaseMLP(BaseEstimator):
             width = size
         layers.append(Dense(width, spec["n_outputs"], l2=l2))
         if spec["solver"] == "adam":
-            opt = Adam(spec["lr"], spec["beta_1"], spec["beta_2"], spec["epsilon"])
+            opt = _SklearnAdam(spec["lr"], spec["beta_1"], spec["beta_2"], spec["epsilon"])
         else:
             opt = SGD(spec["lr"], spec["momentum"], spec["nesterov"] and spec["momentum"] > 0)
         model = Sequential(layers, loss=_loss_for(spec["kind"], spec["n_outputs"]), optimizer=opt,
                            device=spec["device"], dtype=spec["dtype"], seed=spec["seed"])
-        # a learning rate changed between epochs must reach every step: no replayed CUDA graphs
-        model.cuda_graphs = spec["solver"] == "adam" or spec["schedule"] == "constant"
+        # Adam's epsilon changes every step, and SGD's rate between epochs: each step must
+        # read them, so no step is replayed as a CUDA graph
+        model.cuda_graphs = False
         return model
 
     def _solver_spec(self):
@@ -327,6 +354,9 @@ class _BaseMLP(BaseEstimator):
         return "float32" if X.dtype == np.float32 else "float64"
 
     def _fit(self, X, y, incremental):
+        if isinstance(self.solver, str) and self.solver == "lbfgs":
+            raise ValueError(f"{type(self).__name__}: expected solver 'adam' or 'sgd', got 'lbfgs' "
+                             "(fastmlp trains by stochastic gradient steps; it has no L-BFGS solver)")
         self._validate_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
