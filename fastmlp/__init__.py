@@ -8,7 +8,7 @@ from .backend import devices
 from .callbacks import Callback, EarlyStopping, History, NonFiniteLossError, TerminateOnNaN
 from .compare import compare  # the function; its helpers: from fastmlp.compare import table
 from .conv import Conv2D, Flatten, MaxPool2D
-from .export_onnx import export_onnx
+from .export_onnx import export_onnx  # the function; per-layer exporters: from fastmlp.export_onnx import exporter
 from .gradcheck import gradcheck, gradcheck_layer
 from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy

@@ -103,7 +103,10 @@ def _activation(ctx, x, code, alpha, base):
 def _export_activation(layer, ctx, x):
     if layer.fused:   # the preceding Dense / Conv2D applied it
         return x
-    return _activation(ctx, x, layer.code, layer.alpha, type(layer).__name__.lower())
+    try:
+        return _activation(ctx, x, layer.code, layer.alpha, type(layer).__name__.lower())
+    except ValueError as e:
+        raise ValueError(f"{e} ({layer!r})") from None
 
 
 # ---------------------------------------------------------------------- dense layers

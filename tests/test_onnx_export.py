@@ -147,6 +147,13 @@ def test_cli_export(tmp_path, rng, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_cli_export_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "usage: fastmlp export" in out and "--output" in out
+
+
 class Doubler(Layer):
     """A custom layer with no ONNX exporter."""
 
