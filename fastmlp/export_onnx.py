@@ -187,8 +187,8 @@ def _probabilities(model, ctx, logits):
 def to_model_proto(model, output="probabilities", opset=DEFAULT_OPSET):
     """The checked ``onnx.ModelProto`` of ``model`` (see ``export_onnx``)."""
     onnx, helper, numpy_helper = _onnx()
-    from .model import Sequential
-    if not isinstance(model, Sequential):
+    # a duck-typed check: model.py imports this module (Sequential.to_onnx)
+    if not all(hasattr(model, a) for a in ("layers", "loss", "built", "input_shape", "dtype")):
         raise TypeError(f"ONNX export: expected a fastmlp Sequential, got {type(model).__name__}")
     if output not in ("probabilities", "logits"):
         raise ValueError(f"ONNX export: expected output='probabilities' or 'logits', got {output!r}")
