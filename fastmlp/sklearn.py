@@ -319,7 +319,7 @@ class _BaseMLP(BaseEstimator):
         return self._model
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())   # a copy: the live estimator keeps its model
         model = state.pop("_model", None)
         if model is not None:   # the Sequential holds locks and workspaces: kept as host arrays
             flat = model.flat
@@ -434,7 +434,6 @@ class _BaseMLP(BaseEstimator):
 
         Returns self."""
         return self._fit(X, y, incremental=False)
-
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
