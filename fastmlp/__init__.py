@@ -8,6 +8,7 @@ from .backend import devices
 from .callbacks import Callback, EarlyStopping, History, NonFiniteLossError, TerminateOnNaN
 from .compare import compare  # the function; its helpers: from fastmlp.compare import table
 from .conv import Conv2D, Flatten, MaxPool2D
+from .export_onnx import export_onnx  # the function; per-layer exporters: from fastmlp.export_onnx import exporter
 from .gradcheck import gradcheck, gradcheck_layer
 from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
@@ -23,5 +24,5 @@ __all__ = [
     "GlobalMaxPooling2D", "MaxPooling2D", "AveragePooling2D",
     "BinaryCrossEntropy", "SoftmaxCrossEntropy", "MeanSquaredError", "SGD", "Adam",
     "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
-    "gradcheck", "gradcheck_layer", "devices", "Augment", "load_model", "compare", "__version__",
+    "gradcheck", "gradcheck_layer", "export_onnx", "devices", "Augment", "load_model", "compare", "__version__",
 ]

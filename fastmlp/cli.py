@@ -5,6 +5,7 @@
                                           curves in run/
     fastmlp evaluate run DATA             loss and accuracy of a saved model
     fastmlp predict run IMAGE...          class and probability of image files
+    fastmlp export run OUT.onnx           the model as an ONNX file (--output logits)
     fastmlp info                          versions, devices, threads, BLAS, Numba cache
     fastmlp compare [--data DIR]          MLP vs CNN as images grow: parameters, FLOPs,
                                           memory, samples/s, accuracy
@@ -360,6 +361,27 @@ def cmd_evaluate(args):
     return 0
 
 
+def cmd_export(args):
+    """Write a saved model (a --out folder of train, or any file of model.save) as an
+    ONNX file: the graph of predict (probabilities, or --output logits), batch size dynamic."""
+    import numpy as np
+
+    import fastmlp as fm
+    from .export_onnx import export_onnx
+    p = Path(args.model)
+    model_path = p / MODEL_FILE if p.is_dir() else p
+    if not model_path.is_file():
+        raise CommandError(f"model not found: {model_path} (pass the --out folder of 'fastmlp train' "
+                           f"or a file written by model.save)")
+    model = fm.load_model(model_path, device="cpu")
+    export_onnx(model, args.out, output=args.output, opset=args.opset)
+    shape = "x".join(map(str, ("N", *model.input_shape)))
+    print(f"wrote {args.out}: input {shape} {np.dtype(model.dtype).name}, output {args.output}, opset {args.opset}")
+    print(f"onnx={args.out} output={args.output} opset={args.opset} input_shape={shape} "
+          f"bytes={os.path.getsize(args.out)}")
+    return 0
+
+
 def _read_images(paths, prep):
     import numpy as np
 
@@ -615,6 +637,17 @@ def add_predict(sub):
     p.set_defaults(func=cmd_predict)
 
 
+def add_export(sub):
+    x = sub.add_parser("export", help="write a saved model as an ONNX file", description=cmd_export.__doc__,
+                       formatter_class=_Formatter)
+    x.add_argument("model", help=f"the --out folder of 'fastmlp train' (or its {MODEL_FILE})")
+    x.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    x.add_argument("--output", default="probabilities", choices=("probabilities", "logits"),
+                   help="what the graph outputs: predict's probabilities or the last layer's logits")
+    x.add_argument("--opset", type=_positive_int, default=17, help="the ONNX opset (at least 13)")
+    x.set_defaults(func=cmd_export)
+
+
 def add_info(sub):
     i = sub.add_parser("info", help="versions, devices, threads, BLAS and the Numba cache",
                        description=cmd_info.__doc__)
@@ -647,7 +680,7 @@ def add_compare(sub):
 
 # The subcommands, in --help order. A new one is an add_<name>(sub) that sets
 # func=cmd_<name> on its parser, appended here.
-COMMANDS = [add_demo, add_train, add_evaluate, add_predict, add_info, add_compare]
+COMMANDS = [add_demo, add_train, add_evaluate, add_predict, add_export, add_info, add_compare]
 
 
 def build_parser():

@@ -535,6 +535,11 @@ class Sequential:
                 raise ValueError(f"{os.fspath(path)}: expected weight {k} of shape {shape}, got {w.shape}")
         self.set_weights(weights)
 
+    def to_onnx(self, path, **kw):
+        """Write this model as an ONNX file: ``fastmlp.export_onnx(self, path, **kw)``."""
+        from .export_onnx import export_onnx
+        return export_onnx(self, path, **kw)
+
     # ------------------------------------------------------------------ summary (summary.py)
     def memory_report(self, batch_size=32):
         """Bytes a training step at ``batch_size`` holds on the device, by part: parameters,
