@@ -22,11 +22,12 @@ import os
 
 import numpy as np
 
-from .backend.codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
+from .backend.codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, pads4
 from .conv import Conv2D, Flatten, MaxPool2D
 from .layers import Activation, Dense
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .normalization import BatchNorm, Dropout
+from .pooling import AvgPool2D, GlobalAveragePooling2D, GlobalMaxPooling2D
 
 DEFAULT_OPSET = 17   # ONNX 1.12+ and onnxruntime 1.12+ run it; every op used here exists since opset 13
 MIN_OPSET = 13       # Softmax over one axis (axis=1) and Squeeze/Unsqueeze semantics used here
@@ -145,9 +146,9 @@ def _maxpool(ctx, x, pool):
 def _export_conv2d(layer, ctx, x):
     # x is (N, C, H, W); W (M, C, KH, KW) is ONNX's layout; then the fused activation and pool
     W, b = (_host(layer, p) for p in layer.params)
-    p, s = layer.padding, layer.stride
+    (pt, pb, pl, pr), s = pads4(layer.pads), layer.stride
     y = ctx.node("Conv", [x, ctx.weight(W, "conv_W"), ctx.weight(b, "conv_b")], "conv",
-                 kernel_shape=[layer.kh, layer.kw], strides=[s, s], pads=[p, p, p, p])
+                 kernel_shape=[layer.kh, layer.kw], strides=[s, s], pads=[pt, pl, pb, pr])
     y = _activation(ctx, y, layer.act_code, layer.alpha, "conv_act")
     return y if layer.pool is None else _maxpool(ctx, y, layer.pool)
 
@@ -155,6 +156,23 @@ def _export_conv2d(layer, ctx, x):
 @exporter(MaxPool2D)
 def _export_maxpool(layer, ctx, x):
     return x if layer.fused else _maxpool(ctx, x, layer)
+
+
+@exporter(AvgPool2D)
+def _export_avgpool(layer, ctx, x):
+    return ctx.node("AveragePool", [x], "avgpool", kernel_shape=[layer.k, layer.k],
+                    strides=[layer.stride, layer.stride])
+
+
+@exporter(GlobalAveragePooling2D)
+def _export_global_avgpool(layer, ctx, x):
+    # GlobalAveragePool keeps (N, C, 1, 1): flattened to the layer's (N, C)
+    return ctx.node("Flatten", [ctx.node("GlobalAveragePool", [x], "gap")], "gap_flat", axis=1)
+
+
+@exporter(GlobalMaxPooling2D)
+def _export_global_maxpool(layer, ctx, x):
+    return ctx.node("Flatten", [ctx.node("GlobalMaxPool", [x], "gmp")], "gmp_flat", axis=1)
 
 
 @exporter(Flatten)

@@ -228,3 +228,23 @@ def test_example_dense_models(tmp_path, rng):
         X = rng.uniform(size=(16, 784)).astype(np.float32)
         model.fit(X, np.arange(16) % 11, epochs=1, batch_size=8)
         assert_matches(model, model.to_onnx(tmp_path / f"organ_{act}.onnx"), X)
+
+
+@pytest.mark.parametrize("which", ["avg", "global_max"])
+def test_keras_spellings_and_the_new_pooling_layers(tmp_path, images, which):
+    """activation= on Dense and Conv2D, padding "same" with an even kernel (uneven pads) and a
+    pair, AvgPool2D, GlobalAveragePooling2D, GlobalMaxPooling2D."""
+    X, y = images
+    c = X.shape[1]
+    if which == "avg":
+        layers = [fm.Conv2D(c, 4, 2, padding="same", activation="relu"), fm.AvgPool2D(2),
+                  fm.Conv2D(4, 5, 3, padding=(1, 2)), fm.GlobalAveragePooling2D(),
+                  fm.Dense(5, 3, activation="tanh"), fm.Dense(3, 3)]
+    else:
+        layers = [fm.Conv2D(c, 4, 3, padding="same", activation="leaky_relu"), fm.MaxPool2D(2),
+                  fm.GlobalMaxPooling2D(), fm.Dense(4, 3)]
+    model = fm.Sequential(layers, loss="softmax_crossentropy", optimizer="adam", input_shape=X.shape[1:], seed=0)
+    model.fit(X, y % 3, epochs=2, batch_size=8)
+    path = tmp_path / "m.onnx"
+    model.to_onnx(path)
+    assert_matches(model, path, X)
