@@ -15,6 +15,7 @@ from .model import Sequential, load_model
 from .normalization import BatchNorm, Dropout
 from .optimizers import SGD, Adam
 from .version import __version__
+from . import distributed  # fm.distributed.init(); mpi4py is imported only under a launcher
 
 __all__ = [
     "Sequential", "Dense", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "activation",
