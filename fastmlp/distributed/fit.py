@@ -51,5 +51,5 @@ def check_same_everywhere(comm, fingerprint):
         for what, digest in prints[0].items():
             if other.get(what) != digest:
                 raise CollectiveError(
-                    f"rank {rank} was given other {what} than rank 0: expected the same model, data and "
+                    f"rank {rank} was given different {what} from rank 0: expected the same model, data and "
                     f"fit arguments on every rank (each rank trains on its share of every global batch)")
