@@ -12,6 +12,7 @@ from .gradcheck import gradcheck, gradcheck_layer
 from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential, load_model
+from .sweep import sweep  # the function; grid, train_mlp, load_toml: from fastmlp.sweep import ...
 from .normalization import BatchNorm, Dropout
 from .optimizers import SGD, Adam
 from .version import __version__
@@ -22,5 +23,5 @@ __all__ = [
     "Conv2D", "MaxPool2D", "Flatten", "BatchNorm", "Dropout",
     "BinaryCrossEntropy", "SoftmaxCrossEntropy", "MeanSquaredError", "SGD", "Adam",
     "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
-    "gradcheck", "gradcheck_layer", "devices", "Augment", "load_model", "compare", "__version__",
+    "gradcheck", "gradcheck_layer", "devices", "Augment", "load_model", "compare", "sweep", "distributed", "__version__",
 ]

@@ -22,6 +22,7 @@ plot of accuracy per configuration (``out/sweep.png``, when matplotlib is
 installed) and the closing ``key=value`` line.
 """
 import csv
+import functools
 import io
 import itertools
 import json
@@ -36,7 +37,7 @@ RESULTS_CSV = "results.csv"
 PLOT_FILE = "sweep.png"
 _DASK_EXTRA = 'pip install "fastmlp[sweep]"'
 
-# train_mlp's configuration keys and their defaults (fastmlp train's options)
+# train_mlp's configuration keys and their defaults (those of fastmlp train's options)
 CONFIG_KEYS = {
     "data": "shapes", "samples": 2000, "image_size": None, "max_samples": None,
     "val_split": 0.1, "test_split": 0.2, "standardize": False,
@@ -129,47 +130,51 @@ def run_one(run, name, config, seed):
 
 
 def train_mlp(config, seed):
-    """``fastmlp train``'s MLP on ``config`` (keys of CONFIG_KEYS): {train_acc, val_acc,
-    test_acc, epochs, params}."""
-    from argparse import Namespace
-
+    """An MLP as ``fastmlp train`` builds it, trained on ``config`` (keys of CONFIG_KEYS):
+    {train_acc, val_acc, test_acc, epochs, params}. Softmax cross-entropy on integer labels."""
     import numpy as np
 
-    import fastmlp as fm
-    from . import cli
-    from .preprocessing import Standardizer
+    from .augment import Augment
+    from .callbacks import EarlyStopping
+    from .layers import Dense, activation
+    from .losses import SoftmaxCrossEntropy
+    from .model import Sequential
+    from .optimizers import SGD, Adam
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
         raise ValueError(f"unknown configuration key(s) {unknown}; expected some of {sorted(CONFIG_KEYS)}")
-    args = Namespace(**dict(CONFIG_KEYS, **config), seed=seed, color=False)
-    if isinstance(args.hidden, int):
-        args.hidden = [args.hidden]
-    src = cli.load_source(str(args.data), args)
-    Xtr_img, ytr = src["train"]
-    if args.max_samples:
-        Xtr_img, ytr = Xtr_img[:args.max_samples], ytr[:args.max_samples]
-    k = max(len(src["classes"]), int(ytr.max()) + 1)
-    prep = {"image_shape": list(Xtr_img.shape[1:]), "classes": [str(i) for i in range(k)], "standardize": None}
-    X = cli._prepare(Xtr_img, prep)
-    if args.standardize:
-        prep["standardize"] = Standardizer("global").fit(X).to_dict()
-        X = cli._prepare(Xtr_img, prep)
-    model, _, prep["targets"] = cli._build(args, X.shape[1], k)
-    sets = {"train": (X, cli._targets(ytr, prep))}
-    for part in ("val", "test"):
-        if src[part] is not None:
-            sets[part] = (cli._prepare(src[part][0], prep), cli._targets(src[part][1], prep))
+    c = dict(CONFIG_KEYS, **config)
+    hidden = [c["hidden"]] if isinstance(c["hidden"], int) else list(c["hidden"])
+    sets, shape = load_splits(str(c["data"]), int(c["samples"]), c["image_size"], float(c["val_split"]),
+                              float(c["test_split"]), bool(c["standardize"]), seed)
+    if c["max_samples"]:
+        sets["train"] = tuple(a[:int(c["max_samples"])] for a in sets["train"])
+    X, y = sets["train"]
+    k = int(max(yy.max() for _, yy in sets.values())) + 1
+    init = "he" if c["activation"] in ("relu", "leaky_relu") else "glorot"
+    layers, width = [], X.shape[1]
+    for size in hidden:
+        layers += [Dense(width, size, init=init, l1=c["l1"], l2=c["l2"]), activation(c["activation"])]
+        width = size
+    layers.append(Dense(width, k, init="glorot", l1=c["l1"], l2=c["l2"]))
+    if c["optimizer"] == "adam":
+        opt = Adam(lr=c["lr"] or 1e-3)
+    elif c["optimizer"] == "sgd":
+        opt = SGD(lr=c["lr"] or 0.01, momentum=c["momentum"])
+    else:
+        raise ValueError(f"expected optimizer 'adam' or 'sgd', got {c['optimizer']!r}")
+    model = Sequential(layers, loss=SoftmaxCrossEntropy(), optimizer=opt, device=c["device"],
+                          dtype=c["dtype"], seed=seed)
     augment = None
-    if args.rotate or args.shift or args.flip_h or args.flip_v:
-        augment = fm.Augment(rotate=args.rotate, shift=args.shift, flip_h=args.flip_h, flip_v=args.flip_v,
-                             image_shape=tuple(Xtr_img.shape[1:3]))
+    if c["rotate"] or c["shift"] or c["flip_h"] or c["flip_v"]:
+        augment = Augment(rotate=c["rotate"], shift=c["shift"], flip_h=c["flip_h"], flip_v=c["flip_v"],
+                             image_shape=shape)
     callbacks = []
-    if args.early_stopping:
+    if c["early_stopping"]:
         if "val" not in sets:
             raise ValueError("early_stopping needs validation data: keep val_split above 0")
-        callbacks.append(fm.EarlyStopping("val_loss", patience=int(args.early_stopping),
-                                          restore_best_weights=True))
-    h = model.fit(*sets["train"], epochs=int(args.epochs), batch_size=args.batch_size, callbacks=callbacks,
+        callbacks.append(EarlyStopping("val_loss", patience=int(c["early_stopping"]), restore_best_weights=True))
+    h = model.fit(X, y, epochs=int(c["epochs"]), batch_size=c["batch_size"], callbacks=callbacks,
                   validation_data=sets.get("val"), augment=augment, verbose=0)
     out = {"epochs": len(h.epoch), "params": model.count_params()}
     for part, (Xp, yp) in sets.items():
@@ -177,6 +182,44 @@ def train_mlp(config, seed):
     if not all(np.isfinite(v) for v in out.values()):
         raise FloatingPointError(f"non-finite result {out}")
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def load_splits(source, samples, image_size, val, test, standardize, seed):
+    """({"train", "val", "test": (X float32 (N, F), y)}, (H, W)) of a data source, as
+    ``fastmlp train`` reads it: "shapes", a MedMNIST .npz, an MNIST t10k folder or an .h5
+    file; pixels scaled to [0, 1] (and standardised with the training split's statistics)."""
+    import numpy as np
+
+    from . import data
+    from .preprocessing import Standardizer, scale_to_unit, train_val_test_split
+    path = Path(source)
+    if source == "shapes":
+        X, y, _ = data.make_shapes(samples, size=image_size or 28, seed=seed, centered=True)
+        parts = train_val_test_split(X, y, val=val, test=test, seed=seed)
+    elif path.is_file() and path.suffix.lower() == ".npz":
+        parts = [a for split in ("train", "val", "test") for a in data.load_medmnist(path, split)]
+    elif path.is_dir():
+        Xtr, ytr, Xte, yte = data.load_mnist_t10k(path)
+        parts = list(train_val_test_split(Xtr, ytr, val=val, test=0.0, seed=seed))[:4] + [Xte, yte]
+    elif path.is_file():
+        X, y, _ = data.load_h5(path)
+        parts = train_val_test_split(X, y, val=val, test=test, seed=seed)
+    else:
+        raise FileNotFoundError(f"data not found: {source} (expected 'shapes', a MedMNIST .npz, an MNIST "
+                                "t10k folder or an .h5 file)")
+    names = ("train", "val", "test")
+    raw = {n: (parts[2 * i], parts[2 * i + 1]) for i, n in enumerate(names) if len(parts[2 * i])}
+    shape = tuple(raw["train"][0].shape[1:3])
+
+    def flat(X):
+        X = scale_to_unit(X) if X.dtype == np.uint8 else np.asarray(X, dtype=np.float32)
+        return np.ascontiguousarray(X.reshape(len(X), -1), dtype=np.float32)
+    sets = {n: (flat(X), np.asarray(y).reshape(-1)) for n, (X, y) in raw.items()}
+    if standardize:
+        st = Standardizer("global").fit(sets["train"][0])
+        sets = {n: (st.transform(X).astype(np.float32), y) for n, (X, y) in sets.items()}
+    return sets, shape
 
 
 def _worker_init(threads):

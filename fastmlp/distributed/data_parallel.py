@@ -28,9 +28,15 @@ import numpy as np
 from ..batches import LazyRows
 from ..callbacks import NonFiniteLossError
 from ..checkpoint import InterruptGuard
-from ..layers import Layer
+from ..conv import Conv2D, Flatten, MaxPool2D
+from ..layers import Activation, Dense, Layer
 from ..normalization import BatchNorm
 from .reduce import gradient_reducer
+
+
+# layers whose training step draws nothing from the model's generator (Dropout does; a
+# layer of the user's may)
+DRAW_FREE = (Dense, Activation, Conv2D, MaxPool2D, Flatten, BatchNorm)
 
 
 def shares(m, size):
@@ -55,8 +61,7 @@ class DataParallel:
             raise ValueError(f"expected a global batch_size of at least the world size {size} (every rank "
                              f"takes a share of each batch), got batch_size={b} (N={n})")
         self._check_batch_statistics(n, b)
-        from ..training import GRAPH_SAFE  # layers that draw nothing from the generator in a step
-        self.draws = trainer.augment is not None or not all(isinstance(l, GRAPH_SAFE) for l in self.model.layers)
+        self.draws = trainer.augment is not None or not all(isinstance(l, DRAW_FREE) for l in self.model.layers)
         self.fingerprint = fingerprint(trainer)
         self.n_val = self.n_test = 0
         if trainer.Xv is not None:
