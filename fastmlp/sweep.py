@@ -222,6 +222,30 @@ def load_splits(source, samples, image_size, val, test, standardize, seed):
     return sets, shape
 
 
+class FromFile:
+    """A run function defined in a script loaded by path (an example, a notebook's file):
+    picklable by (path, name), so that worker processes load the script themselves (its
+    ``if __name__ == "__main__"`` part does not run there)."""
+
+    _loaded = {}   # path -> module, per process
+
+    def __init__(self, path, name):
+        self.path, self.name = os.path.abspath(os.fspath(path)), str(name)
+
+    def __call__(self, config, seed):
+        module = FromFile._loaded.get(self.path)
+        if module is None:
+            import importlib.util
+            spec = importlib.util.spec_from_file_location(f"_sweep_script_{len(FromFile._loaded)}", self.path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            FromFile._loaded[self.path] = module
+        return getattr(module, self.name)(config, seed)
+
+    def __repr__(self):
+        return f"FromFile({self.path!r}, {self.name!r})"
+
+
 def _worker_init(threads):
     """A local worker's threads: its share of the cores (Numba and BLAS)."""
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
