@@ -15,7 +15,8 @@ test compares it here:
 - an exception on rank 1 (in fit, or outside it) ends rank 0 within 60 s with that
   rank's message; SIGKILL of rank 1 ends the job within 30 s and the last
   checkpoint loads;
-- ``mpiexec -n 2 fastmlp train`` prints once and writes the model once;
+- ``mpiexec -n 2 fastmlp train`` prints once and writes the model once; Ctrl-C stops both
+  ranks after the same step, the root saves, and ``--resume`` continues;
 - in-process: a world of one without mpiexec trains bitwise as without comm; the
   shares; launcher detection; the NCCL reducer's calls through a stand-in CuPy
   (and on a real GPU at world size 1 where one is present).
@@ -374,6 +375,33 @@ def test_cli_train_under_mpiexec_prints_once_and_writes_once(tmp_path):
     assert r.stdout.count("train_acc=") == 1 and r.stdout.count("epoch 2:") == 1
     assert "data-parallel over 2 ranks" in r.stdout
     assert (out / "model.fmlp").is_file() and json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+
+
+@needs_mpi
+def test_ctrl_c_under_mpiexec_stops_every_rank_after_the_same_step_and_resumes(tmp_path):
+    import signal
+    out = tmp_path / "run"
+    argv = [MPIEXEC, "-n", "2", sys.executable, "-m", "fastmlp", "train", "shapes", "--samples", "3000",
+            "--image-size", "16", "--hidden", "64", "--batch-size", "16", "--out", str(out)]
+    p = subprocess.Popen(argv + ["--epochs", "500"], cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        for line in p.stdout:   # the root prints a line an epoch
+            if line.startswith("epoch 2:") or time.monotonic() > deadline:
+                break
+        p.send_signal(signal.SIGINT)   # Hydra forwards it to every rank
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    print(stderr[-600:])
+    assert p.returncode == 130
+    assert stderr.count("interrupted in epoch") == 1 and "saved the model trained so far" in stderr
+    epoch = fm.load_model(out / "model.fmlp").position["epoch"]
+    r = subprocess.run(argv + ["--epochs", str(epoch + 2), "--resume"], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(f"epoch {epoch + 2}:") == 1 and "train_acc=" in r.stdout
 
 
 @needs_mpi

@@ -139,11 +139,15 @@ class DataParallel:
 
     def check_finite(self, trainer, loss, epoch, step, loss_is_total):
         """NonFiniteLossError on every rank when any rank saw a non-finite loss, parameter or layer
-        state; each rank undoes the step first (trainer._undo_last_update)."""
+        state; each rank undoes the step first (trainer._undo_last_update). The same small sum
+        carries the ranks' Ctrl-C flags (CollectiveGuard.agreed): one collective, not two."""
         model = self.model
         bad_state = sum(1 for layer in model.layers if type(layer).state_is_finite is not Layer.state_is_finite
                         and not layer.state_is_finite())
-        found = self.comm.sum([0.0 if loss_is_total else loss, model.flat.nonfinite_count(), bad_state])
+        guard = trainer.guard
+        found = self.comm.sum([0.0 if loss_is_total else loss, model.flat.nonfinite_count(), bad_state,
+                               float(guard.interrupted)])
+        guard.agreed = bool(found[3])
         loss = loss if loss_is_total else float(found[0])
         bad, bad_state = int(found[1]), int(found[2])
         if not (bad or bad_state or not math.isfinite(loss)):
@@ -213,14 +217,17 @@ class DataParallel:
 
 
 class CollectiveGuard(InterruptGuard):
-    """Ctrl-C at the same step boundary on every rank: ``check()`` asks them all."""
+    """Ctrl-C at the same step boundary on every rank: ``check()`` asks them all, or takes
+    the answer the step's checks already agreed on (``agreed``)."""
 
     def __init__(self, comm):
         super().__init__()
         self.comm = comm
+        self.agreed = None
 
     def check(self):
-        if self.comm.any(self.interrupted):
+        agreed, self.agreed = self.agreed, None
+        if agreed if agreed is not None else self.comm.any(self.interrupted):
             self.interrupted = False
             raise KeyboardInterrupt
 
