@@ -32,8 +32,8 @@ def fit_data_parallel(model, comm, X, y, kwargs):
         error = e
     comm.agree(error)
     check_same_everywhere(comm, trainer.dist.fingerprint)
-    trainer.dist.start()
     try:
+        trainer.dist.start()
         return trainer.run()
     except KeyboardInterrupt:
         raise   # every rank stopped after the same step (CollectiveGuard)
