@@ -200,6 +200,11 @@ class Trainer:
                 idx, host_idx = order[first:first + b], host_order[first:first + b]
                 if self.dist is not None:   # data-parallel: this rank's share of the global batch
                     idx, host_idx = self.dist.share(idx, host_idx, epoch, step)
+                    if not idx.shape[0]:    # a last batch smaller than the world: no rows here
+                        self.dist.step(self, None, None, epoch, step)
+                        pos["step"] = step + 1
+                        self.guard.check()
+                        continue
                 xb, tb = self.buffers.get(idx.shape[0], X, T)
                 if self.graphs is not None:
                     self._graph_batch_step(xb, tb, idx)

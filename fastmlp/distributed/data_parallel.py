@@ -128,9 +128,9 @@ class DataParallel:
         model = self.model
         stats = model.stats
         before = float(stats[0]) if trainer.check_each_step else 0.0
-        if xb.shape[0]:
+        if xb is not None:
             model.train_step(xb, tb, stats, scale=self.scale, reduce=self.reduce)
-        else:   # a last batch smaller than the world: this rank adds no gradient of its own
+        else:   # an empty share (a last batch smaller than the world): no gradient of its own
             model.flat.grads[...] = 0
             self.reduce(model.flat.grads)
             model.optimizer.step(model.be, model.flat)
