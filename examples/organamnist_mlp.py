@@ -9,21 +9,29 @@ fill, drawn per batch on the device); with early stopping on the validation
 loss (best weights restored). Every row trains with Adam (lr 1e-3, batch 128)
 from the same seed; one row changes one thing from the baseline.
 
+The rows run through ``fm.sweep``: each in a worker process, ``--workers N`` of
+them at once (default 1: one after the other), and with ``--out DIR`` every
+finished row is kept in DIR/results.json, so an interrupted table started again
+runs only the rows it lacks.
+
 Data: a MedMNIST ``.npz`` (``--data organamnist.npz``: its train / val / test
 splits), else the project's stand-in, MNIST t10k (``load_mnist_t10k``: first
 8,000 images train, last 2,000 test; a stratified 10 % of train validates).
 
-    python examples/organamnist_mlp.py [--data organamnist.npz] [--quick] [--only 2,9]
+    python examples/organamnist_mlp.py [--data organamnist.npz] [--quick] [--only 2,9] [--workers 2]
 """
 import argparse
+import functools
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
 import fastmlp as fm
 from fastmlp.data import load_medmnist, load_mnist_t10k
 from fastmlp.preprocessing import Standardizer, scale_to_unit, train_val_test_split
+from fastmlp.sweep import FromFile
 
 BASE = {"hidden": [256, 256], "act": "relu", "l1": 0.0, "l2": 0.0, "norm": True, "aug": False, "es": False}
 ROWS = [
@@ -104,6 +112,25 @@ def run_row(cfg, data, hw, k, args):
             "test": model.evaluate(Xte, yte)["accuracy"]}
 
 
+@functools.lru_cache(maxsize=2)
+def _inputs(data, mnist, max_train, seed, norm):
+    """(the three (X, y) splits as model inputs, (H, W), classes), once per worker process."""
+    parts, _ = load(SimpleNamespace(data=data, mnist=mnist, max_train=max_train, seed=seed))
+    X = features(parts, norm)
+    k = int(max(y.max() for _, y in parts)) + 1
+    return [(X[j], parts[j][1]) for j in range(3)], parts[0][0].shape[1:], k
+
+
+def sweep_row(config, seed):
+    """One row of the table in a sweep worker: config = {"row": i, "run": this script's options}."""
+    opts = SimpleNamespace(**config["run"], seed=seed)
+    cfg = dict(BASE, **ROWS[config["row"]][1])
+    data, hw, k = _inputs(opts.data, opts.mnist, opts.max_train, seed, cfg["norm"])
+    out = run_row(cfg, data, hw, k, opts)
+    out["fit_seconds"] = out.pop("seconds")   # the sweep's "seconds" is the whole run's
+    return out
+
+
 def table(results):
     head = ["#", "configuration", "hidden", "activation", "penalty", "norm", "aug", "early stop",
             "epochs", "params", "train acc", "val acc", "test acc", "s"]
@@ -131,7 +158,11 @@ def main(argv=None):
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1, help="rows trained at once, each in a worker process")
+    p.add_argument("--out", default=None, help="keep every finished row in OUT/results.json (resumable)")
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers expects a positive integer, got {args.workers}")
     args.epochs = args.epochs or (3 if args.quick else 20)
     args.patience = args.patience or (1 if args.quick else 3)
     rows = list(range(len(ROWS)))
@@ -148,27 +179,30 @@ def main(argv=None):
     k = int(max(y.max() for _, y in parts)) + 1
     print(f"data: {name}; train {len(parts[0][1])}, validation {len(parts[1][1])}, test {len(parts[2][1])}, "
           f"{k} classes, {hw[0]}x{hw[1]} pixels; {args.epochs} epochs a row")
-    inputs = {True: None, False: None}
-    # JIT warm-up on a few rows, so that no row's time includes compilation
+    # JIT warm-up on a few rows (compiled code is cached on disk for the workers), so that no
+    # row's time includes compilation
     warm = features([(X[:256], y[:256]) for X, y in parts], True)
     build(BASE, warm[0].shape[1], k, args.seed, args.device).fit(
         warm[0], parts[0][1][:256], epochs=1, batch_size=128, verbose=0,
         validation_data=(warm[1], parts[1][1][:256]), augment=fm.Augment(rotate=10.0, image_shape=hw))
 
+    opts = {key: getattr(args, key) for key in ("data", "mnist", "max_train", "epochs", "patience", "device")}
+    configs = [{"name": ROWS[i][0], "row": i, "run": opts} for i in rows]
     t0 = time.perf_counter()
-    results = []
-    for i in rows:
-        label, change = ROWS[i]
-        cfg = dict(BASE, **change)
-        if inputs[cfg["norm"]] is None:
-            inputs[cfg["norm"]] = features(parts, cfg["norm"])
-        X = inputs[cfg["norm"]]
-        data = [(X[j], parts[j][1]) for j in range(3)]
-        r = run_row(cfg, data, hw, k, args)
-        results.append((i, label, cfg, r))
-        print(f"row {i:2d} {label:<28s} train {r['train']:.4f}  val {r['val']:.4f}  test {r['test']:.4f}  "
-              f"({r['epochs']} epochs, {r['seconds']:.1f} s)", flush=True)
+    progress = lambda line="": print(line, flush=True) if line.startswith("[") else None  # noqa: E731
+    swept = fm.sweep(configs, seeds=[args.seed], run=FromFile(__file__, "sweep_row"), workers=args.workers,
+                     out=args.out, plot=False, print_fn=progress)
     seconds = time.perf_counter() - t0
+    failed = [r for r in swept if r["status"] != "ok"]
+    if failed:
+        sys.exit(f"{len(failed)} row(s) failed: " + "; ".join(f"{r['name']}: {r['error']}" for r in failed))
+    results = []
+    for i, r in zip(rows, swept):
+        label, change = ROWS[i]
+        r = dict(r, seconds=r["fit_seconds"])
+        results.append((i, label, dict(BASE, **change), r))
+        print(f"row {i:2d} {label:<28s} train {r['train']:.4f}  val {r['val']:.4f}  test {r['test']:.4f}  "
+              f"({r['epochs']} epochs, {r['seconds']:.1f} s)")
     print()
     print(table(results))
     print()

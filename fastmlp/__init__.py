@@ -13,10 +13,12 @@ from .gradcheck import gradcheck, gradcheck_layer
 from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential, load_model
+from .sweep import sweep  # the function; grid, train_mlp, load_toml: from fastmlp.sweep import ...
 from .normalization import BatchNorm, Dropout
 from .optimizers import SGD, Adam
 from .pooling import AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
 from .version import __version__
+from . import distributed  # fm.distributed.init(); mpi4py is imported only under a launcher
 
 __all__ = [
     "Sequential", "Dense", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "activation",
@@ -24,5 +26,6 @@ __all__ = [
     "GlobalMaxPooling2D", "MaxPooling2D", "AveragePooling2D",
     "BinaryCrossEntropy", "SoftmaxCrossEntropy", "MeanSquaredError", "SGD", "Adam",
     "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
-    "gradcheck", "gradcheck_layer", "export_onnx", "devices", "Augment", "load_model", "compare", "__version__",
+    "gradcheck", "gradcheck_layer", "export_onnx", "devices", "Augment", "load_model", "compare", "sweep",
+    "distributed", "__version__",
 ]

@@ -2,13 +2,15 @@
 
     fastmlp demo                          train on the built-in shapes (no download)
     fastmlp train DATA --out run          train an MLP (--hidden 256,256 ...); model, metrics,
-                                          curves in run/
+                                          curves in run/ (under mpiexec -n P: data-parallel)
     fastmlp evaluate run DATA             loss and accuracy of a saved model
     fastmlp predict run IMAGE...          class and probability of image files
     fastmlp export run OUT.onnx           the model as an ONNX file (--output logits)
     fastmlp info                          versions, devices, threads, BLAS, Numba cache
     fastmlp compare [--data DIR]          MLP vs CNN as images grow: parameters, FLOPs,
                                           memory, samples/s, accuracy
+    fastmlp sweep FILE.toml [--workers N] configurations x seeds in worker processes
+                                          (--scheduler tcp://HOST:8786: on Dask)
 
 DATA is an HDF5 file (``load_h5``), a MedMNIST ``.npz``, a folder of MNIST
 IDX files (the t10k pair), a folder of class sub-folders of JPG/PNG images,
@@ -251,6 +253,11 @@ def cmd_train(args):
     import fastmlp as fm
     from .preprocessing import Standardizer
 
+    # under mpiexec / srun: data-parallel over the ranks, the root alone prints and writes
+    comm = fm.distributed.init()
+    root = comm.is_root
+    if not root:
+        sys.stdout = open(os.devnull, "w")
     if args.out is not None:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
@@ -296,6 +303,9 @@ def cmd_train(args):
         model.summary()
         print(f"data: {args.data} ({src['kind']}): train {len(X)}, validation "
               f"{len(val[0]) if val else 0}, test {len(test[0]) if test else 0}; classes: {', '.join(classes)}")
+        if comm.size > 1:
+            print(f"data-parallel over {comm.size} ranks: each takes its share of every global batch "
+                  f"of {args.batch_size or 'all'} samples")
     checkpoint = None
     if args.out is not None:   # fit writes the model here when it ends, and on Ctrl-C
         out.mkdir(parents=True, exist_ok=True)
@@ -305,15 +315,17 @@ def cmd_train(args):
                 json.loads((out / PREPROCESS_FILE).read_text(encoding="utf-8")) != json.loads(prep_text):
             raise CommandError(f"--resume: the data or preprocessing differ from those of the run in {out} "
                                f"({PREPROCESS_FILE}); pass the arguments of the interrupted run")
-        _atomic_text(out / PREPROCESS_FILE, prep_text)
+        if root:
+            _atomic_text(out / PREPROCESS_FILE, prep_text)
     t0 = time.perf_counter()
     try:
         h = model.fit(X, _targets(ytr, prep), epochs=args.epochs, batch_size=args.batch_size,
                       validation_data=val, test_data=test, callbacks=callbacks, verbose=args.verbose,
                       augment=augment, checkpoint=checkpoint, checkpoint_every=args.epochs,
-                      resume=checkpoint if args.resume else None)
+                      resume=checkpoint if args.resume else None, comm=comm)
     except KeyboardInterrupt:
-        _report_interrupt(model, checkpoint, args)
+        if root:
+            _report_interrupt(model, checkpoint, args)
         return INTERRUPTED
     seconds = time.perf_counter() - t0
     results = {"train": model.evaluate(X, _targets(ytr, prep))}
@@ -327,7 +339,7 @@ def cmd_train(args):
                "samples_per_s": len(X) * epochs_run / seconds if seconds > 0 else None,
                **results, "history": h.history,
                "args": {k_: v for k_, v in vars(args).items() if k_ not in ("func", "argv")}}
-    if args.out is not None:
+    if args.out is not None and root:
         model.save(out / MODEL_FILE)
         _atomic_text(out / METRICS_FILE, json.dumps(metrics, indent=1, default=str))
         try:
@@ -678,9 +690,37 @@ def add_compare(sub):
     c.set_defaults(func=cmd_compare)
 
 
+def cmd_sweep(args):
+    """Run the configurations x seeds of a sweep file (TOML: [base], [grid], [[config]], seeds,
+    out) in worker processes, or on a Dask cluster with --scheduler; a Markdown table, a plot,
+    results.csv / results.json in the output folder (a sweep started again skips finished rows)."""
+    from .sweep import load_toml, sweep
+    path = Path(args.file)
+    if not path.is_file():
+        raise CommandError(f"sweep file not found: {path} (expected a TOML file; see 'fastmlp sweep --help')")
+    spec = load_toml(path)
+    out = args.out or spec["out"] or str(path.with_suffix("")) + "-results"
+    rows = sweep(spec["configs"], spec["seeds"], base=spec["base"], workers=args.workers or spec["workers"],
+                 scheduler=args.scheduler or spec["scheduler"], out=out, retry_failed=args.retry_failed)
+    return 0 if any(r["status"] == "ok" for r in rows) else 1
+
+
+def add_sweep(sub):
+    s = sub.add_parser("sweep", help="configurations x seeds in worker processes or on a Dask cluster",
+                       description=cmd_sweep.__doc__, formatter_class=_Formatter)
+    s.add_argument("file", metavar="FILE.toml", help="the sweep: [base], [grid], [[config]], seeds, out")
+    s.add_argument("--workers", type=_positive_int, default=None, help="local worker processes (default: CPUs)")
+    s.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="a Dask scheduler (tcp://HOST:8786) to run on instead of local workers")
+    s.add_argument("--out", default=None, metavar="DIR", help="results folder (default: the file's out, "
+                   "else FILE-results)")
+    s.add_argument("--retry-failed", action="store_true", help="run again the rows that failed last time")
+    s.set_defaults(func=cmd_sweep)
+
+
 # The subcommands, in --help order. A new one is an add_<name>(sub) that sets
 # func=cmd_<name> on its parser, appended here.
-COMMANDS = [add_demo, add_train, add_evaluate, add_predict, add_export, add_info, add_compare]
+COMMANDS = [add_demo, add_train, add_evaluate, add_predict, add_export, add_info, add_compare, add_sweep]
 
 
 def build_parser():
@@ -692,6 +732,13 @@ def build_parser():
     return p
 
 
+def _world():
+    """The data-parallel world this command joined (fastmlp.distributed.init), if larger than one."""
+    from .distributed import comm
+    world = comm._WORLD
+    return world if world is not None and world.size > 1 else None
+
+
 def main(argv=None):
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = build_parser().parse_args(argv)
@@ -700,7 +747,13 @@ def main(argv=None):
         return args.func(args)
     except (CommandError, FileNotFoundError, ValueError, ImportError, FloatingPointError) as e:
         # bad data or files, a diverged run: say what, without a traceback (bugs still show theirs)
-        print(f"fastmlp {args.command}: error: {e}", file=sys.stderr)
+        world = _world()
+        if world is None or world.is_root or not getattr(e, "collective", False):
+            rank = "" if world is None else f" (rank {world.rank} of {world.size})"
+            print(f"fastmlp {args.command}: error{rank}: {e}", file=sys.stderr)
+        if world is not None:   # the other ranks may wait in a collective: end them all
+            sys.stderr.flush()
+            world.abort(1)
         return 1
     except KeyboardInterrupt:   # Ctrl-C outside training (train handles its own)
         print(f"fastmlp {args.command}: interrupted", file=sys.stderr)

@@ -176,10 +176,13 @@ class Sequential:
                 self._inferring -= 1
                 self.be.end_inference()
 
-    def train_step(self, xb, tb, stats, first=None):
+    def train_step(self, xb, tb, stats, first=None, scale=None, reduce=None):
         """Forward, fused loss + gradient, backward, one update, on a prepared batch.
         The loss sum and the correct count are added into ``stats`` (2,) on the device.
-        ``first`` stands in for layer 0 (the full-batch row-space path, gram.py)."""
+        ``first`` stands in for layer 0 (the full-batch row-space path, gram.py).
+        Data-parallel training (fastmlp/distributed) passes ``scale`` = 1 / (global batch
+        size) and ``reduce``, which sums the flat gradient over the ranks before the update
+        (the update kernels add the L1/L2 gradient after it, once)."""
         n = xb.shape[0]
         if first is None:
             logits = self.forward(xb, True)
@@ -189,8 +192,10 @@ class Sequential:
             for layer in self.layers[1:]:
                 logits = layer.forward(logits, True)
         dlogits = self._dlogits(n)
-        self.loss.forward_backward(self.be, dlogits, stats, logits, tb, 1.0 / n)
+        self.loss.forward_backward(self.be, dlogits, stats, logits, tb, 1.0 / n if scale is None else scale)
         self.backward(dlogits, first)
+        if reduce is not None:   # data-parallel: the gradient summed over the ranks
+            reduce(self.flat.grads)
         self.optimizer.step(self.be, self.flat)
 
     # ------------------------------------------------------------------ data in
@@ -214,7 +219,7 @@ class Sequential:
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None,
-            initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None):
+            initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None, comm=None):
         """Train; returns a ``History`` of per-epoch loss/accuracy (and val_*, test_*).
 
         ``batch_size=None`` (or >= N) is full-batch gradient descent, using X in place.
@@ -231,14 +236,20 @@ class Sequential:
         continues to ``epochs``: on the CPU the result is bitwise that of an uninterrupted
         run. Ctrl-C stops after the current step, leaves the model consistent (the
         weights of the last completed step), writes the checkpoint, and re-raises.
+        ``comm`` (``fm.distributed.init()``) trains data-parallel over its ranks, with
+        ``batch_size`` the global batch (fastmlp/distributed/fit.py).
         The loop itself is fastmlp/training.py."""
         entered = self._enter(training=True)
         try:
-            return Trainer(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                           validation_data=validation_data, validation_split=validation_split,
-                           callbacks=callbacks, verbose=verbose, test_data=test_data, augment=augment,
-                           initial_epoch=initial_epoch, checkpoint=checkpoint,
-                           checkpoint_every=checkpoint_every, resume=resume).run()
+            kwargs = dict(epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                          validation_data=validation_data, validation_split=validation_split,
+                          callbacks=callbacks, verbose=verbose, test_data=test_data, augment=augment,
+                          initial_epoch=initial_epoch, checkpoint=checkpoint,
+                          checkpoint_every=checkpoint_every, resume=resume)
+            if comm is not None:   # data-parallel training
+                from .distributed.fit import fit_data_parallel
+                return fit_data_parallel(self, comm, X, y, kwargs)
+            return Trainer(self, X, y, **kwargs).run()
         finally:
             if entered:
                 self._leave(training=True)

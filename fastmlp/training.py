@@ -39,7 +39,7 @@ class Trainer:
 
     def __init__(self, model, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
                  validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None,
-                 initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None):
+                 initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None, comm=None):
         self.model, self.be = model, model.be
         self.epochs = check_count("epochs", epochs, 0)
         batch_size = check_batch_size(batch_size)
@@ -60,7 +60,12 @@ class Trainer:
         n = self.n = self.X.shape[0]
         self.b = n if batch_size is None else min(batch_size, n)
         self.full_batch = self.b == n and augment is None  # augmenting needs a copy: gather it
-        _check_batch_statistics(model.layers, n, self.b)
+        self.dist = None
+        if comm is not None and comm.size > 1:   # data-parallel: fastmlp/distributed/data_parallel.py
+            from .distributed.data_parallel import DataParallel
+            self.dist = DataParallel(comm, self)  # checks the shares, takes this rank's val/test rows
+        else:
+            _check_batch_statistics(model.layers, n, self.b)
         # the CPU's thread count, measured while training (backend/cpu/thread_count.py)
         self.threads = self.be.step_threads() or _NoThreads()
 
@@ -89,8 +94,10 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self):
         model, be, n, b = self.model, self.be, self.n, self.b
+        if self.dist is not None and self.full_batch:   # data-parallel: this rank's rows of the batch
+            self.X, self.T = self.dist.full_batch_share(self.X, self.T)
         if self.lazy and self.full_batch:  # the whole set is one batch anyway: read it once
-            self.X, self.lazy = be.to_device(self.X.read(0, n), model.dtype), False
+            self.X, self.lazy = be.to_device(self.X.read(0, self.X.shape[0]), model.dtype), False
         start = None
         if self.resume is not None:
             start = resume_position(model, self.resume, n, b, self.shuffle)
@@ -110,14 +117,15 @@ class Trainer:
         has_extras = (self.Xv is not None or self.Xt is not None or bool(self.callbacks)
                       or self.checkpoint is not None or self.resume is not None)
         self.gram = None
-        if model.full_batch_gram and self.epochs > self.initial_epoch \
+        if self.dist is None and model.full_batch_gram and self.epochs > self.initial_epoch \
                 and gram_path.eligible(model, n, self.full_batch, has_extras):
             self.gram = gram_path.GramFirstLayer(model, self.X)
         self.graphs = model.step_graphs = self._step_graphs()
         self.saved_at = None
         if self.graphs is not None:
             self.threads = _NoThreads()
-        guard = self.guard = InterruptGuard()  # Ctrl-C waits for the end of the step
+        # Ctrl-C waits for the end of the step (data-parallel: of the same step on every rank)
+        guard = self.guard = InterruptGuard() if self.dist is None else self.dist.guard()
         self.threads.start()
         try:
             with guard:
@@ -127,7 +135,7 @@ class Trainer:
                     for cb in cbs:
                         cb.on_epoch_end(epoch, logs)
                     if self.checkpoint is not None and (epoch + 1) % self.checkpoint_every == 0:
-                        model.save(self.checkpoint)
+                        self._save()
                         self.saved_at = epoch + 1
                     guard.check()
                     if model.stop_training:
@@ -139,7 +147,7 @@ class Trainer:
                     cb.on_train_end()
                 if self.checkpoint is not None and self.epochs > self.initial_epoch \
                         and (self.saved_at != model.position["epoch"] or self.callbacks):
-                    model.save(self.checkpoint)
+                    self._save()
                     self.saved_at = model.position["epoch"]
         except KeyboardInterrupt:
             if model.flat.nonfinite_count():  # an update went non-finite and was not yet undone
@@ -149,7 +157,9 @@ class Trainer:
             self.progress.on_train_end()
             pos = model.position
             if self.checkpoint is not None and pos is not None and (pos["step"] or self.saved_at != pos["epoch"]):
-                model.save(self.checkpoint)
+                if self.dist is not None and pos["step"]:   # the epoch's running sums of every rank
+                    self.dist.total_stats()
+                self._save()
             raise
         except NonFiniteLossError as e:
             model.position = None  # the undone step leaves no clean position to resume from
@@ -174,6 +184,8 @@ class Trainer:
         if start is not None and start["step"]:  # resuming in the middle of this epoch
             skip, epoch_rng, penalty = start["step"], start["epoch_rng"], start["penalty"]
             stats[...] = be.to_device(np.array(start["stats"], dtype=np.float64))
+            if self.dist is not None:   # the saved sums are the world's: the root alone carries them
+                self.dist.resumed_stats(stats)
         else:
             stats[...] = 0
             penalty = self._penalty() if model.flat.has_reg else 0.0
@@ -194,12 +206,19 @@ class Trainer:
             for step, first in enumerate(range(0, n, b)):
                 if step < skip:
                     continue
-                idx = order[first:first + b]
+                idx, host_idx = order[first:first + b], host_order[first:first + b]
+                if self.dist is not None:   # data-parallel: this rank's share of the global batch
+                    idx, host_idx = self.dist.share(idx, host_idx, epoch, step)
+                    if not idx.shape[0]:    # a last batch smaller than the world: no rows here
+                        self.dist.step(self, None, None, epoch, step)
+                        pos["step"] = step + 1
+                        self.guard.check()
+                        continue
                 xb, tb = self.buffers.get(idx.shape[0], X, T)
                 if self.graphs is not None:
                     self._graph_batch_step(xb, tb, idx)
                 else:
-                    self.buffers.gather(xb, tb, X, T, idx, host_order[first:first + b])
+                    self.buffers.gather(xb, tb, X, T, idx, host_idx)
                     if self.augment is not None:
                         self.augment.apply(be, xb, model.rng)
                     self._checked_step(xb, tb, epoch, step)
@@ -208,13 +227,15 @@ class Trainer:
                 self.guard.check()
         model.position = {"epoch": epoch + 1, "step": 0}
         s = be.to_host(stats)  # the one host read of the epoch
-        if not self.check_each_step:
+        if self.dist is not None:   # data-parallel: the world's sums; the root's layer state and generator
+            s = self.dist.end_epoch(self, s, epoch)
+        elif not self.check_each_step:
             self._check_finite(float(s[0]), epoch, "end")
         logs = {"loss": float(s[0]) / n + penalty, "accuracy": float(s[1]) / n}
         if self.Xv is not None:
-            logs.update({"val_" + k: v for k, v in model.evaluate_prepared(self.Xv, self.Tv).items()})
+            logs.update({"val_" + k: v for k, v in self._evaluate(self.Xv, self.Tv).items()})
         if self.Xt is not None:
-            logs.update({"test_" + k: v for k, v in model.evaluate_prepared(self.Xt, self.Tt).items()})
+            logs.update({"test_" + k: v for k, v in self._evaluate(self.Xt, self.Tt).items()})
         logs["seconds"] = time.perf_counter() - t0
         return logs
 
@@ -236,6 +257,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ a diverging step
     def _checked_step(self, xb, tb, epoch, step):
+        if self.dist is not None:   # data-parallel: reduced gradient, checks agreed by every rank
+            return self.dist.step(self, xb, tb, epoch, step)
         stats = self.model.stats
         before = float(stats[0]) if self.check_each_step else 0.0
         self.model.train_step(xb, tb, stats, first=self.gram)
@@ -280,6 +303,17 @@ class Trainer:
         extra = self.gram.l2_penalty() if self.gram is not None else 0.0
         return self.model.flat.penalty() + extra
 
+    def _save(self):
+        """The checkpoint, written by the root alone in a data-parallel run."""
+        if self.dist is None or self.dist.comm.is_root:
+            self.model.save(self.checkpoint)
+
+    def _evaluate(self, X, T):
+        """evaluate on a prepared set (data-parallel: this rank's rows, reduced over the ranks)."""
+        if self.dist is not None:
+            return self.dist.evaluate(X, T)
+        return self.model.evaluate_prepared(X, T)
+
     def _end_gram(self):
         if self.gram is not None:
             self.gram.materialize()
@@ -292,6 +326,7 @@ class Trainer:
         on the device, no host-drawn randomness."""
         model = self.model
         if not (model.cuda_graphs and type(model.optimizer) in (SGD, Adam) and self.gram is None
+                and self.dist is None
                 and self.augment is None and not self.lazy
                 and all(isinstance(layer, GRAPH_SAFE) for layer in model.layers)):
             return None
