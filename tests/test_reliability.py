@@ -161,7 +161,11 @@ def test_no_pickle_in_the_package():
                          capture_output=True, text=True).stdout
     lines = [line for line in out.splitlines() if line.strip()]
     print("\n".join(lines))
-    assert lines and all("allow_pickle=False" in line for line in lines)
+    # files are read without pickle; the one other use is mpi4py's object broadcast between
+    # the ranks of one job (fastmlp/distributed/comm.py), which never touches a file
+    between_ranks = [line for line in lines if "MPI-pickle" in line and "distributed/comm.py" in line]
+    assert len(between_ranks) <= 1
+    assert lines and all("allow_pickle=False" in line for line in lines if line not in between_ranks)
 
 
 def test_custom_registered_layer_with_state_round_trips(rng, tmp_path):

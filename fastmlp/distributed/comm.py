@@ -95,8 +95,9 @@ class Comm:
         return bool(self.mpi.allreduce(1 if flag else 0, op=MPI.SUM))
 
     def bcast(self, obj, root=0):
-        """``obj`` of the root on every rank (mpi4py serialises it: for state between our own
-        processes, never for files; not for per-step data)."""
+        """``obj`` of the root on every rank. mpi4py pickles it (MPI-pickle): only between the
+        ranks of one job, which trust each other as one program does, never for files; not
+        for per-step data."""
         return obj if self.size == 1 else self.mpi.bcast(obj, root=root)
 
     def allgather(self, obj):
