@@ -674,6 +674,8 @@ def run(args):
 
     results, checked = [], {}
     for w in workloads:
+        if ctx.only is not None and not ctx.makers(w) and not ctx.floors(w):
+            continue   # e.g. --only numpy on P3, which has no NumPy peer
         weights = init_weights(w.sizes) if w.layers is None else init_cnn_weights(w.layers)
         arch = (tuple(w.layers or w.sizes), w.loss, w.lr, w.batch_size is None)
         if arch not in checked:
