@@ -1,10 +1,14 @@
 """Checks and timings of the peers runner (the CLI is peers.py).
 
-For each workload: the same initial weights go to every implementation; each
-takes one step and is compared with the NumPy float64 reference (P3, a CNN:
-with torch float64); then each warms up and the timed runs are interleaved.
-An implementation that fails (import, build, check or fit) is reported and
-left out; the others go on. On P3, profiled runs of fastmlp then split its
+For each workload: the same initial weights go to every implementation
+(fastmlp, NumPy, PyTorch eager, torch.compile, JAX jit; on a GPU PyTorch with
+CUDA graphs); each takes one step and is compared with the NumPy float64
+reference (P3, a CNN: with torch float64); then each warms up and the timed
+runs are interleaved, with those of the GEMM floor (gemm_floor.py) at every
+BLAS thread count from 1 to --threads. An implementation that fails (import,
+build, check or fit) is reported and left out; the others go on (torch.compile,
+JAX and CUDA graphs, when their first step fails, are skipped with the reason).
+With --only, one implementation runs (peer_isolate.py starts one such process each). On P3, profiled runs of fastmlp then split its
 step by kind of op: once as it runs (its convolutions one chunked kernel each way,
 backend/cpu/conv_act_pool.py) and once with the chunked kernels off, so that im2col, col2im,
 the GEMMs and the pooling run as separate, timed calls on the same chunks.

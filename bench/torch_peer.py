@@ -1,5 +1,7 @@
 """The PyTorch peers: nn.Sequential of Linear/ReLU (TorchMLP) or of
-Conv2d/ReLU/MaxPool2d/Flatten/Linear (TorchCNN), trained with torch.optim.SGD.
+Conv2d/ReLU/MaxPool2d/Flatten/Linear (TorchCNN), trained with torch.optim.SGD;
+the MLP's whole step also under torch.compile (TorchCompiledMLP) and, on a CUDA
+device, captured as CUDA graphs (TorchCudaGraphMLP).
 
 Written as a PyTorch user would: BCEWithLogitsLoss or CrossEntropyLoss,
 `opt.zero_grad(); loss.backward(); opt.step()`, mini-batches gathered with
