@@ -111,8 +111,8 @@ def print_workload(result):
     if "best_peer" in r:
         print(f"  fastmlp vs the fastest peer ({r['best_peer']}): {r['vs_best_peer']:.2f}x")
     if "torch_compile_graphs" in r:
-        print(f"  torch.compile: {r['torch_compile_graphs']} in this process (the backward and "
-              f"zero_grad run between compiled graphs)")
+        print(f"  torch.compile: {r['torch_compile_graphs']} so far in the process that timed it "
+              f"(the backward and zero_grad run between compiled graphs)")
     for name, err in r["errors"].items():
         if name not in IMPL_ORDER:
             print(f"  {name:15s} FAILED: {err}")
