@@ -7,7 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-IMPL_ORDER = ("fastmlp", "numpy", "torch")
+IMPL_ORDER = ("fastmlp", "numpy", "torch", "torch.compile", "jax", "torch-cudagraph")
+
+
+def key_name(impl):
+    """An implementation's name in the key=value line: torch.compile -> torch_compile."""
+    return impl.replace(".", "_").replace("-", "_")
 
 
 def cpu_name():
@@ -78,20 +83,39 @@ def print_workload(result):
     batch = "full" if r["batch_size"] is None else r["batch_size"]
     print(f"\n{r['key']}: {r['title']}; {r.get('arch', r['sizes'])}, {r['loss']}, lr {r['lr']}, "
           f"batch {batch}")
+    how = (f"{r['rounds']} rounds, each implementation in its own process, medians of the rounds"
+           if "rounds" in r else f"{r['reps']} timed runs, medians")
     print(f"  {r['flops_per_step'] / 1e6:.1f} MFLOP/step, {r['flops_per_sample'] / 1e6:.3f} "
-          f"MFLOP/sample; {r['steps']} steps ({r['epochs']} epoch(s) of {r['n']}) x {r['reps']} "
-          f"timed runs, medians")
-    print(f"  {'impl':8s} {'ms/step':>9s} {'samples/s':>11s} {'GFLOP/s':>8s} {'% peak':>7s}"
-          f" {'fastmlp speed-up':>17s}")
+          f"MFLOP/sample; {r['steps']} steps ({r['epochs']} epoch(s) of {r['n']}) x {how}")
+    print(f"  {'impl':15s} {'ms/step':>9s} {'samples/s':>11s} {'GFLOP/s':>8s} {'% peak':>7s}"
+          f" {'x floor':>8s} {'fastmlp speed-up':>17s}")
     for name in IMPL_ORDER:
         if name in r["impls"]:
             f = r["impls"][name]
             up = r["speedup"].get(name)
             up = f"{up:.2f}x" if up is not None else "-"
-            print(f"  {name:8s} {f['ms_per_step']:9.3f} {f['samples_per_s']:11,.0f} "
-                  f"{f['gflops']:8.1f} {100 * f['frac_peak']:6.1f}% {up:>17s}")
+            xf = f"{f['x_floor']:.2f}x" if "x_floor" in f else "-"
+            print(f"  {name:15s} {f['ms_per_step']:9.3f} {f['samples_per_s']:11,.0f} "
+                  f"{f['gflops']:8.1f} {100 * f['frac_peak']:6.1f}% {xf:>8s} {up:>17s}")
         elif name in r["errors"]:
-            print(f"  {name:8s} FAILED: {r['errors'][name]}")
+            print(f"  {name:15s} FAILED: {r['errors'][name]}")
+    if "floor" in r:
+        f = r["floor"]
+        where = (f"best of {len(f['variants'])} thread counts: {f['threads']}"
+                 if f["threads"] else "torch.matmul")
+        each = ", ".join(f"{n.partition('@')[2] or n} {v['ms_per_step']:.3f}"
+                         for n, v in f["variants"].items())
+        print(f"  {'GEMM floor':15s} {f['ms_per_step']:9.3f} {f['samples_per_s']:11,.0f} "
+              f"{f['gflops']:8.1f} {100 * f['frac_peak']:6.1f}%    1.00x   ({where}; ms/step "
+              f"by threads: {each})")
+    if "best_peer" in r:
+        print(f"  fastmlp vs the fastest peer ({r['best_peer']}): {r['vs_best_peer']:.2f}x")
+    if "torch_compile_graphs" in r:
+        print(f"  torch.compile: {r['torch_compile_graphs']} so far in the process that timed it "
+              f"(the backward and zero_grad run between compiled graphs)")
+    for name, err in r["errors"].items():
+        if name not in IMPL_ORDER:
+            print(f"  {name:15s} FAILED: {err}")
     bad = [n for n, c in r["check"]["results"].items() if not c["ok"]]
     if bad:
         print(f"  warning: one-step check failed for {', '.join(bad)}")
@@ -115,14 +139,23 @@ def print_profile(prof, how):
 
 
 def print_summary(results):
-    print("\nsummary (ms per step; speed-up = peer time / fastmlp time)")
-    print(f"  {'workload':10s} {'fastmlp':>9s} {'numpy':>9s} {'torch':>9s} "
-          f"{'vs numpy':>9s} {'vs torch':>9s}")
+    shown = [n for n in IMPL_ORDER if any(n in r["impls"] for r in results)]
+    print("\nsummary (ms per step; speed-up = peer time / fastmlp time; x floor = fastmlp time / "
+          "the GEMM floor's)")
+    print(f"  {'workload':10s} " + " ".join(f"{n:>13s}" for n in shown) +
+          f" {'GEMM floor':>10s} {'x floor':>8s} {'vs numpy':>9s} {'vs torch':>9s} {'vs best peer':>19s}")
+    dash = "-"
     for r in results:
-        ms = [r["impls"][n]["ms_per_step"] if n in r["impls"] else None for n in IMPL_ORDER]
-        ups = [r["speedup"].get(n) for n in ("numpy", "torch")]
-        cells = [f"{m:9.3f}" if m is not None else f"{'-':>9s}" for m in ms]
-        cells += [f"{u:8.2f}x" if u is not None else f"{'-':>9s}" for u in ups]
+        cells = [f"{r['impls'][n]['ms_per_step']:13.3f}" if n in r["impls"] else f"{dash:>13s}"
+                 for n in shown]
+        cells.append(f"{r['floor']['ms_per_step']:10.3f}" if "floor" in r else f"{dash:>10s}")
+        xf = r["impls"].get("fastmlp", {}).get("x_floor")
+        cells.append(f"{xf:7.2f}x" if xf is not None else f"{dash:>8s}")
+        for n in ("numpy", "torch"):
+            u = r["speedup"].get(n)
+            cells.append(f"{u:8.2f}x" if u is not None else f"{dash:>9s}")
+        best = (f"{r['vs_best_peer']:.2f}x ({r['best_peer']})" if "best_peer" in r else dash)
+        cells.append(f"{best:>19s}")
         print(f"  {r['key']:10s} " + " ".join(cells))
 
 
@@ -141,11 +174,19 @@ def key_values(results, peak_gflops, threads):
         k = r["key"]
         for name in IMPL_ORDER:
             if name in r["impls"]:
-                pairs.append((f"{k}_{name}_ms", f"{r['impls'][name]['ms_per_step']:.4g}"))
+                pairs.append((f"{k}_{key_name(name)}_ms", f"{r['impls'][name]['ms_per_step']:.4g}"))
+        if "floor" in r:
+            pairs.append((f"{k}_floor_ms", f"{r['floor']['ms_per_step']:.4g}"))
         for name, up in r["speedup"].items():
-            pairs.append((f"{k}_vs_{name}", f"{up:.2f}"))
+            pairs.append((f"{k}_vs_{name if name == 'fastmlp-plain' else key_name(name)}",
+                          f"{up:.2f}"))
+        if "best_peer" in r:
+            pairs.append((f"{k}_vs_best_peer", f"{r['vs_best_peer']:.2f}"))
+            pairs.append((f"{k}_best_peer", key_name(r["best_peer"])))
         if "fastmlp" in r["impls"]:
             pairs.append((f"{k}_frac_peak", f"{r['impls']['fastmlp']['frac_peak']:.3f}"))
+            if "x_floor" in r["impls"]["fastmlp"]:
+                pairs.append((f"{k}_fastmlp_floor_ratio", f"{r['impls']['fastmlp']['x_floor']:.3f}"))
         for name in ("im2col", "col2im", "gemm"):
             if "profile_ops" in r:
                 pairs.append((f"{k}_{name}_share", f"{r['profile_ops']['share'][name]:.3f}"))

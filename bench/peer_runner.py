@@ -1,10 +1,14 @@
 """Checks and timings of the peers runner (the CLI is peers.py).
 
-For each workload: the same initial weights go to every implementation; each
-takes one step and is compared with the NumPy float64 reference (P3, a CNN:
-with torch float64); then each warms up and the timed runs are interleaved.
-An implementation that fails (import, build, check or fit) is reported and
-left out; the others go on. On P3, profiled runs of fastmlp then split its
+For each workload: the same initial weights go to every implementation
+(fastmlp, NumPy, PyTorch eager, torch.compile, JAX jit; on a GPU PyTorch with
+CUDA graphs); each takes one step and is compared with the NumPy float64
+reference (P3, a CNN: with torch float64); then each warms up and the timed
+runs are interleaved, with those of the GEMM floor (gemm_floor.py) at every
+BLAS thread count from 1 to --threads. An implementation that fails (import,
+build, check or fit) is reported and left out; the others go on (torch.compile,
+JAX and CUDA graphs, when their first step fails, are skipped with the reason).
+With --only, one implementation runs (peer_isolate.py starts one such process each). On P3, profiled runs of fastmlp then split its
 step by kind of op: once as it runs (its convolutions one chunked kernel each way,
 backend/cpu/conv_act_pool.py) and once with the chunked kernels off, so that im2col, col2im,
 the GEMMs and the pooling run as separate, timed calls on the same chunks.
@@ -25,9 +29,11 @@ import numpy as np
 
 import flops
 import peer_report
+from gemm_floor import GemmFloor, blas_threads
+from jax_peer import JaxMLP, load_jax
 from numpy_peer import NumpyMLP
 from peer_data import load_catvnoncat, load_mnist_t10k, resolve_data_dir
-from torch_peer import TorchCNN, TorchMLP, load_torch
+from torch_peer import TorchCNN, TorchCompiledMLP, TorchCudaGraphMLP, TorchMLP, load_torch
 
 CHECK_TOL = 1e-4      # relative error allowed on loss and weights after one step
 TF32_CHECK_TOL = 5e-2 # with --tf32: TF32 keeps 10 mantissa bits of each GEMM operand
@@ -314,19 +320,94 @@ class TorchCNNImpl(TorchImpl):
         self.generator = ctx.torch.Generator().manual_seed(0)
 
 
+class TorchCompiledImpl(TorchImpl):
+    """The whole step under torch.compile (torch_peer.TorchCompiledMLP)."""
+    name = "torch.compile"
+    peer_class = TorchCompiledMLP
+
+    def __init__(self, ctx, w, weights, dtype="float32"):
+        self.w = w
+        self.device = ctx.device
+        self.peer = self.peer_class(ctx.torch, weights, w.loss, w.lr, dtype, ctx.device)
+        self.x, self.t = self.peer.to_tensors(w.X, w.y)
+        self.generator = ctx.torch.Generator().manual_seed(0)
+
+
+class TorchCudaGraphImpl(TorchCompiledImpl):
+    """The whole step captured as CUDA graphs (torch_peer.TorchCudaGraphMLP)."""
+    name = "torch-cudagraph"
+    peer_class = TorchCudaGraphMLP
+
+
+class JaxImpl:
+    """The whole step under jax.jit (jax_peer.JaxMLP); X and y go to the device
+    on the first fit (the one-step check needs only its batch there)."""
+    name = "jax"
+    device = "cpu"
+
+    def __init__(self, ctx, w, weights, dtype="float32"):
+        self.w = w
+        self.peer = JaxMLP(ctx.jax, weights, w.loss, w.lr, dtype)
+        self.data = None
+        self.rng = np.random.default_rng(0)
+
+    def fit(self, epochs):
+        if self.data is None:
+            self.data = self.peer.to_device(self.w.X, self.w.y)
+        self.peer.fit(*self.data, epochs, self.w.batch_size, self.rng)
+
+    def one_step(self, X, y):
+        return self.peer.step(*self.peer.to_device(X, y)), self.peer.get_weights()
+
+
+class FloorImpl:
+    """The GEMM floor (gemm_floor.py) of an MLP workload, its BLAS on `threads`
+    threads (CPU; on a CUDA device, torch.matmul and no thread count)."""
+
+    def __init__(self, ctx, w, threads):
+        self.threads = threads
+        self.name = "floor" if ctx.device != "cpu" else f"floor@{threads}"
+        self.device = ctx.device
+        self.floor = GemmFloor(w.sizes, w.n, w.batch_size, ctx.device, ctx.torch)
+        assert self.floor.steps_per_epoch == w.steps_per_epoch
+
+    def fit(self, epochs):
+        if self.device != "cpu":
+            self.floor.run(epochs)
+            return
+        with blas_threads(self.threads):
+            self.floor.run(epochs)
+
+
+# the peers fastmlp is measured against: its "vs best peer" is against the fastest of them
+PEERS = ("numpy", "torch", "torch.compile", "jax", "torch-cudagraph")
+# what `--only NAME` runs (--isolate starts one process per name)
+ONLY = {"fastmlp": ("fastmlp", "fastmlp-plain"), "numpy": ("numpy",), "torch": ("torch",),
+        "torch.compile": ("torch.compile",), "jax": ("jax",),
+        "torch-cudagraph": ("torch-cudagraph",), "floor": ("floor",)}
+
+
 @dataclass
 class Context:
     fm: object            # the fastmlp module, or None
     torch: object         # the torch module, or None
     device: str
     skipped: dict         # implementation name -> why it does not run
+    jax: object = None    # the jax module, or None
+    only: str = None      # --only: the one implementation (group) this process runs
+    threads: int = 1      # --threads: the GEMM floor is timed at 1 .. threads
+
+    def wants(self, name):
+        return name not in self.skipped and (self.only is None or name in ONLY[self.only])
 
     def makers(self, w=None):
         """(name, constructor) of every implementation that can run workload w
-        (a CNN has neither a NumPy peer nor a full-batch variant)."""
+        (a CNN has neither a NumPy peer nor a full-batch variant), less those
+        skipped and, with --only, those not selected."""
         if w is not None and w.net == "cnn":
-            return ([("fastmlp", FastmlpCNNImpl)] if self.fm is not None else []) + \
-                   ([("torch", TorchCNNImpl)] if self.torch is not None else [])
+            out = ([("fastmlp", FastmlpCNNImpl)] if self.fm is not None else []) + \
+                  ([("torch", TorchCNNImpl)] if self.torch is not None else [])
+            return [(n, m) for n, m in out if self.wants(n)]
         out = []
         if self.fm is not None:
             out.append(("fastmlp", FastmlpImpl))
@@ -335,7 +416,20 @@ class Context:
             out.append(("numpy", NumpyImpl))  # 1.3 TFLOP a step: seconds on a CPU
         if self.torch is not None:
             out.append(("torch", TorchImpl))
-        return out
+            out.append(("torch.compile", TorchCompiledImpl))
+            if self.device == "cuda":
+                out.append(("torch-cudagraph", TorchCudaGraphImpl))
+        if self.jax is not None:
+            out.append(("jax", JaxImpl))
+        return [(n, m) for n, m in out if self.wants(n)]
+
+    def floors(self, w):
+        """The GEMM floor's timed variants for workload w: one per BLAS thread
+        count 1 .. --threads on the CPU (one on a CUDA device); none for a CNN."""
+        if w.net == "cnn" or not self.wants("floor") or (self.device != "cpu" and self.torch is None):
+            return []
+        counts = range(1, self.threads + 1) if self.device == "cpu" else (1,)
+        return [lambda ctx, w, weights, t=t: FloorImpl(ctx, w, t) for t in counts]
 
 
 # ---------------------------------------------------------------- check, then time
@@ -365,7 +459,7 @@ def check_one_step(ctx, w, weights):
         ref = TorchCNNImpl(ctx, w, weights, dtype="float64")
         ref_loss, ref_weights = ref.one_step(X, y64)
         ref_name = "torch float64"
-        if ctx.fm is not None:
+        if ctx.fm is not None and ctx.wants("fastmlp"):
             candidates.append(("fastmlp float64",
                                lambda: FastmlpCNNImpl(ctx, w, weights, dtype="float64")))
     else:
@@ -373,15 +467,24 @@ def check_one_step(ctx, w, weights):
         ref_loss = ref.step(X.astype(np.float64), y64)
         ref_weights = ref.get_weights()
         ref_name = "NumPy float64"
-        if ctx.torch is not None:
+        if ctx.torch is not None and ctx.only in (None, "torch"):
             candidates.append(("torch float64",
                                lambda: TorchImpl(ctx, w, weights, dtype="float64")))
+        if ctx.jax is not None and ctx.only in (None, "jax"):
+            # float64 through jax_enable_x64, turned on around this check only
+            candidates.append(("jax float64", lambda: JaxImpl(ctx, w, weights, dtype="float64")))
     results = {}
     for name, make in candidates:
         try:
             loss, after = make().one_step(X, y64 if name.endswith("float64") else y)
         except Exception as exc:
-            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            why = f"{type(exc).__name__}: {exc}"
+            if name in OPTIONAL_PEERS:
+                # e.g. torch.compile without a working C++ compiler: skipped, not a failed check
+                ctx.skipped[name] = f"skipped: its first step failed: {why}"
+                print(f"{name}: {ctx.skipped[name]}")
+            else:
+                results[name] = {"ok": False, "error": why}
             continue
         loss_rel = abs(loss - ref_loss) / max(abs(ref_loss), 1e-30)
         weights_rel = max(rel_err(a, r) for a, r in zip(after, ref_weights))
@@ -392,6 +495,10 @@ def check_one_step(ctx, w, weights):
                          "ok": bool(loss_rel <= _check_tol() and weights_rel <= _check_tol())}
     return {"n": n, "ref_loss": ref_loss, "tol": _check_tol(), "reference": ref_name,
             "results": results}
+
+
+# the stronger peers that need a compiler or a device: skipped (not failed) when they cannot run
+OPTIONAL_PEERS = ("torch.compile", "jax", "torch-cudagraph")
 
 
 def _check_tol():
@@ -420,9 +527,11 @@ def run_workload(ctx, w, weights, reps, errors):
     """Warm up, then time every implementation interleaved. Returns
     {name: [seconds of each timed run]}; failures go to errors[name]."""
     impls = []
-    for name, maker in ctx.makers(w):
-        if name == "fastmlp-plain" and w.batch_size is not None:
-            continue            # the same as "fastmlp" unless the batch is full
+    makers = [(name, maker) for name, maker in ctx.makers(w)
+              # fastmlp-plain is the same as "fastmlp" unless the batch is full
+              if not (name == "fastmlp-plain" and w.batch_size is not None)]
+    makers += [("floor", maker) for maker in ctx.floors(w)]
+    for name, maker in makers:
         try:
             impl = maker(ctx, w, weights)
             impl.fit(warmup_epochs(w))
@@ -461,22 +570,44 @@ def describe(w):
 # ---------------------------------------------------------------- the whole run
 
 def open_contestants(args):
-    """Import fastmlp and torch; whichever fails is skipped with its reason."""
+    """Import fastmlp, torch and jax (with --only, those that implementation
+    needs); whichever fails is skipped with its reason."""
+    only = getattr(args, "only", None)
+    need = (lambda *names: only is None or only in names)
     skipped = {}
-    try:
-        import fastmlp as fm
-        if not hasattr(fm, "Sequential"):   # e.g. a checkout without fastmlp/__init__.py
-            raise ImportError(f"fastmlp at {list(fm.__path__)} has no Sequential")
-    except Exception as exc:
-        fm = None
-        skipped["fastmlp"] = f"not importable: {type(exc).__name__}: {exc}"
-    torch, why = load_torch(args.threads)
-    if torch is None:
-        skipped["torch"] = why
-    elif args.device == "cuda" and not torch.cuda.is_available():
-        skipped["torch"] = "skipped: torch has no CUDA device"
-        torch = None
-    return Context(fm, torch, args.device, skipped)
+    fm = None
+    if need("fastmlp"):
+        try:
+            import fastmlp as fm
+            if not hasattr(fm, "Sequential"):   # e.g. a checkout without fastmlp/__init__.py
+                raise ImportError(f"fastmlp at {list(fm.__path__)} has no Sequential")
+        except Exception as exc:
+            fm = None
+            skipped["fastmlp"] = f"not importable: {type(exc).__name__}: {exc}"
+    torch = None
+    torch_names = ("torch", "torch.compile", "torch-cudagraph")
+    # fastmlp's P3 check runs against torch float64; the GPU's GEMM floor runs on torch
+    if need(*torch_names) or (only == "fastmlp" and "p3" in args.workloads) or \
+            (only == "floor" and args.device == "cuda"):
+        torch, why = load_torch(args.threads)
+        if torch is not None and args.device == "cuda" and not torch.cuda.is_available():
+            torch, why = None, "skipped: torch has no CUDA device"
+        if torch is None:
+            skipped.update(dict.fromkeys(torch_names, why))
+        elif args.device != "cuda":
+            skipped["torch-cudagraph"] = "skipped: CUDA graphs need --device cuda"
+    jax = None
+    if need("jax"):
+        jax, why = load_jax()
+        if jax is None:
+            skipped["jax"] = why
+        elif args.device == "cuda" and jax.default_backend() != "gpu":
+            skipped["jax"] = (f"skipped: jax runs on {jax.default_backend()} here, not on the GPU "
+                              f"(a jax[cuda] install would)")
+            jax = None
+    if only is not None:   # report only what this process was asked to run
+        skipped = {n: why for n, why in skipped.items() if n in ONLY[only]}
+    return Context(fm, torch, args.device, skipped, jax, only, args.threads)
 
 
 def machine_info(args, ctx):
@@ -487,33 +618,56 @@ def machine_info(args, ctx):
             "load_average_start": os.getloadavg()[0]}
     if ctx.torch is not None:
         info["torch"] = ctx.torch.__version__
+    if ctx.jax is not None:
+        info["jax"] = ctx.jax.__version__
     if ctx.fm is not None:
         info["fastmlp"] = getattr(ctx.fm, "__version__", "unknown")
     return info
 
 
-def run(args):
+def plan_of(args):
     plan = QUICK if args.quick else FULL
     if args.device == "cuda":  # steps are planned at the GPU's pace; the CPU peer must keep up
         plan = dataclasses.replace(plan, max_steps=GPU_MAX_STEPS)
+    return plan
+
+
+def measure_peaks(args, plan, torch):
+    """The sgemm peaks {"cpu": ..., "cuda": ...} (given by --peak / --gpu-peak in
+    an --isolate child, so that every process plans the same steps) and the runs."""
+    peak_runs = []
+    if getattr(args, "peak", None):
+        peak = args.peak
+        print(f"sgemm peak, 2048^3 float32: {peak:.1f} GFLOP/s (measured by the parent process)")
+    else:
+        peak, peak_runs = flops.sgemm_peak(2048, plan.peak_repeats)
+        print(f"sgemm peak, 2048^3 float32, best of {plan.peak_repeats}: {peak:.1f} GFLOP/s "
+              f"(runs {', '.join(f'{g:.0f}' for g in peak_runs)})")
+    peaks = {"cpu": peak}
+    if args.device == "cuda" and torch is not None:
+        tf32 = bool(getattr(args, "tf32", False))
+        peaks["cuda"] = getattr(args, "gpu_peak", None) or \
+            flops.sgemm_peak_torch_cuda(2048, plan.peak_repeats, tf32=tf32)[0]
+        print(f"GPU sgemm peak (torch, TF32 {'on' if tf32 else 'off'}): {peaks['cuda']:.1f} GFLOP/s")
+        # the same arithmetic for both: torch's cuDNN convolutions default to TF32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    return peaks, peak_runs
+
+
+def run(args):
+    if getattr(args, "isolate", False):
+        from peer_isolate import run_isolated
+        return run_isolated(args)
+    plan = plan_of(args)
     reps = args.reps or plan.reps
     if getattr(args, "tf32", False):  # read by CuPy when it is imported (fastmlp imports it lazily)
         os.environ["CUPY_TF32"] = "1"
     ctx = open_contestants(args)
     info = machine_info(args, ctx)
     peer_report.print_header(info, ctx.skipped)
-
-    peak, peak_runs = flops.sgemm_peak(2048, plan.peak_repeats)
-    peaks = {"cpu": peak}
-    print(f"sgemm peak, 2048^3 float32, best of {plan.peak_repeats}: {peak:.1f} GFLOP/s "
-          f"(runs {', '.join(f'{g:.0f}' for g in peak_runs)})")
-    if args.device == "cuda" and ctx.torch is not None:
-        tf32 = bool(getattr(args, "tf32", False))
-        peaks["cuda"], _ = flops.sgemm_peak_torch_cuda(2048, plan.peak_repeats, tf32=tf32)
-        print(f"GPU sgemm peak (torch, TF32 {'on' if tf32 else 'off'}): {peaks['cuda']:.1f} GFLOP/s")
-        # the same arithmetic for both: torch's cuDNN convolutions default to TF32
-        ctx.torch.backends.cuda.matmul.allow_tf32 = tf32
-        ctx.torch.backends.cudnn.allow_tf32 = tf32
+    peaks, peak_runs = measure_peaks(args, plan, ctx.torch)
+    peak = peaks["cpu"]
 
     data_dir, source = resolve_data_dir(args.data)
     print(f"data: {data_dir} ({source})" if data_dir else f"note: {source}; random data")
@@ -524,6 +678,8 @@ def run(args):
 
     results, checked = [], {}
     for w in workloads:
+        if ctx.only is not None and not ctx.makers(w) and not ctx.floors(w):
+            continue   # e.g. --only numpy on P3, which has no NumPy peer
         weights = init_weights(w.sizes) if w.layers is None else init_cnn_weights(w.layers)
         arch = (tuple(w.layers or w.sizes), w.loss, w.lr, w.batch_size is None)
         if arch not in checked:
@@ -534,15 +690,19 @@ def run(args):
         times = run_workload(ctx, w, weights, reps, errors)
         impls = {name: figures(w, secs, peaks.get(impl_device(name, args.device), math.nan))
                  for name, secs in times.items()}
-        result = describe(w) | {"reps": reps, "impls": impls, "errors": errors,
-                                "check": check, "speedup": speedups(impls)}
+        result = describe(w) | {"reps": reps, "errors": errors, "check": check}
+        compare(result, impls)
         if w.net == "cnn" and "fastmlp" in impls and args.device == "cpu":
             result["profile"] = profile_fastmlp(ctx, w, weights, chunked=True)
             result["profile_ops"] = profile_fastmlp(ctx, w, weights, chunked=False)
+        if ctx.torch is not None and "torch.compile" in impls:
+            result["torch_compile_graphs"] = TorchCompiledMLP.graphs()
         results.append(result)
-        peer_report.print_workload(result)
+        if ctx.only is None:
+            peer_report.print_workload(result)
 
-    peer_report.print_summary(results)
+    if ctx.only is None:
+        peer_report.print_summary(results)
     info["load_average_end"] = peer_report.print_load(info["cores"])
     if args.json:
         peer_report.write_json(args.json, info | {"peaks_gflops": peaks,
@@ -552,6 +712,32 @@ def run(args):
         print(f"wrote {args.json}")
     print(peer_report.key_values(results, peak, args.threads))
     return 0
+
+
+def compare(result, impls):
+    """Split the GEMM floor's variants (floor@T) from the implementations and
+    add the comparisons to result: "impls", "floor" (the fastest variant, with
+    every variant under "variants"), each implementation's "x_floor" (its step
+    time / the floor's), "speedup" (peer time / fastmlp time), "best_peer" (the
+    fastest of PEERS) and "vs_best_peer" (its time / fastmlp's)."""
+    floors = {n: f for n, f in impls.items() if n.startswith("floor")}
+    impls = {n: f for n, f in impls.items() if not n.startswith("floor")}
+    result["impls"] = impls
+    if floors:
+        best = min(floors, key=lambda n: floors[n]["median_s"])
+        threads = best.partition("@")[2]
+        result["floor"] = floors[best] | {"variant": best,
+                                          "threads": int(threads) if threads else None,
+                                          "variants": floors}
+        for f in impls.values():
+            f["x_floor"] = f["median_s"] / floors[best]["median_s"]
+    result["speedup"] = speedups(impls)
+    peers = [n for n in PEERS if n in impls]
+    if "fastmlp" in impls and peers:
+        best = min(peers, key=lambda n: impls[n]["median_s"])
+        result["best_peer"] = best
+        result["vs_best_peer"] = impls[best]["median_s"] / impls["fastmlp"]["median_s"]
+    return result
 
 
 # fastmlp.backend.cpu ops by kind, for the split of a CNN step
