@@ -34,7 +34,7 @@ def test_auto_follows_the_load_and_puts_the_counts_back(monkeypatch):
     monkeypatch.setattr(thread_count, "most", lambda: 2)
     load = [0]
     clock = Clock()
-    before = numba.get_num_threads(), blas.threads()
+    before = numba.get_num_threads(), blas.blas_threads()
     st = StepThreads(look=lambda: load[0], clock=clock)
     st.start()
     assert st.current == 2 and numba.get_num_threads() == 2
@@ -47,7 +47,7 @@ def test_auto_follows_the_load_and_puts_the_counts_back(monkeypatch):
     st.stop()
     assert seen[:10] == [2] * 10                        # quiet: all the cores
     assert 1 in seen[10:25] and seen[-1] == 2           # busy: one; quiet again: back to two
-    assert (numba.get_num_threads(), blas.threads()) == before
+    assert (numba.get_num_threads(), blas.blas_threads()) == before
     assert set(st.used) == {1, 2} and sum(st.used.values()) == 40
     assert "auto" in st.describe()
 

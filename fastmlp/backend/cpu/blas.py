@@ -52,12 +52,12 @@ def _controller():
     return _blas[0], _blas[1]
 
 
-def threads():
-    """NumPy's BLAS thread count now (what set_threads last set), 1 if it can't be found."""
+def blas_threads():
+    """NumPy's BLAS thread count now (what set_blas_threads last set), 1 if it can't be found."""
     return _controller()[1]
 
 
-def set_threads(n):
+def set_blas_threads(n):
     """NumPy's BLAS on n threads from now on (the training step's count, thread_count.py); the
     small GEMMs and the predictions put back this count after their single-threaded calls."""
     set_threads_, _ = _controller()

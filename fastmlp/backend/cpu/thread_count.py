@@ -94,7 +94,7 @@ def policy():
 
 def _set(n):
     numba.set_num_threads(n)       # the calling thread's Numba kernels (a per-thread setting)
-    blas.set_threads(n)            # NumPy's BLAS (one setting for the process)
+    blas.set_blas_threads(n)            # NumPy's BLAS (one setting for the process)
 
 
 class StepThreads:
@@ -113,7 +113,7 @@ class StepThreads:
         self.next_sample = 0.0
 
     def start(self):
-        self.before = (numba.get_num_threads(), blas.threads())
+        self.before = (numba.get_num_threads(), blas.blas_threads())
         self.current = self.top
         _set(self.current)
         self.samples, self.next_sample = [], self.clock() + SAMPLE_S
@@ -142,7 +142,7 @@ class StepThreads:
         if self.before is None:
             return
         numba.set_num_threads(self.before[0])
-        blas.set_threads(self.before[1])
+        blas.set_blas_threads(self.before[1])
         self.before = None
         last_choice = self.describe()
 
