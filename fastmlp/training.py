@@ -26,7 +26,7 @@ from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
 from .conv import Conv2D, Flatten, MaxPool2D
 from .layers import Activation, Dense, Layer
 from .normalization import BatchNorm
-from .optimizers import SGD, Adam
+from .optimizers import SGD, Adam, AdamW, RMSprop
 from .validation import check_batch_size, check_count, check_real
 
 # layers whose training step is a fixed sequence of launches (no host draws): CUDA-graph safe
@@ -107,7 +107,7 @@ class Trainer:
         has_extras = (self.Xv is not None or self.Xt is not None or bool(self.callbacks)
                       or self.checkpoint is not None or self.resume is not None)
         self.gram = None
-        if model.full_batch_gram and self.epochs > self.initial_epoch \
+        if model.full_batch_gram and self.epochs > self.initial_epoch and model.optimizer.plain \
                 and gram_path.eligible(model, n, self.full_batch, has_extras):
             self.gram = gram_path.GramFirstLayer(model, self.X)
         self.graphs = model.step_graphs = self._step_graphs()
@@ -278,10 +278,11 @@ class Trainer:
     # ------------------------------------------------------------------ CUDA graphs
     def _step_graphs(self):
         """The backend's ``StepGraphs`` when this fit's steps can be replayed as CUDA graphs,
-        else None: SGD or Adam (fixed scalars; Adam's step count lives on the device), data
-        on the device, no host-drawn randomness."""
+        else None: SGD, Adam, AdamW or RMSprop (fixed scalars; Adam's step count lives on the device), data
+        on the device, no host-drawn randomness. A rate that changes (a schedule, a callback)
+        is written to the device before each step, outside the graph."""
         model = self.model
-        if not (model.cuda_graphs and type(model.optimizer) in (SGD, Adam) and self.gram is None
+        if not (model.cuda_graphs and type(model.optimizer) in (SGD, Adam, AdamW, RMSprop) and self.gram is None
                 and self.augment is None and not self.lazy
                 and all(isinstance(layer, GRAPH_SAFE) for layer in model.layers)):
             return None
@@ -295,7 +296,7 @@ class Trainer:
         t = opt.t
         opt.prepare_step(self.be)  # eager host work, never inside a capture
         before = graphs.captured
-        graphs.run(key + tuple(sorted(opt.get_config().items())), step)
+        graphs.run(key + opt.graph_key(), step)
         opt.set_step(t + 1)
         if graphs.captured != before:
             graphs.keep.append([layer.workspaces() for layer in self.model.layers])

@@ -39,7 +39,8 @@ from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_f
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
 from .loss import bce_logits, mse, softmax_forward, softmax_xent  # noqa: E402
 from .norm import batchnorm_backward, batchnorm_forward  # noqa: E402
-from .optim import adam_update, add_reg_grad, reg_penalty, sgd_update  # noqa: E402
+from .optim import (adam_step, adam_update, add_reg_grad, grad_clip_factors, reg_penalty, rmsprop_step,  # noqa: E402
+                    sgd_step, sgd_update)
 from .pool import maxpool_backward, maxpool_forward  # noqa: E402
 from .reduce import reduction_scratch_nbytes  # noqa: E402
 

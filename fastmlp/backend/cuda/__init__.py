@@ -36,7 +36,8 @@ else:
     from .dropout import dropout_backward, dropout_forward
     from .loss import bce_logits, mse, softmax_forward, softmax_xent
     from .norm import batchnorm_backward, batchnorm_forward
-    from .optim import adam_update, add_reg_grad, reg_penalty, sgd_update
+    from .optim import (adam_step, adam_update, add_reg_grad, grad_clip_factors, reg_penalty, rmsprop_step,
+                        sgd_step, sgd_update)
     from .pool import maxpool_backward, maxpool_forward
 
     name = "cuda"
