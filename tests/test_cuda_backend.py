@@ -334,6 +334,10 @@ def _run_every_op(be, dtype, idx_dtype, n, m):
     be.softmax_xent(f(n, m), stats, f(n, m), rng.integers(0, m, n).astype(idx_dtype), 1.0 / max(n, 1))
     be.bce_logits(f(n, m), stats, f(n, m), (f(n, m) > 0).astype(dtype), 0.5)
     be.mse(f(n, m), stats, f(n, m), f(n, m), 0.5)
+    w = np.abs(f(n)).astype(np.float64)
+    be.softmax_xent_weighted(f(n, m), stats, f(n, m), rng.integers(0, m, n).astype(idx_dtype), w, 1.0 / max(n, 1))
+    be.bce_logits_weighted(f(n, m), stats, f(n, m), (f(n, m) > 0).astype(dtype), w, 0.5)
+    be.mse_weighted(f(n, m), stats, f(n, m), f(n, m), w, 0.5)
     p = 3 * m + 5
     seg = (np.array([0, m, 3 * m], dtype=np.int64), np.array([m, 3 * m, p], dtype=np.int64),
            np.array([0.0, 1e-3, 0.0]), np.array([0.1, 0.0, 0.0]))

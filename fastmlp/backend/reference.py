@@ -117,6 +117,43 @@ def mse(dout, stats, out, targets, scale):
         stats[1] += np.sum(np.argmax(out, axis=1) == np.argmax(targets, axis=1))
 
 
+# The weighted losses: each sample's loss and gradient times its weight, weights (N,)
+# float64 >= 0 (Keras's sample_weight / class_weight; the sum is still divided by the
+# caller's N through scale and the epoch's count). The correct count is not weighted
+# (Keras's metrics are not, unless asked for as weighted_metrics).
+
+def softmax_xent_weighted(dlogits, stats, logits, labels, weights, scale):
+    n = logits.shape[0]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1))
+    losses = lse - shifted[np.arange(n), labels]
+    p = np.exp(shifted - lse[:, None])
+    p[np.arange(n), labels] -= 1.0
+    dlogits[...] = p * (scale * weights[:, None])
+    stats[0] += np.sum(weights * losses)
+    stats[1] += np.sum(np.argmax(logits, axis=1) == labels)
+
+
+def bce_logits_weighted(dlogits, stats, logits, targets, weights, scale):
+    m = logits.shape[1]
+    x, y = logits, targets
+    losses = np.maximum(x, 0.0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    dlogits[...] = (act(x, SIGMOID) - y) * (scale / m) * weights[:, None]
+    stats[0] += np.sum(weights * losses.sum(axis=1)) / m
+    stats[1] += np.sum((x > 0) == (y > 0.5)) / m
+
+
+def mse_weighted(dout, stats, out, targets, weights, scale):
+    m = out.shape[1]
+    diff = out - targets
+    dout[...] = 2.0 * diff * (scale / m) * weights[:, None]
+    stats[0] += np.sum(weights * (diff * diff).sum(axis=1)) / m
+    if m == 1:
+        stats[1] += np.sum(np.abs(diff) < 0.5)
+    else:
+        stats[1] += np.sum(np.argmax(out, axis=1) == np.argmax(targets, axis=1))
+
+
 def _inside(n, seg_start, seg_stop):
     # (n,) bool: the elements inside some segment [seg_start[s], seg_stop[s]); the rest
     # (the alignment padding of the flat buffer) is never read or written by the updates
