@@ -330,4 +330,8 @@ class LambdaCallback(Callback):
                 raise TypeError(f"LambdaCallback: expected hooks among {list(self.HOOKS)}, got {name!r}")
             if not callable(fn):
                 raise TypeError(f"LambdaCallback: expected {name} to be callable, got {fn!r}")
-            setattr(self, name, fn)
+            if name in ("on_train_begin", "on_train_end"):
+                hook = lambda logs=None, _fn=fn: _fn(logs if logs is not None else {})  # noqa: E731
+            else:
+                hook = lambda i, logs=None, _fn=fn: _fn(i, logs if logs is not None else {})  # noqa: E731
+            setattr(self, name, hook)

@@ -135,7 +135,7 @@ class Trainer:
             with guard:
                 for epoch in range(self.initial_epoch, self.epochs):
                     for cb in cbs:
-                        cb.on_epoch_begin(epoch)
+                        cb.on_epoch_begin(epoch, {})
                     logs = self._epoch(epoch, start)
                     start = None
                     for cb in cbs:
