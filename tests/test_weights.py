@@ -244,3 +244,18 @@ def test_weighted_steps_allocate_nothing_per_step():
     model.fit(X, y, epochs=3, batch_size=16, sample_weight=np.ones(40))
     after = {k: id(v) for k, v in model.batch_buffers._bufs.items()}
     assert before == after and ("weights", 16) in after and ("weights", 8) in after
+
+
+def test_weighted_full_batch_sgd_in_the_row_space_matches_the_ordinary_path():
+    # the row-space path (fastmlp/gram.py) takes d loss / d logits from the weighted kernel as is
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((12, 40)), rng.integers(0, 2, 12)
+    got = []
+    for gram in (True, False):
+        model = fm.Sequential([fm.Dense(40, 3), fm.ReLU(), fm.Dense(3, 1)], loss="bce", optimizer=fm.SGD(0.1),
+                              dtype="float64", seed=0)
+        model.full_batch_gram = gram
+        model.fit(X, y, epochs=5, batch_size=None, class_weight="balanced")
+        got.append(model.get_weights())
+    for a, b in zip(*got):
+        assert rel(a, b) < 1e-12
