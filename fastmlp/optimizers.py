@@ -283,6 +283,9 @@ class RMSprop(Optimizer):
         self.centered = _check_bool("RMSprop", "centered", centered)
         self.state_names = (("square_avg",) + (("momentum_buffer",) if self.momentum > 0 else ())
                             + (("grad_avg",) if self.centered else ()))
+        # where momentum_buffer and grad_avg are among the state buffers (0: not kept)
+        self._buf = self.state_names.index("momentum_buffer") if self.momentum > 0 else 0
+        self._avg = self.state_names.index("grad_avg") if self.centered else 0
 
     @property
     def plain(self):
@@ -292,11 +295,10 @@ class RMSprop(Optimizer):
         self.prepare_step(be)
         factor = self._clip_factors(be, flat)
         self.t += 1
-        state = dict(zip(self.state_names, flat.state))
-        sq = state["square_avg"]   # stands in for the buffers not used (never written then)
-        be.rmsprop_step(flat.params, flat.prev, sq, state.get("momentum_buffer", sq), state.get("grad_avg", sq),
-                        flat.bad, flat.grads, *flat.seg, factor, self._rate, self._clipvalue(),
-                        self.weight_decay, self.alpha, self.eps, self.momentum, self.centered)
+        st = flat.state   # square_avg stands in for the buffers not used (never written then)
+        be.rmsprop_step(flat.params, flat.prev, st[0], st[self._buf], st[self._avg], flat.bad, flat.grads,
+                        *flat.seg, factor, self._rate, self._clipvalue(), self.weight_decay, self.alpha,
+                        self.eps, self.momentum, self.centered)
 
     def _hyper(self):
         return {"alpha": self.alpha, "eps": self.eps, "momentum": self.momentum, "centered": self.centered,

@@ -298,3 +298,44 @@ def test_a_diverging_full_step_is_undone():
         model.fit(X, y, epochs=1, batch_size=None)
     for a, b in zip(model.get_weights(), w0):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: AdamW(1e-3, clipnorm=1.0),
+    lambda: RMSprop(1e-3, momentum=0.9, centered=True, global_clipnorm=1.0),
+    lambda: fm.SGD(fm.schedules.CosineDecay(0.1, 100), momentum=0.9, clipvalue=0.1),
+    lambda: fm.Adam(lambda step: 1e-3 / (1 + step), weight_decay=0.01),
+], ids=["adamw", "rmsprop", "sgd-schedule", "adam-callable"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_full_steps_and_weighted_steps_allocate_nothing(make, weighted):
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    X, y = rng.random((256, 300), dtype=np.float32), rng.integers(0, 10, 256)
+    model = fm.Sequential([fm.Dense(300, 64, l2=1e-4), fm.ReLU(), fm.Dense(64, 10)], loss="softmax_crossentropy",
+                          optimizer=make(), seed=0)
+    sw = np.ones(256) if weighted else None
+    model.fit(X, y, epochs=1, batch_size=64, sample_weight=sw)     # warm-up
+    xb, tb = model.batch_buffers.get(64, *model.prepare(X, y))
+    wb = model.batch_buffers.weights(64) if weighted else None
+    if weighted:
+        wb[...] = 1.0
+    model.train_step(xb, tb, model.stats, weights=wb)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(50):
+            model.train_step(xb, tb, model.stats, weights=wb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"peak traced growth over 50 steps: {peak - base} bytes")
+    assert peak - base < 2048 < xb.nbytes
+
+
+def test_graph_keys_leave_out_a_rate_read_from_the_device():
+    # a CUDA graph of a full step reads the rate from the device: a new rate needs no new graph
+    assert any(k == "lr" for k, _ in fm.SGD(0.1).graph_key())
+    for opt in (fm.SGD(0.1, clipnorm=1.0), AdamW(0.1), RMSprop(0.1), fm.Adam(fm.schedules.StepDecay(0.1, 3))):
+        key = opt.graph_key()
+        assert all(k != "lr" for k, _ in key) and hash(key) is not None
