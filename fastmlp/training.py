@@ -193,14 +193,14 @@ class Trainer:
                                 "shuffle": self.shuffle, "penalty": penalty, "epoch_rng": None}
         X, T, W = self.X, self.T, self.W
         if self.full_batch:
-            if not skip:
+            if self.batch_begin and not skip:
                 self._batch_begin(0, n)
             if self.graphs is not None and not skip:
                 self._graph_step(("full",), lambda: model.train_step(X, T, stats, weights=W))
             elif not skip:
                 self._checked_step(X, T, epoch, 0, W)
             pos["step"] = 1
-            if not skip:
+            if self.batch_end and not skip:
                 self._batch_end(0, n, n)
             self.guard.check()
         else:
@@ -212,7 +212,8 @@ class Trainer:
                 idx = order[first:first + b]
                 xb, tb = self.buffers.get(idx.shape[0], X, T)
                 wb = None if W is None else self.buffers.weights(idx.shape[0])
-                self._batch_begin(step, idx.shape[0])
+                if self.batch_begin:
+                    self._batch_begin(step, idx.shape[0])
                 if self.graphs is not None:
                     self._graph_batch_step(xb, tb, idx, wb)
                 else:
@@ -223,7 +224,8 @@ class Trainer:
                         self.augment.apply(be, xb, model.rng)
                     self._checked_step(xb, tb, epoch, step, wb)
                 pos["step"] = step + 1
-                self._batch_end(step, idx.shape[0], first + idx.shape[0])
+                if self.batch_end:
+                    self._batch_end(step, idx.shape[0], first + idx.shape[0])
                 self.guard.check()
         model.position = {"epoch": epoch + 1, "step": 0}
         s = be.to_host(stats)  # the one host read of the epoch
@@ -244,11 +246,10 @@ class Trainer:
 
     def _batch_end(self, step, size, seen):
         # logs: the batch's size and, as Keras, the mean loss of the epoch so far (a host read)
-        if self.batch_end:
-            s = self.be.to_host(self.model.stats)
-            logs = {"size": size, "loss": float(s[0]) / seen, "accuracy": float(s[1]) / seen}
-            for cb in self.batch_end:
-                cb.on_train_batch_end(step, logs)
+        s = self.be.to_host(self.model.stats)
+        logs = {"size": size, "loss": float(s[0]) / seen, "accuracy": float(s[1]) / seen}
+        for cb in self.batch_end:
+            cb.on_train_batch_end(step, logs)
 
     def _epoch_order(self, epoch_rng, pos):
         """The epoch's sample order (host int64). A resumed epoch redraws its shuffle from
