@@ -108,7 +108,8 @@ def test_full_steps_count_nonfinite_parameters_and_keep_prev(name, hyper):
 
 def _torch_run(kind, kwargs, clip, seg, steps, rng_grads, p0):
     torch = pytest.importorskip("torch")
-    tensors = [torch.tensor(p0[lo:hi].copy(), dtype=torch.float64, requires_grad=True) for lo, hi in zip(seg[0], seg[1])]
+    tensors = [torch.tensor(p0[lo:hi].copy(), dtype=torch.float64, requires_grad=True)
+               for lo, hi in zip(seg[0], seg[1])]
     opt = getattr(torch.optim, kind)(tensors, **kwargs)
     out = []
     for g in rng_grads:

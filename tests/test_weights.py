@@ -86,7 +86,8 @@ def test_reference_matches_torch_per_sample_losses_weighted(name):
     for impl in (R, cpu):
         d, stats = np.empty((n, m)), np.zeros(2)
         getattr(impl, name + "_weighted")(d, stats, logits, targets, w, 1.0 / n)
-        print(f"{name} {impl.__name__}: loss {stats[0] / n:.12g} torch {want_loss:.12g}, grad err {rel(d, want_grad):.1e}")
+        print(f"{name} {impl.__name__}: loss {stats[0] / n:.12g} torch {want_loss:.12g}, "
+              f"grad err {rel(d, want_grad):.1e}")
         assert abs(stats[0] / n - want_loss) <= 1e-12 * abs(want_loss) and rel(d, want_grad) <= 1e-12
 
 
