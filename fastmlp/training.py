@@ -22,7 +22,7 @@ import numpy as np
 
 from . import gram as gram_path
 from .batches import BatchBuffers, LazyRows
-from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN, overrides
+from .callbacks import Callback, History, ModelCheckpoint, NonFiniteLossError, TerminateOnNaN, overrides
 from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
 from .conv import Conv2D, Flatten, MaxPool2D
 from .layers import Activation, Dense, Layer
@@ -57,6 +57,9 @@ class Trainer:
         keys = log_keys(validation_data is not None or validation_split > 0, test_data is not None)
         for cb in self.callbacks:
             cb.check_logs(keys)
+        if self.checkpoint is not None or any(isinstance(cb, ModelCheckpoint) and not cb.save_weights_only
+                                              for cb in self.callbacks):
+            model.optimizer.get_config()   # a model file must describe the optimizer: fail now, not later
         self.shuffle, self.augment, self.verbose = bool(shuffle), augment, verbose
         self._split(X, y, validation_split, validation_data, test_data, sample_weight, class_weight)
         n = self.n = self.X.shape[0]

@@ -133,3 +133,12 @@ def test_schedule_arguments_are_checked():
         OneCycle(0.1, 10, anneal_strategy="exp")
     with pytest.raises(ValueError, match="plain function cannot be written"):
         fm.SGD(lambda s: 0.1).get_config()
+
+
+def test_a_plain_function_rate_with_checkpoints_fails_before_training(tmp_path):
+    X, y = np.random.default_rng(0).standard_normal((8, 3)), np.arange(8) % 2
+    for kwargs in (dict(checkpoint=tmp_path / "c.fmlp"), dict(callbacks=[fm.ModelCheckpoint(tmp_path / "m.fmlp")])):
+        model = fm.Sequential([fm.Dense(3, 1)], loss="bce", seed=0, optimizer=fm.SGD(lambda step: 0.1))
+        with pytest.raises(ValueError, match="plain function cannot be written"):
+            model.fit(X, y, epochs=1, **kwargs)
+        assert model.optimizer.t == 0 and not list(tmp_path.iterdir())
