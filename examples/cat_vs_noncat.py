@@ -54,6 +54,8 @@ def main(argv=None):
     p.add_argument("--hidden", default="20,7,5", help="hidden layer sizes (default 20,7,5: the article's)")
     p.add_argument("--lr", type=float, default=0.0075)
     p.add_argument("--l2", type=float, default=0.0)
+    p.add_argument("--class-weight", default=None, choices=["balanced"],
+                   help="weigh the classes' losses (balanced: n / (2 * count), scikit-learn's)")
     p.add_argument("--init", default="course", help="course, he, glorot or lecun")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -73,7 +75,8 @@ def main(argv=None):
     model.fit(X_train[:8], y_train[:8], epochs=1, batch_size=None, verbose=0)  # JIT warm-up
     model = build(args)  # fresh weights: the warm-up must not change the experiment
     t0 = time.perf_counter()
-    history = model.fit(X_train, y_train, epochs=args.iterations, batch_size=None, verbose=0)
+    history = model.fit(X_train, y_train, epochs=args.iterations, batch_size=None, verbose=0,
+                        class_weight=args.class_weight)
     seconds = time.perf_counter() - t0
     for i in range(0, args.iterations, max(1, args.iterations // 10)):
         print(f"iteration {i:6d}: loss {history['loss'][i]:.6f}")

@@ -99,6 +99,14 @@ class BatchBuffers:
                                       self.be.empty((b,) + T.shape[1:], T.dtype))
         return bufs
 
+    def weights(self, b):
+        """The (b,) float64 buffer a batch's sample weights are gathered into."""
+        key = ("weights", b)
+        wb = self._bufs.get(key)
+        if wb is None:
+            wb = self._bufs[key] = self.be.empty((b,), np.float64)
+        return wb
+
     def indices(self, idx):
         """A fixed device buffer holding a copy of ``idx`` (a replayed CUDA graph reads it)."""
         key = ("idx", idx.shape[0])

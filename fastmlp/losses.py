@@ -3,7 +3,11 @@
 A loss validates and converts the labels once per ``fit`` (``prepare``), then
 per step calls its backend op, which writes d loss / d logits (scaled by
 1/N, the loss being a mean over samples) and adds [loss sum, correct count]
-into a small float64 ``stats`` array that stays on the device.
+into a small float64 ``stats`` array that stays on the device. With per-sample
+``weights`` ((N,) float64 on the device: sample_weight times class_weight, see
+fastmlp/sample_weights.py) it calls the weighted twin of its op, which multiplies each
+sample's loss and gradient by its weight (Keras's reduction: the sum over the batch
+divided by the batch's N, not by the sum of the weights).
 """
 import numpy as np
 
@@ -26,8 +30,14 @@ class Loss:
         """Validated host targets in the layout the kernel takes."""
         raise NotImplementedError
 
-    def forward_backward(self, be, dlogits, stats, logits, targets, scale):
+    def forward_backward(self, be, dlogits, stats, logits, targets, scale, weights=None):
         raise NotImplementedError
+
+    def class_ids(self, targets, n_outputs):
+        """(the class of each sample (N,) int64, the number of classes) for class_weight,
+        from the prepared host targets; ValueError where samples have no single class."""
+        raise ValueError(f"{type(self).__name__}: class_weight needs a classification loss; "
+                         "pass per-sample weights as sample_weight")
 
     def probabilities(self, be, out, logits):
         """What predict returns for these logits (into out)."""
@@ -57,8 +67,17 @@ class BinaryCrossEntropy(Loss):
             raise ValueError(f"BinaryCrossEntropy: expected labels 0 or 1, got values such as {bad.tolist()}")
         return np.ascontiguousarray(y, dtype=dtype)
 
-    def forward_backward(self, be, dlogits, stats, logits, targets, scale):
-        be.bce_logits(dlogits, stats, logits, targets, scale)
+    def forward_backward(self, be, dlogits, stats, logits, targets, scale, weights=None):
+        if weights is None:
+            be.bce_logits(dlogits, stats, logits, targets, scale)
+        else:
+            be.bce_logits_weighted(dlogits, stats, logits, targets, weights, scale)
+
+    def class_ids(self, targets, n_outputs):
+        if targets.shape[1] != 1:
+            raise ValueError(f"BinaryCrossEntropy with {targets.shape[1]} outputs is multi-label: a sample has "
+                             "no single class for class_weight; pass sample_weight instead")
+        return targets[:, 0].astype(np.int64), 2
 
     def probabilities(self, be, out, logits):
         be.act_forward(out, logits, SIGMOID, 0.0)
@@ -91,8 +110,14 @@ class SoftmaxCrossEntropy(Loss):
                              f"got values from {y.min()} to {y.max()}")
         return np.ascontiguousarray(y, dtype=np.int64)
 
-    def forward_backward(self, be, dlogits, stats, logits, targets, scale):
-        be.softmax_xent(dlogits, stats, logits, targets, scale)
+    def forward_backward(self, be, dlogits, stats, logits, targets, scale, weights=None):
+        if weights is None:
+            be.softmax_xent(dlogits, stats, logits, targets, scale)
+        else:
+            be.softmax_xent_weighted(dlogits, stats, logits, targets, weights, scale)
+
+    def class_ids(self, targets, n_outputs):
+        return targets.astype(np.int64), n_outputs
 
     def probabilities(self, be, out, logits):
         be.softmax_forward(out, logits)
@@ -112,8 +137,24 @@ class MeanSquaredError(Loss):
             raise ValueError(f"MeanSquaredError: expected targets of shape (N, {n_outputs}), got {y.shape}")
         return np.ascontiguousarray(y, dtype=dtype)
 
-    def forward_backward(self, be, dlogits, stats, logits, targets, scale):
-        be.mse(dlogits, stats, logits, targets, scale)
+    def forward_backward(self, be, dlogits, stats, logits, targets, scale, weights=None):
+        if weights is None:
+            be.mse(dlogits, stats, logits, targets, scale)
+        else:
+            be.mse_weighted(dlogits, stats, logits, targets, weights, scale)
+
+    def class_ids(self, targets, n_outputs):
+        """As Keras: one target column holds the class (integers >= 0), several are one-hot rows."""
+        if targets.shape[1] == 1:
+            t = targets[:, 0]
+            if not np.all((t == np.round(t)) & (t >= 0)):
+                raise ValueError("MeanSquaredError: class_weight expected integer class targets >= 0 in its one "
+                                 "column, got other values; pass sample_weight instead")
+            return t.astype(np.int64), int(t.max()) + 1 if t.size else 1
+        if not (np.all((targets == 0) | (targets == 1)) and np.all(targets.sum(axis=1) == 1)):
+            raise ValueError("MeanSquaredError: class_weight expected one-hot target rows, got other values; "
+                             "pass sample_weight instead")
+        return np.argmax(targets, axis=1).astype(np.int64), targets.shape[1]
 
     def probabilities(self, be, out, logits):
         be.act_forward(out, logits, IDENTITY, 0.0)  # a copy

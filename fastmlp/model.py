@@ -25,6 +25,7 @@ from .layers import LAYERS, Dense, Layer
 from .losses import LOSSES, get_loss
 from .optimizers import OPTIMIZERS, SGD, get_optimizer
 from .params import FlatParameters
+from .sample_weights import check_sample_weight
 from .training import Trainer
 from .validation import check_batch_size, check_dtype, check_features, check_fits_dtype
 from .backend.workspaces import WorkspacePool
@@ -176,10 +177,11 @@ class Sequential:
                 self._inferring -= 1
                 self.be.end_inference()
 
-    def train_step(self, xb, tb, stats, first=None, scale=None, reduce=None):
+    def train_step(self, xb, tb, stats, first=None, scale=None, reduce=None, weights=None):
         """Forward, fused loss + gradient, backward, one update, on a prepared batch.
         The loss sum and the correct count are added into ``stats`` (2,) on the device.
-        ``first`` stands in for layer 0 (the full-batch row-space path, gram.py).
+        ``first`` stands in for layer 0 (the full-batch row-space path, gram.py);
+        ``weights`` (N,) float64 weighs each sample's loss (sample_weights.py).
         Data-parallel training (fastmlp/distributed) passes ``scale`` = 1 / (global batch
         size) and ``reduce``, which sums the flat gradient over the ranks before the update
         (the update kernels add the L1/L2 gradient after it, once)."""
@@ -192,7 +194,8 @@ class Sequential:
             for layer in self.layers[1:]:
                 logits = layer.forward(logits, True)
         dlogits = self._dlogits(n)
-        self.loss.forward_backward(self.be, dlogits, stats, logits, tb, 1.0 / n if scale is None else scale)
+        self.loss.forward_backward(self.be, dlogits, stats, logits, tb, 1.0 / n if scale is None else scale,
+                                   weights)
         self.backward(dlogits, first)
         if reduce is not None:   # data-parallel: the gradient summed over the ranks
             reduce(self.flat.grads)
@@ -219,8 +222,9 @@ class Sequential:
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None,
-            initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None, comm=None):
-        """Train; returns a ``History`` of per-epoch loss/accuracy (and val_*, test_*).
+            initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None, class_weight=None,
+            sample_weight=None, comm=None):
+        """Train; returns a ``History`` of per-epoch loss/accuracy (and val_*, test_*, lr).
 
         ``batch_size=None`` (or >= N) is full-batch gradient descent, using X in place.
         ``augment`` (e.g. ``fm.Augment``) transforms each gathered batch on the device:
@@ -236,6 +240,9 @@ class Sequential:
         continues to ``epochs``: on the CPU the result is bitwise that of an uninterrupted
         run. Ctrl-C stops after the current step, leaves the model consistent (the
         weights of the last completed step), writes the checkpoint, and re-raises.
+        ``sample_weight`` (N,) and ``class_weight`` ({class: weight} or "balanced") weigh
+        each sample's loss as Keras does (fastmlp/sample_weights.py); validation_data may
+        then be (X, y, sample_weight).
         ``comm`` (``fm.distributed.init()``) trains data-parallel over its ranks, with
         ``batch_size`` the global batch (fastmlp/distributed/fit.py).
         The loop itself is fastmlp/training.py."""
@@ -247,9 +254,13 @@ class Sequential:
                           initial_epoch=initial_epoch, checkpoint=checkpoint,
                           checkpoint_every=checkpoint_every, resume=resume)
             if comm is not None:   # data-parallel training
+                if class_weight is not None or sample_weight is not None:
+                    raise ValueError("fit(comm=...): sample_weight and class_weight are not supported in "
+                                     "data-parallel training yet; got "
+                                     + ("class_weight" if class_weight is not None else "sample_weight"))
                 from .distributed.fit import fit_data_parallel
                 return fit_data_parallel(self, comm, X, y, kwargs)
-            return Trainer(self, X, y, **kwargs).run()
+            return Trainer(self, X, y, class_weight=class_weight, sample_weight=sample_weight, **kwargs).run()
         finally:
             if entered:
                 self._leave(training=True)
@@ -263,28 +274,33 @@ class Sequential:
                                        "disabled": g.disabled}
 
     # ------------------------------------------------------------------ inference
-    def evaluate_prepared(self, X, T, batch_size=None):
-        """``evaluate`` on data that ``prepare`` returned."""
+    def evaluate_prepared(self, X, T, batch_size=None, W=None):
+        """``evaluate`` on data that ``prepare`` returned; W: per-sample weights on the device."""
         be = self.be
         stats = be.zeros(2, np.float64)
         n = X.shape[0]
         b = min(n, batch_size or EVAL_BATCH)
         for start in range(0, n, b):
             xb, tb = rows(be, X, start, start + b, self.dtype), T[start:start + b]
+            wb = None if W is None else W[start:start + b]
             logits = self.forward(xb, False)
-            self.loss.forward_backward(be, self._dlogits(xb.shape[0]), stats, logits, tb, 1.0 / n)
+            self.loss.forward_backward(be, self._dlogits(xb.shape[0]), stats, logits, tb, 1.0 / n, wb)
         s = be.to_host(stats)
         return {"loss": float(s[0]) / n + (self.flat.penalty() if self.flat.has_reg else 0.0),
                 "accuracy": float(s[1]) / n}
 
-    def evaluate(self, X, y, batch_size=None):
+    def evaluate(self, X, y, batch_size=None, sample_weight=None):
         """{"loss": mean loss + L1/L2 penalty, "accuracy": fraction correct} in evaluation mode.
-        Safe to call from several threads at once."""
+        ``sample_weight`` (N,) weighs each sample's loss as in fit (the accuracy is not
+        weighted, as Keras's metrics). Safe to call from several threads at once."""
         batch_size = check_batch_size(batch_size)
         entered = self._enter(training=False)
         try:
             X, T = self.prepare(X, y)
-            return self.evaluate_prepared(X, T, batch_size)
+            W = None
+            if sample_weight is not None:
+                W = self.be.to_device(check_sample_weight(sample_weight, X.shape[0]))
+            return self.evaluate_prepared(X, T, batch_size, W)
         finally:
             if entered:
                 self._leave(training=False)

@@ -4,7 +4,8 @@
 epoch's order from the model's generator, gathers each batch into fixed
 buffers (fastmlp/batches.py) and calls ``model.train_step`` on it. Around
 that loop it keeps: the callbacks (History first, progress output last), the
-non-finite check and undo of a diverging step, checkpoints and resuming
+non-finite check and undo of a diverging step, per-sample weights (gathered
+with the targets; fastmlp/sample_weights.py), checkpoints and resuming
 (fastmlp/checkpoint.py), the Ctrl-C guard, the full-batch row-space path
 (fastmlp/gram.py) and, on the GPU, steps replayed as CUDA graphs.
 
@@ -22,12 +23,13 @@ import numpy as np
 from . import gram as gram_path
 from . import pooling
 from .batches import BatchBuffers, LazyRows
-from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNaN
+from .callbacks import Callback, History, ModelCheckpoint, NonFiniteLossError, TerminateOnNaN, overrides
 from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
 from .conv import Conv2D, Flatten, MaxPool2D
 from .layers import Activation, Dense, Layer
 from .normalization import BatchNorm
-from .optimizers import SGD, Adam
+from .optimizers import SGD, Adam, AdamW, RMSprop
+from .sample_weights import check_sample_weight, sample_weights
 from .validation import check_batch_size, check_count, check_real
 
 # layers whose training step is a fixed sequence of launches (no host draws): CUDA-graph safe
@@ -39,7 +41,8 @@ class Trainer:
 
     def __init__(self, model, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
                  validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None,
-                 initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None, comm=None):
+                 initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None, class_weight=None,
+                 sample_weight=None, comm=None):
         self.model, self.be = model, model.be
         self.epochs = check_count("epochs", epochs, 0)
         batch_size = check_batch_size(batch_size)
@@ -55,8 +58,11 @@ class Trainer:
         keys = log_keys(validation_data is not None or validation_split > 0, test_data is not None)
         for cb in self.callbacks:
             cb.check_logs(keys)
+        if self.checkpoint is not None or any(isinstance(cb, ModelCheckpoint) and not cb.save_weights_only
+                                              for cb in self.callbacks):
+            model.optimizer.get_config()   # a model file must describe the optimizer: fail now, not later
         self.shuffle, self.augment, self.verbose = bool(shuffle), augment, verbose
-        self._split(X, y, validation_split, validation_data, test_data)
+        self._split(X, y, validation_split, validation_data, test_data, sample_weight, class_weight)
         n = self.n = self.X.shape[0]
         self.b = n if batch_size is None else min(batch_size, n)
         self.full_batch = self.b == n and augment is None  # augmenting needs a copy: gather it
@@ -69,11 +75,15 @@ class Trainer:
         # the CPU's thread count, measured while training (backend/cpu/thread_count.py)
         self.threads = self.be.step_threads() or _NoThreads()
 
-    def _split(self, X, y, validation_split, validation_data, test_data):
+    def _split(self, X, y, validation_split, validation_data, test_data, sample_weight, class_weight):
         model, be = self.model, self.be
         X, T = model.prepare(X, y)
+        W = None   # per-sample weights, (N,) float64 on the host until split
+        if sample_weight is not None or class_weight is not None:
+            W = sample_weights(model.loss, np.asarray(be.to_host(T)), model.output_shape[0], sample_weight,
+                               class_weight)
         self.lazy = isinstance(X, LazyRows)
-        self.Xv = self.Tv = self.Xt = self.Tt = None
+        self.Xv = self.Tv = self.Xt = self.Tt = self.Wv = None
         if validation_split and validation_data is None:
             n_val = int(round(X.shape[0] * validation_split))
             if n_val < 1 or n_val >= X.shape[0]:
@@ -85,11 +95,19 @@ class Trainer:
             else:   # contiguous copies: a batch gather reads them as flat rows
                 X, self.Xv = be.to_device(X[:n_tr]), X[n_tr:]
             T, self.Tv = be.to_device(T[:n_tr]), T[n_tr:]
+            if W is not None:
+                W, self.Wv = W[:n_tr], be.to_device(W[n_tr:])
         elif validation_data is not None:
+            if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
+                *validation_data, wv = validation_data
+                self.Wv = check_sample_weight(wv, len(validation_data[1]), "the sample weights of validation_data")
             self.Xv, self.Tv = model.prepare(*_pair(validation_data, "validation_data"), what="validation_data")
+            if self.Wv is not None:
+                self.Wv = be.to_device(self.Wv)
         if test_data is not None:
             self.Xt, self.Tt = model.prepare(*_pair(test_data, "test_data"), what="test_data")
         self.X, self.T = X, T
+        self.W = None if W is None else be.to_device(W)
 
     # ------------------------------------------------------------------ the loop
     def run(self):
@@ -108,6 +126,9 @@ class Trainer:
         for cb in cbs:
             cb.set_model(model)
             cb.on_train_begin()
+        # batch-level hooks only for the callbacks that define them (decided once: none, no cost)
+        self.batch_begin = [cb for cb in cbs if overrides(cb, "on_train_batch_begin")]
+        self.batch_end = [cb for cb in cbs if overrides(cb, "on_train_batch_end")]
         model.stop_training = False
         swallow = any(isinstance(cb, TerminateOnNaN) for cb in self.callbacks)
         # a CPU step's loss is read at once (cheap); a GPU's once per epoch (no sync per step)
@@ -118,6 +139,7 @@ class Trainer:
                       or self.checkpoint is not None or self.resume is not None)
         self.gram = None
         if self.dist is None and model.full_batch_gram and self.epochs > self.initial_epoch \
+                and model.optimizer.plain \
                 and gram_path.eligible(model, n, self.full_batch, has_extras):
             self.gram = gram_path.GramFirstLayer(model, self.X)
         self.graphs = model.step_graphs = self._step_graphs()
@@ -130,6 +152,8 @@ class Trainer:
         try:
             with guard:
                 for epoch in range(self.initial_epoch, self.epochs):
+                    for cb in cbs:
+                        cb.on_epoch_begin(epoch, {})
                     logs = self._epoch(epoch, start)
                     start = None
                     for cb in cbs:
@@ -191,14 +215,18 @@ class Trainer:
             penalty = self._penalty() if model.flat.has_reg else 0.0
         pos = model.position = {"epoch": epoch, "step": 0, "n": n, "batch_size": b,
                                 "shuffle": self.shuffle, "penalty": penalty, "epoch_rng": None}
-        X, T = self.X, self.T
+        X, T, W = self.X, self.T, self.W
         if self.full_batch:
+            if self.batch_begin and not skip:
+                self._batch_begin(0, n)
             if self.graphs is not None and not skip:
-                self._graph_step(("full",), lambda: model.train_step(X, T, stats))
+                self._graph_step(("full",), lambda: model.train_step(X, T, stats, weights=W))
             elif not skip:
-                self._checked_step(X, T, epoch, 0)
+                self._checked_step(X, T, epoch, 0, W)
                 self.threads.end()
             pos["step"] = 1
+            if self.batch_end and not skip:
+                self._batch_end(0, n, n)
             self.guard.check()
         else:
             host_order = self._epoch_order(epoch_rng, pos)
@@ -215,15 +243,22 @@ class Trainer:
                         self.guard.check()
                         continue
                 xb, tb = self.buffers.get(idx.shape[0], X, T)
+                wb = None if W is None else self.buffers.weights(idx.shape[0])
+                if self.batch_begin:
+                    self._batch_begin(step, idx.shape[0])
                 if self.graphs is not None:
-                    self._graph_batch_step(xb, tb, idx)
+                    self._graph_batch_step(xb, tb, idx, wb)
                 else:
                     self.buffers.gather(xb, tb, X, T, idx, host_idx)
+                    if wb is not None:
+                        be.gather_rows(wb, W, idx)
                     if self.augment is not None:
                         self.augment.apply(be, xb, model.rng)
-                    self._checked_step(xb, tb, epoch, step)
+                    self._checked_step(xb, tb, epoch, step, wb)
                     self.threads.end()
                 pos["step"] = step + 1
+                if self.batch_end:
+                    self._batch_end(step, idx.shape[0], first + idx.shape[0])
                 self.guard.check()
         model.position = {"epoch": epoch + 1, "step": 0}
         s = be.to_host(stats)  # the one host read of the epoch
@@ -233,11 +268,23 @@ class Trainer:
             self._check_finite(float(s[0]), epoch, "end")
         logs = {"loss": float(s[0]) / n + penalty, "accuracy": float(s[1]) / n}
         if self.Xv is not None:
-            logs.update({"val_" + k: v for k, v in self._evaluate(self.Xv, self.Tv).items()})
+            logs.update({"val_" + k: v for k, v in self._evaluate(self.Xv, self.Tv, self.Wv).items()})
         if self.Xt is not None:
             logs.update({"test_" + k: v for k, v in self._evaluate(self.Xt, self.Tt).items()})
+        logs["lr"] = float(model.optimizer.lr)   # the rate of the epoch's last step
         logs["seconds"] = time.perf_counter() - t0
         return logs
+
+    def _batch_begin(self, step, size):
+        for cb in self.batch_begin:
+            cb.on_train_batch_begin(step, {"size": size})
+
+    def _batch_end(self, step, size, seen):
+        # logs: the batch's size and, as Keras, the mean loss of the epoch so far (a host read)
+        s = self.be.to_host(self.model.stats)
+        logs = {"size": size, "loss": float(s[0]) / seen, "accuracy": float(s[1]) / seen}
+        for cb in self.batch_end:
+            cb.on_train_batch_end(step, logs)
 
     def _epoch_order(self, epoch_rng, pos):
         """The epoch's sample order (host int64). A resumed epoch redraws its shuffle from
@@ -256,12 +303,12 @@ class Trainer:
         return order
 
     # ------------------------------------------------------------------ a diverging step
-    def _checked_step(self, xb, tb, epoch, step):
+    def _checked_step(self, xb, tb, epoch, step, weights=None):
         if self.dist is not None:   # data-parallel: reduced gradient, checks agreed by every rank
             return self.dist.step(self, xb, tb, epoch, step)
         stats = self.model.stats
         before = float(stats[0]) if self.check_each_step else 0.0
-        self.model.train_step(xb, tb, stats, first=self.gram)
+        self.model.train_step(xb, tb, stats, first=self.gram, weights=weights)
         if self.check_each_step:
             self._check_finite(float(stats[0]) - before, epoch, step)
 
@@ -308,11 +355,12 @@ class Trainer:
         if self.dist is None or self.dist.comm.is_root:
             self.model.save(self.checkpoint)
 
-    def _evaluate(self, X, T):
-        """evaluate on a prepared set (data-parallel: this rank's rows, reduced over the ranks)."""
+    def _evaluate(self, X, T, W=None):
+        """evaluate on a prepared set, weighted by W when given (data-parallel: this rank's rows,
+        reduced over the ranks; no weights there)."""
         if self.dist is not None:
             return self.dist.evaluate(X, T)
-        return self.model.evaluate_prepared(X, T)
+        return self.model.evaluate_prepared(X, T, W=W)
 
     def _end_gram(self):
         if self.gram is not None:
@@ -322,10 +370,11 @@ class Trainer:
     # ------------------------------------------------------------------ CUDA graphs
     def _step_graphs(self):
         """The backend's ``StepGraphs`` when this fit's steps can be replayed as CUDA graphs,
-        else None: SGD or Adam (fixed scalars; Adam's step count lives on the device), data
-        on the device, no host-drawn randomness."""
+        else None: SGD, Adam, AdamW or RMSprop (fixed scalars; Adam's step count lives on the device), data
+        on the device, no host-drawn randomness. A rate that changes (a schedule, a callback)
+        is written to the device before each step, outside the graph."""
         model = self.model
-        if not (model.cuda_graphs and type(model.optimizer) in (SGD, Adam) and self.gram is None
+        if not (model.cuda_graphs and type(model.optimizer) in (SGD, Adam, AdamW, RMSprop) and self.gram is None
                 and self.dist is None
                 and self.augment is None and not self.lazy
                 and all(isinstance(layer, GRAPH_SAFE) for layer in model.layers)):
@@ -340,21 +389,23 @@ class Trainer:
         t = opt.t
         opt.prepare_step(self.be)  # eager host work, never inside a capture
         before = graphs.captured
-        graphs.run(key + tuple(sorted(opt.get_config().items())), step)
+        graphs.run(key + opt.graph_key(), step)
         opt.set_step(t + 1)
         if graphs.captured != before:
             graphs.keep.append([layer.workspaces() for layer in self.model.layers])
 
-    def _graph_batch_step(self, xb, tb, idx):
+    def _graph_batch_step(self, xb, tb, idx, wb=None):
         """Gather + step of one mini-batch as a graph: the batch's indices are copied into a
-        fixed buffer first, which the graph's gathers read."""
-        model, X, T = self.model, self.X, self.T
+        fixed buffer first, which the graph's gathers read (the weights' too, into wb)."""
+        model, X, T, W = self.model, self.X, self.T, self.W
         ib = self.buffers.indices(idx)
 
         def step():
             self.be.gather_rows(xb, X, ib)
             self.be.gather_rows(tb, T, ib)
-            model.train_step(xb, tb, model.stats)
+            if wb is not None:
+                self.be.gather_rows(wb, W, ib)
+            model.train_step(xb, tb, model.stats, weights=wb)
         self._graph_step(("batch", xb.shape[0]), step)
 
 
@@ -371,7 +422,7 @@ def log_keys(validation, test):
     """The keys of the logs that each epoch of fit hands the callbacks (``_epoch``)."""
     metrics = ("loss", "accuracy")   # what train_step counts and evaluate returns
     return (list(metrics) + [f"val_{k}" for k in metrics if validation]
-            + [f"test_{k}" for k in metrics if test] + ["seconds"])
+            + [f"test_{k}" for k in metrics if test] + ["lr", "seconds"])
 
 
 def _pair(data, what):
@@ -410,7 +461,7 @@ class Progress(Callback):
 
     @staticmethod
     def _fmt(epoch, logs, n):
-        parts = [f"{k}={v:.4f}" for k, v in logs.items() if k != "seconds"]
+        parts = [f"{k}={v:.4g}" if k == "lr" else f"{k}={v:.4f}" for k, v in logs.items() if k != "seconds"]
         sps = n / logs["seconds"] if logs["seconds"] > 0 else float("inf")
         return f"epoch {epoch + 1}: " + " ".join(parts) + f" samples/s={sps:,.0f}"
 

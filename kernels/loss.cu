@@ -1,7 +1,11 @@
 // kernels/loss.cu -- the losses, each fused with its gradient, and softmax.
 //
 // Must match (fastmlp/backend/reference.py): softmax_forward, softmax_xent,
-// bce_logits, mse. CPU twins with the same names: fastmlp/backend/cpu/loss.py.
+// bce_logits, mse, and the weighted losses softmax_xent_weighted, bce_logits_weighted,
+// mse_weighted (sample r's loss and gradient times weights[r], weights (N,) double; the
+// correct count unweighted). CPU twins with the same names: fastmlp/backend/cpu/loss.py.
+// A loss and its weighted twin share one body, templated on W: with W false the weight
+// is the constant 1.0, so the unweighted kernels compute exactly what they would alone.
 //
 // Shapes: logits, dlogits, p, targets, out, dout are (N, M) row-major; labels (N,)
 // int or long long in [0, M); stats (2,) float64 on the device, ADDED into:
@@ -81,9 +85,14 @@ __global__ void softmax_forward(T* p, const T* logits, long long n, long long m)
     }
 }
 
-template <typename T, typename L>
-__global__ void softmax_xent(T* dlogits, double* partial, const T* logits, const L* labels,
-                             long long n, long long m, double scale) {
+template <bool W>
+__device__ __forceinline__ double sample_weight(const double* weights, long long r) {
+    return W ? weights[r] : 1.0;
+}
+
+template <typename T, typename L, bool W>
+__device__ __forceinline__ void softmax_xent_rows(T* dlogits, double* partial, const T* logits, const L* labels,
+                                                  const double* weights, long long n, long long m, double scale) {
     // dlogits (N, M) = (softmax(logits) - onehot(labels)) * scale;
     // partial (G, 2) = this block's [sum of -log softmax[label], correct argmax count].
     // A label outside [0, M) gives a NaN loss (the reference raises IndexError).
@@ -104,21 +113,34 @@ __global__ void softmax_xent(T* dlogits, double* partial, const T* logits, const
         s = warp_sum(s);
         const long long y = (long long)labels[r];
         const bool valid = y >= 0 && y < m;
+        const double wr = sample_weight<W>(weights, r);
         for (long long j = lane; j < m; j += 32) {
             const double pj = exp((double)x[j] - mx) / s - (j == y ? 1.0 : 0.0);
-            dlogits[r * m + j] = (T)(pj * scale);
+            dlogits[r * m + j] = (T)(pj * scale * wr);
         }
         if (lane == 0) {
-            loss += valid ? log(s) - ((double)x[y] - mx) : quiet_nan();
+            loss += valid ? wr * (log(s) - ((double)x[y] - mx)) : quiet_nan();
             correct += (arg == y) ? 1.0 : 0.0;
         }
     }
     block_sums_to_partial(partial, loss, correct);
 }
 
-template <typename T>
-__global__ void bce_logits(T* dlogits, double* partial, const T* logits, const T* targets,
-                           long long total, long long m, double scale) {
+template <typename T, typename L>
+__global__ void softmax_xent(T* dlogits, double* partial, const T* logits, const L* labels,
+                             long long n, long long m, double scale) {
+    softmax_xent_rows<T, L, false>(dlogits, partial, logits, labels, nullptr, n, m, scale);
+}
+
+template <typename T, typename L>
+__global__ void softmax_xent_weighted(T* dlogits, double* partial, const T* logits, const L* labels,
+                                      const double* weights, long long n, long long m, double scale) {
+    softmax_xent_rows<T, L, true>(dlogits, partial, logits, labels, weights, n, m, scale);
+}
+
+template <typename T, bool W>
+__device__ __forceinline__ void bce_logits_elements(T* dlogits, double* partial, const T* logits, const T* targets,
+                                                    const double* weights, long long total, long long m, double scale) {
     // logits, targets, dlogits (N, M) seen flat (total = N*M,);
     // loss max(x, 0) - x y + log1p(exp(-|x|)), dlogits = (sigmoid(x) - y) * scale / M;
     // partial (G, 2) = this block's [sum of element losses, count of (x > 0) == (y > 0.5)]
@@ -129,16 +151,29 @@ __global__ void bce_logits(T* dlogits, double* partial, const T* logits, const T
          e += (long long)gridDim.x * blockDim.x) {
         const double x = (double)logits[e];
         const double y = (double)targets[e];
-        loss += fmax(x, 0.0) - x * y + log1p(exp(-fabs(x)));
-        dlogits[e] = (T)((0.5 * (1.0 + tanh(0.5 * x)) - y) * sm);
+        const double we = sample_weight<W>(weights, e / m);
+        loss += we * (fmax(x, 0.0) - x * y + log1p(exp(-fabs(x))));
+        dlogits[e] = (T)((0.5 * (1.0 + tanh(0.5 * x)) - y) * sm * we);
         correct += ((x > 0.0) == (y > 0.5)) ? 1.0 : 0.0;
     }
     block_sums_to_partial(partial, loss, correct);
 }
 
 template <typename T>
-__global__ void mse(T* dout, double* partial, const T* out, const T* targets,
-                    long long n, long long m, double scale) {
+__global__ void bce_logits(T* dlogits, double* partial, const T* logits, const T* targets,
+                           long long total, long long m, double scale) {
+    bce_logits_elements<T, false>(dlogits, partial, logits, targets, nullptr, total, m, scale);
+}
+
+template <typename T>
+__global__ void bce_logits_weighted(T* dlogits, double* partial, const T* logits, const T* targets,
+                                    const double* weights, long long total, long long m, double scale) {
+    bce_logits_elements<T, true>(dlogits, partial, logits, targets, weights, total, m, scale);
+}
+
+template <typename T, bool W>
+__device__ __forceinline__ void mse_rows(T* dout, double* partial, const T* out, const T* targets,
+                                         const double* weights, long long n, long long m, double scale) {
     // out, targets, dout (N, M); dout = 2 (out - t) * scale / M;
     // partial (G, 2) = this block's [sum of (out - t)^2, correct count]
     // (loss_stats_finish divides the loss by M)
@@ -149,17 +184,32 @@ __global__ void mse(T* dout, double* partial, const T* out, const T* targets,
         const T* o = out + r * m;
         const T* t = targets + r * m;
         long long ao = 0, at = 0;
+        const double wr = sample_weight<W>(weights, r);
+        double row = 0.0;
         for (long long j = 0; j < m; ++j) {
             const double d = (double)o[j] - (double)t[j];
-            loss += d * d;
-            dout[r * m + j] = (T)(d * sm);
+            row += d * d;
+            dout[r * m + j] = (T)(d * sm * wr);
             if (o[j] > o[ao]) ao = j;
             if (t[j] > t[at]) at = j;
         }
+        loss += wr * row;
         if (m == 1) correct += fabs((double)o[0] - (double)t[0]) < 0.5 ? 1.0 : 0.0;
         else correct += (ao == at) ? 1.0 : 0.0;
     }
     block_sums_to_partial(partial, loss, correct);
+}
+
+template <typename T>
+__global__ void mse(T* dout, double* partial, const T* out, const T* targets,
+                    long long n, long long m, double scale) {
+    mse_rows<T, false>(dout, partial, out, targets, nullptr, n, m, scale);
+}
+
+template <typename T>
+__global__ void mse_weighted(T* dout, double* partial, const T* out, const T* targets, const double* weights,
+                             long long n, long long m, double scale) {
+    mse_rows<T, true>(dout, partial, out, targets, weights, n, m, scale);
 }
 
 __global__ void loss_stats_finish(double* stats, const double* partial, long long g,

@@ -4,7 +4,11 @@
 // add_reg_grad, reg_penalty (torch.optim.SGD with momentum / nesterov and
 // dampening 0, and torch.optim.Adam, with the Keras L1/L2 gradient
 // l1 * sign(w) + 2 * l2 * w added to the gradient; the penalty is
-// l1 * sum |w| + l2 * sum w^2). CPU twins with the same names:
+// l1 * sum |w| + l2 * sum w^2), and the full steps grad_clip_factors, sgd_step,
+// adam_step (Adam and AdamW), rmsprop_step (torch.optim.RMSprop): the rate read from
+// the device scalar lr (so a replayed CUDA graph sees each step's rate), the gradient
+// times its segment's clipping factor, clamped to [-clipvalue, clipvalue], plus
+// torch's coupled weight decay. CPU twins with the same names:
 // fastmlp/backend/cpu/optim.py.
 //
 // Precision: the updates compute in T, the parameter dtype, as torch.optim does (the
@@ -30,6 +34,9 @@
 // Launch configuration (fastmlp/backend/cuda/optim.py): 1-D grid-stride loop over NP,
 // 256 threads a block. Each thread finds its segment by binary search of the
 // small seg_start table (read through the cache; NS is a few per layer).
+// grad_clip_factors: grad_sq_norms, one block per segment, writes each segment's sum of
+// squares into factor (NS,) float64; grad_clip_finish (one block) turns them into the
+// factors (for the global norm it sums them in a fixed order first).
 // reg_penalty: G blocks (G a function of NP only) each write their fixed-tree
 // sum to partial (G,) float64; reg_penalty_finish (one block) sums partial in
 // a fixed order into out[0]. No float atomics: the penalty is reproducible.
@@ -123,6 +130,157 @@ __global__ void adam_update(T* params, T* prev, T* m, T* v, B* bad, const T* gra
         m[i] = mi;
         v[i] = vi;
         const T wn = w - step_size * mi / (sqrt(vi) / sqrt_bc2 + eps_t);
+        prev[i] = w;
+        params[i] = wn;
+        if (!isfinite(wn)) ++nbad;
+    }
+    if (nbad) add_count(bad, nbad);
+}
+
+// -- full steps: the rate from lr (1,) double on the device, clipping, weight decay ------
+
+template <typename T>
+__device__ __forceinline__ T clamp_abs(T g, T c) {
+    // g within [-c, c] (c = inf: unchanged); NaN stays NaN
+    return g > c ? c : (g < -c ? -c : g);
+}
+
+template <typename T>
+__device__ __forceinline__ T step_grad(T g, T w, double l1, double l2, const double* factor, int seg,
+                                       T clipvalue, T weight_decay) {
+    // the gradient a full step applies, in T: (g + L1/L2) * factor, clamped, + weight_decay * w
+    return clamp_abs((g + reg_grad(w, l1, l2)) * (T)factor[seg], clipvalue) + weight_decay * w;
+}
+
+template <typename T>
+__global__ void grad_sq_norms(double* factor, const T* grads, const T* params, const long long* seg_start,
+                              const long long* seg_stop, const double* seg_l1, const double* seg_l2) {
+    // factor[s] = sum over segment s = blockIdx.x of (grads + L1/L2)^2, in double
+    const int s = blockIdx.x;
+    double acc = 0.0;
+    for (long long i = seg_start[s] + threadIdx.x; i < seg_stop[s]; i += blockDim.x) {
+        const double g = (double)(grads[i] + reg_grad(params[i], seg_l1[s], seg_l2[s]));
+        acc += g * g;
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) factor[s] = acc;
+}
+
+__global__ void grad_clip_finish(double* factor, long long s, double max_norm, int per_segment) {
+    // factor (NS,): sums of squares in, min(1, max_norm / (norm + 1e-6)) out, norm the
+    // segment's own (per_segment) or that of all segments; one block of 256 threads
+    double total = 0.0;
+    for (long long k = threadIdx.x; k < s; k += blockDim.x) total += factor[k];
+    total = block_sum(total);  // every thread has read its values before any writes
+    for (long long k = threadIdx.x; k < s; k += blockDim.x) {
+        const double norm = sqrt(per_segment ? factor[k] : total);
+        factor[k] = fmin(1.0, max_norm / (norm + 1e-6));
+    }
+}
+
+template <typename T, typename B>
+__global__ void sgd_step(T* params, T* prev, T* buf, B* bad, const T* grads,
+                         const long long* seg_start, const long long* seg_stop,
+                         const double* seg_l1, const double* seg_l2, const double* factor, const double* lr,
+                         long long p, long long s, double clipvalue, double weight_decay,
+                         double momentum, int nesterov) {
+    // sgd_update with the rate *lr and the step's gradient (step_grad)
+    const T lr_t = (T)lr[0], mom = (T)momentum, cv = (T)clipvalue, wd = (T)weight_decay;
+    int nbad = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int seg = find_segment(seg_start, seg_stop, s, i);
+        if (seg < 0) continue;
+        const T w = params[i];
+        const T g = step_grad(grads[i], w, seg_l1[seg], seg_l2[seg], factor, seg, cv, wd);
+        T step = g;
+        if (mom != T(0)) {
+            const T b = mom * buf[i] + g;
+            buf[i] = b;
+            step = nesterov ? g + mom * b : b;
+        }
+        const T wn = w - lr_t * step;
+        prev[i] = w;
+        params[i] = wn;
+        if (!isfinite(wn)) ++nbad;
+    }
+    if (nbad) add_count(bad, nbad);
+}
+
+template <typename T, typename B>
+__global__ void adam_step(T* params, T* prev, T* m, T* v, B* bad, const T* grads,
+                          const long long* seg_start, const long long* seg_stop,
+                          const double* seg_l1, const double* seg_l2, const double* factor, const double* lr,
+                          long long p, long long s, double clipvalue, double weight_decay, int decoupled,
+                          double beta1, double beta2, double eps, const long long* step) {
+    // adam_update with the rate *lr and the step's gradient; weight decay coupled (in
+    // step_grad) or decoupled (AdamW: w * (1 - lr * weight_decay) before the Adam step)
+    __shared__ double scalars[3];
+    if (threadIdx.x == 0) {
+        const double t = (double)step[0], rate = lr[0];
+        scalars[0] = rate / (1.0 - pow(beta1, t));
+        scalars[1] = sqrt(1.0 - pow(beta2, t));
+        scalars[2] = decoupled ? 1.0 - rate * weight_decay : 1.0;
+    }
+    __syncthreads();
+    const T step_size = (T)scalars[0], sqrt_bc2 = (T)scalars[1], decay = (T)scalars[2];
+    const T b1 = (T)beta1, b2 = (T)beta2, eps_t = (T)eps, cv = (T)clipvalue;
+    const T wd = decoupled ? T(0) : (T)weight_decay;
+    const T one_m_b1 = (T)(1.0 - beta1), one_m_b2 = (T)(1.0 - beta2);
+    int nbad = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int seg = find_segment(seg_start, seg_stop, s, i);
+        if (seg < 0) continue;
+        const T w = params[i];
+        const T g = step_grad(grads[i], w, seg_l1[seg], seg_l2[seg], factor, seg, cv, wd);
+        const T mi = b1 * m[i] + one_m_b1 * g;
+        const T vi = b2 * v[i] + one_m_b2 * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        const T wn = w * decay - step_size * mi / (sqrt(vi) / sqrt_bc2 + eps_t);
+        prev[i] = w;
+        params[i] = wn;
+        if (!isfinite(wn)) ++nbad;
+    }
+    if (nbad) add_count(bad, nbad);
+}
+
+template <typename T, typename B>
+__global__ void rmsprop_step(T* params, T* prev, T* square_avg, T* buf, T* grad_avg, B* bad, const T* grads,
+                             const long long* seg_start, const long long* seg_stop,
+                             const double* seg_l1, const double* seg_l2, const double* factor,
+                             const double* lr, long long p, long long s, double clipvalue,
+                             double weight_decay, double alpha, double eps, double momentum, int centered) {
+    // torch.optim.RMSprop: sa = alpha sa + (1 - alpha) g^2; centered: ga += (1 - alpha)(g - ga),
+    // avg = sqrt(sa - ga^2) + eps, else sqrt(sa) + eps; momentum > 0: buf = momentum buf + g / avg,
+    // w -= lr buf; else w -= lr g / avg. buf and grad_avg are not touched unless used.
+    const T lr_t = (T)lr[0], a = (T)alpha, one_m_a = (T)(1.0 - alpha), eps_t = (T)eps;
+    const T mom = (T)momentum, cv = (T)clipvalue, wd = (T)weight_decay;
+    int nbad = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int seg = find_segment(seg_start, seg_stop, s, i);
+        if (seg < 0) continue;
+        const T w = params[i];
+        const T g = step_grad(grads[i], w, seg_l1[seg], seg_l2[seg], factor, seg, cv, wd);
+        const T si = a * square_avg[i] + one_m_a * g * g;
+        square_avg[i] = si;
+        T avg;
+        if (centered) {
+            const T gai = grad_avg[i] + one_m_a * (g - grad_avg[i]);
+            grad_avg[i] = gai;
+            avg = sqrt(si - gai * gai) + eps_t;
+        } else {
+            avg = sqrt(si) + eps_t;
+        }
+        T delta = g / avg;
+        if (mom > T(0)) {
+            const T b = mom * buf[i] + delta;
+            buf[i] = b;
+            delta = b;
+        }
+        const T wn = w - lr_t * delta;
         prev[i] = w;
         params[i] = wn;
         if (!isfinite(wn)) ++nbad;

@@ -334,6 +334,10 @@ def _run_every_op(be, dtype, idx_dtype, n, m):
     be.softmax_xent(f(n, m), stats, f(n, m), rng.integers(0, m, n).astype(idx_dtype), 1.0 / max(n, 1))
     be.bce_logits(f(n, m), stats, f(n, m), (f(n, m) > 0).astype(dtype), 0.5)
     be.mse(f(n, m), stats, f(n, m), f(n, m), 0.5)
+    w = np.abs(f(n)).astype(np.float64)
+    be.softmax_xent_weighted(f(n, m), stats, f(n, m), rng.integers(0, m, n).astype(idx_dtype), w, 1.0 / max(n, 1))
+    be.bce_logits_weighted(f(n, m), stats, f(n, m), (f(n, m) > 0).astype(dtype), w, 0.5)
+    be.mse_weighted(f(n, m), stats, f(n, m), f(n, m), w, 0.5)
     p = 3 * m + 5
     seg = (np.array([0, m, 3 * m], dtype=np.int64), np.array([m, 3 * m, p], dtype=np.int64),
            np.array([0.0, 1e-3, 0.0]), np.array([0.1, 0.0, 0.0]))
@@ -344,6 +348,13 @@ def _run_every_op(be, dtype, idx_dtype, n, m):
                    np.array([3], np.int64))
     be.add_reg_grad(f(p), f(p), *seg)
     be.reg_penalty(np.zeros(1), f(p), *seg)
+    factor, lr = np.ones(3), np.array([0.1])
+    be.grad_clip_factors(factor, f(p), f(p), *seg, 1.0, True)
+    be.sgd_step(f(p), f(p), f(p), bad, f(p), *seg, factor, lr, np.inf, 0.01, 0.9, True)
+    be.adam_step(f(p), f(p), f(p), np.abs(f(p)), bad, f(p), *seg, factor, lr, 0.5, 0.01, True, 0.9, 0.999,
+                 1e-8, np.array([3], np.int64))
+    be.rmsprop_step(f(p), f(p), np.abs(f(p)), f(p), f(p), bad, f(p), *seg, factor, lr, np.inf, 0.0, 0.99,
+                    1e-8, 0.9, True)
     be.gather_rows(f(n, 2, 3), f(n + 4, 2, 3), rng.integers(0, n + 4, n).astype(idx_dtype))
     be.gather_rows(np.empty(n, np.int64), np.arange(n + 4), rng.integers(0, n + 4, n).astype(idx_dtype))
     be.gather_rows(np.empty((n, 5), np.uint8), np.zeros((n + 4, 5), np.uint8),

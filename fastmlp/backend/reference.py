@@ -117,6 +117,43 @@ def mse(dout, stats, out, targets, scale):
         stats[1] += np.sum(np.argmax(out, axis=1) == np.argmax(targets, axis=1))
 
 
+# The weighted losses: each sample's loss and gradient times its weight, weights (N,)
+# float64 >= 0 (Keras's sample_weight / class_weight; the sum is still divided by the
+# caller's N through scale and the epoch's count). The correct count is not weighted
+# (Keras's metrics are not, unless asked for as weighted_metrics).
+
+def softmax_xent_weighted(dlogits, stats, logits, labels, weights, scale):
+    n = logits.shape[0]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1))
+    losses = lse - shifted[np.arange(n), labels]
+    p = np.exp(shifted - lse[:, None])
+    p[np.arange(n), labels] -= 1.0
+    dlogits[...] = p * (scale * weights[:, None])
+    stats[0] += np.sum(weights * losses)
+    stats[1] += np.sum(np.argmax(logits, axis=1) == labels)
+
+
+def bce_logits_weighted(dlogits, stats, logits, targets, weights, scale):
+    m = logits.shape[1]
+    x, y = logits, targets
+    losses = np.maximum(x, 0.0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    dlogits[...] = (act(x, SIGMOID) - y) * (scale / m) * weights[:, None]
+    stats[0] += np.sum(weights * losses.sum(axis=1)) / m
+    stats[1] += np.sum((x > 0) == (y > 0.5)) / m
+
+
+def mse_weighted(dout, stats, out, targets, weights, scale):
+    m = out.shape[1]
+    diff = out - targets
+    dout[...] = 2.0 * diff * (scale / m) * weights[:, None]
+    stats[0] += np.sum(weights * (diff * diff).sum(axis=1)) / m
+    if m == 1:
+        stats[1] += np.sum(np.abs(diff) < 0.5)
+    else:
+        stats[1] += np.sum(np.argmax(out, axis=1) == np.argmax(targets, axis=1))
+
+
 def _inside(n, seg_start, seg_stop):
     # (n,) bool: the elements inside some segment [seg_start[s], seg_stop[s]); the rest
     # (the alignment padding of the flat buffer) is never read or written by the updates
@@ -186,6 +223,84 @@ def adam_update(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg
     bc2 = 1.0 - beta2 ** step
     new = params.copy()
     new[inside] = params[inside] - (lr / bc1) * m[inside] / (np.sqrt(v[inside]) / np.sqrt(bc2) + eps)
+    _finish_update(params, prev, bad, new, inside)
+
+
+# The full steps below add to the plain ones: the rate lr (1,) float64 is read from an
+# array (a device scalar on the GPU, so a replayed CUDA graph sees each step's rate),
+# the gradient (grads + L1/L2) is multiplied by its segment's clipping factor (NS,)
+# (grad_clip_factors; ones when no norm is clipped), clamped to [-clipvalue, clipvalue]
+# (inf: not clamped), and torch's coupled weight decay adds weight_decay * w to it, on
+# every segment (biases included, as torch.optim does).
+
+def grad_clip_factors(factor, grads, params, seg_start, seg_stop, seg_l1, seg_l2, max_norm, per_segment):
+    """factor (NS,) float64 = min(1, max_norm / (norm + 1e-6)), torch.nn.utils.clip_grad_norm_'s
+    factor, where norm is that of the segment's gradient grads + L1/L2 (per_segment: Keras's
+    clipnorm) or of all segments together (global_clipnorm)."""
+    g = grads + _reg_grad(params, seg_start, seg_stop, seg_l1, seg_l2)
+    sq = np.array([np.sum(g[lo:hi] ** 2) for lo, hi in zip(seg_start, seg_stop)])
+    norms = np.sqrt(sq) if per_segment else np.full(len(sq), np.sqrt(sq.sum()))
+    factor[...] = np.minimum(1.0, max_norm / (norms + 1e-6))
+
+
+def _step_grad(params, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, clipvalue, weight_decay):
+    # the gradient a full step applies, (NP,): clipped, then torch's coupled weight decay
+    g = grads + _reg_grad(params, seg_start, seg_stop, seg_l1, seg_l2)
+    for s in range(len(seg_l1)):
+        g[seg_start[s]:seg_stop[s]] *= factor[s]
+    return np.clip(g, -clipvalue, clipvalue) + weight_decay * params
+
+
+def sgd_step(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
+             clipvalue, weight_decay, momentum, nesterov):
+    """sgd_update with the rate lr[0], clipping and torch.optim.SGD's weight_decay."""
+    inside = _inside(params.size, seg_start, seg_stop)
+    g = _step_grad(params, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, clipvalue, weight_decay)
+    if momentum != 0.0:
+        buf[inside] = momentum * buf[inside] + g[inside]
+        g = g + momentum * buf if nesterov else buf.copy()
+    _finish_update(params, prev, bad, params - lr[0] * g, inside)
+
+
+def adam_step(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
+              clipvalue, weight_decay, decoupled, beta1, beta2, eps, step):
+    """adam_update with the rate lr[0] and clipping; weight_decay coupled as torch.optim.Adam's
+    (added to the gradient) or, with ``decoupled``, as torch.optim.AdamW's (w *= 1 - lr * wd
+    before the Adam step)."""
+    inside = _inside(params.size, seg_start, seg_stop)
+    g = _step_grad(params, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, clipvalue,
+                   0.0 if decoupled else weight_decay)[inside]
+    t, rate = float(step[0]), lr[0]
+    m[inside] = beta1 * m[inside] + (1.0 - beta1) * g
+    v[inside] = beta2 * v[inside] + (1.0 - beta2) * g * g
+    decayed = params * (1.0 - rate * weight_decay) if decoupled else params
+    new = params.copy()
+    new[inside] = decayed[inside] - (rate / (1.0 - beta1 ** t)) * m[inside] / (
+        np.sqrt(v[inside]) / np.sqrt(1.0 - beta2 ** t) + eps)
+    _finish_update(params, prev, bad, new, inside)
+
+
+def rmsprop_step(params, prev, square_avg, buf, grad_avg, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
+                 factor, lr, clipvalue, weight_decay, alpha, eps, momentum, centered):
+    """torch.optim.RMSprop: square_avg = alpha sa + (1 - alpha) g^2; centered: grad_avg moves
+    toward g by (1 - alpha) and avg = sqrt(sa - ga^2) + eps, else sqrt(sa) + eps; with momentum
+    buf = momentum buf + g / avg and w -= lr buf, else w -= lr g / avg. buf and grad_avg are
+    untouched unless momentum > 0 / centered."""
+    inside = _inside(params.size, seg_start, seg_stop)
+    g = _step_grad(params, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, clipvalue, weight_decay)[inside]
+    square_avg[inside] = alpha * square_avg[inside] + (1.0 - alpha) * g * g
+    if centered:
+        grad_avg[inside] = grad_avg[inside] + (1.0 - alpha) * (g - grad_avg[inside])
+        avg = np.sqrt(square_avg[inside] - grad_avg[inside] ** 2) + eps
+    else:
+        avg = np.sqrt(square_avg[inside]) + eps
+    if momentum > 0.0:
+        buf[inside] = momentum * buf[inside] + g / avg
+        delta = buf[inside]
+    else:
+        delta = g / avg
+    new = params.copy()
+    new[inside] = params[inside] - lr[0] * delta
     _finish_update(params, prev, bad, new, inside)
 
 

@@ -38,9 +38,12 @@ from .data import (copy, copy_from_host, empty, gather_rows, random_uniform, syn
                    to_device, to_host, zeros)
 from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward  # noqa: E402
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
-from .loss import bce_logits, mse, softmax_forward, softmax_xent  # noqa: E402
+from .loss import (bce_logits, bce_logits_weighted, mse, mse_weighted, softmax_forward, softmax_xent,  # noqa: E402
+                   softmax_xent_weighted)  # noqa: E402
 from .norm import batchnorm_backward, batchnorm_forward  # noqa: E402
-from .optim import adam_update, add_reg_grad, reg_penalty, sgd_update  # noqa: E402
+from .optim import (adam_step, adam_update, add_reg_grad, grad_clip_factors, reg_penalty, rmsprop_step,  # noqa: E402
+                    sgd_step, sgd_update)
+from .pool import maxpool_backward, maxpool_forward  # noqa: E402
 from .pool import (avgpool_backward, avgpool_forward, global_avgpool_backward,  # noqa: E402
                    global_avgpool_forward, global_maxpool_backward, global_maxpool_forward, maxpool_backward,
                    maxpool_forward)

@@ -3,7 +3,9 @@ kernels/optim.cu and their ops.
 
 Must match reference.sgd_update, adam_update, add_reg_grad and reg_penalty
 (torch.optim.SGD and torch.optim.Adam, with the Keras L1/L2 gradient
-l1 * sign(w) + 2 * l2 * w added to the gradient).
+l1 * sign(w) + 2 * l2 * w added to the gradient), and the full steps
+reference.grad_clip_factors, sgd_step, adam_step (Adam and AdamW) and rmsprop_step:
+the rate read from an array, the gradient clipped, torch's weight decay.
 
 Precision: an update computes in the parameter dtype, as torch.optim does, since
 the updates are meant to match torch's step by step; float32 parameters get float32
@@ -121,6 +123,201 @@ def adam_update(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg
     # flat (NP,) buffers, NS segments; step (1,) int64
     pick(adam_update_twins, params.size)(params, prev, m, v, bad, grads, seg_start, seg_stop,
                                          seg_l1, seg_l2, lr, beta1, beta2, eps, step)
+
+
+# -- full steps: the rate from lr (1,) float64, clipping, weight decay ------------------
+
+@njit(inline="always", error_model="numpy")
+def _clamp(g, c):
+    # g within [-c, c] (c = inf: unchanged); NaN stays NaN
+    return c if g > c else (-c if g < -c else g)
+
+
+@njit(inline="always", error_model="numpy")
+def _sq_norm_segment(g, w, l1, l2x2):
+    l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
+    acc = 0.0
+    for i in prange(w.size):
+        gi = np.float64(g[i] + _reg(w[i], l1, l2x2))
+        acc += gi * gi
+    return acc
+
+
+def _grad_clip_factors(factor, grads, params, seg_start, seg_stop, seg_l1, seg_l2, max_norm, per_segment):
+    # factor (NS,) float64 = min(1, max_norm / (norm + 1e-6)) with the segment's own norm of
+    # grads + L1/L2 (per_segment) or that of all segments together; sums in float64
+    ns = seg_l1.size
+    total = 0.0
+    for s in range(ns):
+        lo, hi = seg_start[s], seg_stop[s]
+        factor[s] = _sq_norm_segment(grads[lo:hi], params[lo:hi], seg_l1[s], 2.0 * seg_l2[s])
+        total += factor[s]
+    for s in range(ns):
+        norm = math.sqrt(factor[s]) if per_segment else math.sqrt(total)
+        factor[s] = min(1.0, max_norm / (norm + 1e-6))
+
+
+grad_clip_factors_twins = twins(_grad_clip_factors)
+
+
+def grad_clip_factors(factor, grads, params, seg_start, seg_stop, seg_l1, seg_l2, max_norm, per_segment):
+    # factor (NS,) float64, assigned; grads, params (NP,)
+    pick(grad_clip_factors_twins, params.size)(factor, grads, params, seg_start, seg_stop, seg_l1, seg_l2,
+                                               max_norm, per_segment)
+
+
+@njit(inline="always", error_model="numpy")
+def _step_grad(gi, wi, l1, l2x2, factor, clipvalue, weight_decay):
+    # the gradient a full step applies (all in w's dtype): clipped, then coupled weight decay
+    return _clamp((gi + _reg(wi, l1, l2x2)) * factor, clipvalue) + weight_decay * wi
+
+
+@njit(inline="always", error_model="numpy")
+def _sgd_step_segment(w, prev, buf, g, l1, l2x2, factor, lr, clipvalue, weight_decay, momentum, nesterov):
+    lr, momentum, factor = cast_like(lr, w), cast_like(momentum, w), cast_like(factor, w)
+    l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
+    clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
+    nbad = 0
+    for i in prange(w.size):
+        wi = w[i]
+        gi = _step_grad(g[i], wi, l1, l2x2, factor, clipvalue, weight_decay)
+        if momentum == 0:
+            step = gi
+        else:
+            b = momentum * buf[i] + gi
+            buf[i] = b
+            step = gi + momentum * b if nesterov else b
+        prev[i] = wi
+        w[i] = wi - lr * step
+        nbad += not np.isfinite(w[i])
+    return nbad
+
+
+def _sgd_step(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
+              clipvalue, weight_decay, momentum, nesterov):
+    # as _sgd_update, with the rate lr[0], factor (NS,) and weight decay
+    nbad = 0
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_stop[s]
+        mbuf = buf[lo:hi] if momentum != 0 else prev[lo:hi]
+        nbad += _sgd_step_segment(params[lo:hi], prev[lo:hi], mbuf, grads[lo:hi], seg_l1[s], 2.0 * seg_l2[s],
+                                  factor[s], lr[0], clipvalue, weight_decay, momentum, nesterov)
+    bad[0] += nbad
+
+
+sgd_step_twins = twins(_sgd_step)
+
+
+def sgd_step(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
+             clipvalue, weight_decay, momentum, nesterov):
+    # flat (NP,) buffers, NS segments, factor (NS,) and lr (1,) float64
+    pick(sgd_step_twins, params.size)(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
+                                      factor, lr, clipvalue, weight_decay, momentum, nesterov)
+
+
+@njit(inline="always", error_model="numpy")
+def _adam_step_segment(w, prev, m, v, g, l1, l2x2, factor, clipvalue, weight_decay, decay,
+                       beta1, beta2, eps, step_size, sqrt_bc2):
+    one_m_b1, one_m_b2 = cast_like(1.0 - beta1, w), cast_like(1.0 - beta2, w)
+    beta1, beta2, eps = cast_like(beta1, w), cast_like(beta2, w), cast_like(eps, w)
+    step_size, sqrt_bc2, decay = cast_like(step_size, w), cast_like(sqrt_bc2, w), cast_like(decay, w)
+    l1, l2x2, factor = cast_like(l1, w), cast_like(l2x2, w), cast_like(factor, w)
+    clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
+    nbad = 0
+    for i in prange(w.size):
+        wi = w[i]
+        gi = _step_grad(g[i], wi, l1, l2x2, factor, clipvalue, weight_decay)
+        mi = beta1 * m[i] + one_m_b1 * gi
+        vi = beta2 * v[i] + one_m_b2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        prev[i] = wi
+        w[i] = wi * decay - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
+        nbad += not np.isfinite(w[i])
+    return nbad
+
+
+def _adam_step(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
+               clipvalue, weight_decay, decoupled, beta1, beta2, eps, step):
+    # as _adam_update, with the rate lr[0], factor (NS,) and weight decay: coupled (added to
+    # the gradient) or decoupled (w * (1 - lr * weight_decay) before the step, AdamW)
+    t = float(step[0])
+    rate = lr[0]
+    step_size = rate / (1.0 - beta1 ** t)
+    sqrt_bc2 = math.sqrt(1.0 - beta2 ** t)
+    decay = 1.0 - rate * weight_decay if decoupled else 1.0
+    coupled = 0.0 if decoupled else weight_decay
+    nbad = 0
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_stop[s]
+        nbad += _adam_step_segment(params[lo:hi], prev[lo:hi], m[lo:hi], v[lo:hi], grads[lo:hi],
+                                   seg_l1[s], 2.0 * seg_l2[s], factor[s], clipvalue, coupled, decay,
+                                   beta1, beta2, eps, step_size, sqrt_bc2)
+    bad[0] += nbad
+
+
+adam_step_twins = twins(_adam_step)
+
+
+def adam_step(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
+              clipvalue, weight_decay, decoupled, beta1, beta2, eps, step):
+    # flat (NP,) buffers, NS segments, factor (NS,) and lr (1,) float64, step (1,) int64
+    pick(adam_step_twins, params.size)(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
+                                       factor, lr, clipvalue, weight_decay, decoupled, beta1, beta2, eps, step)
+
+
+@njit(inline="always", error_model="numpy")
+def _rmsprop_step_segment(w, prev, sq, buf, ga, g, l1, l2x2, factor, lr, clipvalue, weight_decay,
+                          alpha, eps, momentum, centered):
+    one_m_a = cast_like(1.0 - alpha, w)
+    alpha, eps, momentum, lr = cast_like(alpha, w), cast_like(eps, w), cast_like(momentum, w), cast_like(lr, w)
+    l1, l2x2, factor = cast_like(l1, w), cast_like(l2x2, w), cast_like(factor, w)
+    clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
+    nbad = 0
+    for i in prange(w.size):
+        wi = w[i]
+        gi = _step_grad(g[i], wi, l1, l2x2, factor, clipvalue, weight_decay)
+        si = alpha * sq[i] + one_m_a * gi * gi
+        sq[i] = si
+        if centered:
+            gai = ga[i] + one_m_a * (gi - ga[i])
+            ga[i] = gai
+            avg = math.sqrt(si - gai * gai) + eps
+        else:
+            avg = math.sqrt(si) + eps
+        if momentum > 0:
+            b = momentum * buf[i] + gi / avg
+            buf[i] = b
+            delta = b
+        else:
+            delta = gi / avg
+        prev[i] = wi
+        w[i] = wi - lr * delta
+        nbad += not np.isfinite(w[i])
+    return nbad
+
+
+def _rmsprop_step(params, prev, square_avg, buf, grad_avg, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
+                  factor, lr, clipvalue, weight_decay, alpha, eps, momentum, centered):
+    # torch.optim.RMSprop over the segments; buf / grad_avg only touched with momentum / centered
+    nbad = 0
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_stop[s]
+        nbad += _rmsprop_step_segment(params[lo:hi], prev[lo:hi], square_avg[lo:hi], buf[lo:hi], grad_avg[lo:hi],
+                                      grads[lo:hi], seg_l1[s], 2.0 * seg_l2[s], factor[s], lr[0], clipvalue,
+                                      weight_decay, alpha, eps, momentum, centered)
+    bad[0] += nbad
+
+
+rmsprop_step_twins = twins(_rmsprop_step)
+
+
+def rmsprop_step(params, prev, square_avg, buf, grad_avg, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
+                 factor, lr, clipvalue, weight_decay, alpha, eps, momentum, centered):
+    # flat (NP,) buffers; buf, grad_avg may be square_avg itself when unused (never written then)
+    pick(rmsprop_step_twins, params.size)(params, prev, square_avg, buf, grad_avg, bad, grads, seg_start,
+                                          seg_stop, seg_l1, seg_l2, factor, lr, clipvalue, weight_decay,
+                                          alpha, eps, momentum, centered)
 
 
 @njit(inline="always", error_model="numpy")

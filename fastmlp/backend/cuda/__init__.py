@@ -34,9 +34,12 @@ else:
                        to_host, zeros)
     from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward
     from .dropout import dropout_backward, dropout_forward
-    from .loss import bce_logits, mse, softmax_forward, softmax_xent
+    from .loss import (bce_logits, bce_logits_weighted, mse, mse_weighted, softmax_forward, softmax_xent,
+                       softmax_xent_weighted)
     from .norm import batchnorm_backward, batchnorm_forward
-    from .optim import adam_update, add_reg_grad, reg_penalty, sgd_update
+    from .optim import (adam_step, adam_update, add_reg_grad, grad_clip_factors, reg_penalty, rmsprop_step,
+                        sgd_step, sgd_update)
+    from .pool import maxpool_backward, maxpool_forward
     from .pool import (avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward,
                        global_maxpool_backward, global_maxpool_forward, maxpool_backward, maxpool_forward)
 

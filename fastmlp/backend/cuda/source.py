@@ -41,9 +41,12 @@ def _family_exprs():
         "dense": (t1("bias_act_forward") + t1("act_backward_bias_grad")
                   + t1("bias_grad_reduce") + t1("act_forward") + t1("act_backward")),
         "loss": (t1("softmax_forward") + t2("softmax_xent", INDEX_TYPES)
-                 + t1("bce_logits") + t1("mse") + ["loss_stats_finish"]),
+                 + t1("bce_logits") + t1("mse") + ["loss_stats_finish"]
+                 + t2("softmax_xent_weighted", INDEX_TYPES) + t1("bce_logits_weighted") + t1("mse_weighted")),
         "optim": (t2("sgd_update", INDEX_TYPES) + t2("adam_update", INDEX_TYPES)
-                  + t1("add_reg_grad") + t1("reg_penalty") + ["reg_penalty_finish"]),
+                  + t1("add_reg_grad") + t1("reg_penalty") + ["reg_penalty_finish"]
+                  + t1("grad_sq_norms") + ["grad_clip_finish"] + t2("sgd_step", INDEX_TYPES)
+                  + t2("adam_step", INDEX_TYPES) + t2("rmsprop_step", INDEX_TYPES)),
         "data": [expr("gather_rows", e, i) for e in GATHER_TYPES for i in INDEX_TYPES],
         "augment": t1("augment_images"),
         "conv": (t1("im2col") + t1("col2im") + t1("conv_bias_forward") + t1("conv_bias_backward")
