@@ -85,8 +85,8 @@ class _SklearnLoss(Loss):
     def prepare(self, y, n_outputs, dtype):
         return self.inner.prepare(y, n_outputs, dtype)
 
-    def forward_backward(self, be, dlogits, stats, logits, targets, scale):
-        self.inner.forward_backward(be, dlogits, stats, logits, targets, scale * self.grad_factor)
+    def forward_backward(self, be, dlogits, stats, logits, targets, scale, weights=None):
+        self.inner.forward_backward(be, dlogits, stats, logits, targets, scale * self.grad_factor, weights)
 
     def probabilities(self, be, out, logits):
         self.inner.probabilities(be, out, logits)
