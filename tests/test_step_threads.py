@@ -23,8 +23,8 @@ def _mlp(seed=0):
                          optimizer=fm.SGD(0.1), seed=seed)
 
 
-@pytest.mark.parametrize("others, cores, want", [(0, 2, 2), (0.2, 2, 2), (0.8, 2, 1), (1, 2, 1), (3, 2, 1),
-                                                 (1, 8, 7), (2.5, 8, 6), (0.5, 8, 8)])
+@pytest.mark.parametrize("others, cores, want", [(0, 2, 2), (0.2, 2, 2), (0.95, 2, 1), (0.8, 2, 2), (1, 2, 1), (3, 2, 1),
+                                                 (1, 8, 7), (2.5, 8, 6), (2.95, 8, 5), (0.5, 8, 8)])
 def test_free_cores_count_a_core_taken_only_when_another_thread_mostly_wants_it(others, cores, want):
     assert free_cores(others, cores) == want
 
