@@ -21,13 +21,14 @@ from . import backend as backends
 from . import files, summary, weights_file
 from .batches import BatchBuffers, is_lazy_array, prepare_inputs, prepare_targets, rows
 from .fusion import plan_fusion
+from .inference import DenseChain
 from .layers import LAYERS, Dense, Layer
 from .losses import LOSSES, get_loss
 from .optimizers import OPTIMIZERS, SGD, get_optimizer
 from .params import FlatParameters
 from .sample_weights import check_sample_weight
 from .training import Trainer
-from .validation import check_batch_size, check_dtype, check_features, check_fits_dtype
+from .validation import all_finite, check_batch_size, check_dtype, check_features, check_fits_dtype
 from .backend.workspaces import WorkspacePool
 
 EVAL_BATCH = 1024   # rows per forward pass of evaluate / predict when no batch_size is given
@@ -66,6 +67,7 @@ class Sequential:
         self.input_shape = self.output_shape = None   # per sample, once built
         self._numba_thread_gemms = bool(plan_fusion(self.layers)) and bool(self.be.fused_conv_chunks)
         self._init_params()
+        self._dense_chain = DenseChain.plan(self)   # how predict runs in one kernel call, or None
         self.stats = self.be.zeros(2, np.float64)   # the epoch's [loss sum, correct count]
         self.batch_buffers = BatchBuffers(self.be, self.dtype)
         self._model_workspaces = WorkspacePool()    # d loss / d logits and probabilities, per thread
@@ -309,12 +311,32 @@ class Sequential:
         """Probabilities (sigmoid / softmax; raw outputs for MSE) as a host NumPy array.
         Safe to call from several threads at once: each gets what the call gets alone."""
         batch_size = check_batch_size(batch_size)
+        chain = self._dense_chain
+        if chain is not None and not chain.current(self):
+            chain = self._dense_chain = DenseChain.plan(self)
         entered = self._enter(training=False)
         try:
+            if chain is not None:
+                return self._predict_chain(chain, X, batch_size)
             return self._predict(X, batch_size)
         finally:
             if entered:
                 self._leave(training=False)
+
+    def _predict_chain(self, chain, X, batch_size):
+        # every layer in one kernel call per batch (fastmlp/inference.py)
+        read = None
+        if not chain.takes(X):
+            X = self.prepare(X)[0]
+            if isinstance(X, np.ndarray):
+                X = np.ascontiguousarray(X)
+            else:                     # on disk (LazyRows): read batch by batch
+                read = lambda start, stop: np.ascontiguousarray(rows(self.be, X, start, stop, self.dtype))  # noqa: E731
+        elif not all_finite(X):       # a server's usual request: only the values to check
+            raise ValueError("expected finite values in X, got NaN or Inf")
+        self.be.use_numba_thread_gemms(False)   # whose threads run this thread's GEMMs: not Numba's
+        parallel = self.be.inference_alone() and self.be.prediction_threads() > 1
+        return chain.predict(X, batch_size or EVAL_BATCH, parallel, read)
 
     def _predict(self, X, batch_size):
         be = self.be

@@ -53,7 +53,12 @@ def check_fits_dtype(X, dtype, what="X"):
     return X
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def all_finite(X):
+    if X.dtype in _FLOATS and X.flags.c_contiguous:     # the usual case, checked first
+        return _all_finite(X.reshape(-1))
     if not np.issubdtype(X.dtype, np.floating):
         return True
     if X.dtype not in (np.float32, np.float64):

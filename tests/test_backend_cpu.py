@@ -13,7 +13,7 @@ import pytest
 
 from fastmlp.backend import codes, cpu
 from fastmlp.backend import reference as R
-from fastmlp.backend.cpu import blas, data, dense, jit, loss, optim, reduce
+from fastmlp.backend.cpu import blas, blas_threads, data, dense, jit, loss, optim, reduce
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 DTYPES = [np.float64, np.float32]
@@ -596,6 +596,7 @@ def test_loss_stats_are_reproducible(name, rng):
 
 
 def test_cpu_picks_the_parallel_twin_by_work_size(monkeypatch, rng):
+    blas.use_numba_thread_gemms(False)   # the threshold of a thread whose GEMMs run on OpenBLAS's
     n = jit.PARALLEL_MIN_WORK
     assert jit.pick(dense.bias_act_forward_twins, n - 1) is dense.bias_act_forward_twins.serial
     assert jit.pick(dense.bias_act_forward_twins, n) is dense.bias_act_forward_twins.parallel
@@ -624,7 +625,8 @@ def test_small_gemms_run_on_one_blas_thread_and_give_it_back(monkeypatch):
     np.testing.assert_allclose(out, a @ b, rtol=1e-6)
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
     calls = []
-    monkeypatch.setattr(blas, "_blas", [calls.append, 4])
+    monkeypatch.setattr(blas_threads, "_found", [calls.append, 4])
+    monkeypatch.setitem(blas_threads._state, "count", 4)
     blas.matmul(out, a, b)
     assert calls == []          # below BLAS_SINGLE_MACS OpenBLAS takes one thread by itself
     monkeypatch.setattr(blas, "BLAS_SINGLE_MACS", 8 * 9 * 7)

@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_info
 
 import fastmlp as fm
 from fastmlp.backend import cpu
-from fastmlp.backend.cpu import openblas
+from fastmlp.backend.cpu import blas_threads, openblas
 from fastmlp.gradcheck import gradcheck
 
 needs_blas = pytest.mark.skipif(not openblas.available(), reason="NumPy's OpenBLAS symbols not found")
@@ -100,8 +100,8 @@ def test_the_fast_path_says_why_it_is_off(monkeypatch):
 def test_single_threaded_from_two_threads_gives_the_thread_count_back():
     """Thread A holds OpenBLAS at 1 thread; thread B enters meanwhile and used to read back that
     1 as the count to restore, leaving OpenBLAS single-threaded for good after both returned."""
-    before = openblas._get_threads()
-    openblas._set_threads(2)
+    before = blas_threads.count()
+    blas_threads.set_count(2)
     try:
         a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
 
@@ -120,8 +120,29 @@ def test_single_threaded_from_two_threads_gives_the_thread_count_back():
             t.join(20)
         after = openblas._get_threads()
     finally:
-        openblas._set_threads(before)
+        blas_threads.set_count(before)
     assert after == 2
+
+
+@needs_blas
+def test_a_count_chosen_while_blas_is_held_takes_effect_at_the_last_release():
+    """A training step in one thread chooses its count while a prediction in another holds
+    BLAS at one thread: the prediction keeps its one thread, the count comes at the release."""
+    before = blas_threads.count()
+    try:
+        blas_threads.set_count(2)
+        blas_threads.hold()
+        blas_threads.hold()
+        blas_threads.set_count(1)
+        blas_threads.set_count(2)
+        held = openblas._get_threads()
+        blas_threads.release()
+        still = openblas._get_threads()
+        blas_threads.release()
+        after = openblas._get_threads()
+    finally:
+        blas_threads.set_count(before)
+    assert (held, still, after) == (1, 1, 2)
 
 
 @needs_blas

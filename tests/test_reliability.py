@@ -704,7 +704,7 @@ def test_fit_streams_from_h5py_bitwise_like_in_memory(rng, tmp_path):
         hd = disk.fit(f["x"], f["y"], epochs=2, batch_size=64, validation_split=0.1)
         assert _same_weights(mem, disk)
         assert hd.history == {k: v for k, v in hm.history.items() if k != "seconds"} | {"seconds": hd["seconds"]}
-        np.testing.assert_array_equal(disk.predict(f["x"], batch_size=100), mem.predict(X))
+        np.testing.assert_array_equal(disk.predict(f["x"], batch_size=100), mem.predict(X, batch_size=100))
         assert disk.evaluate(f["x"], f["y"]) == mem.evaluate(X, y)
         full = _bce_model(64)
         full.fit(f["x"], y, epochs=2, batch_size=None)

@@ -52,12 +52,32 @@ def _hammer(calls, threads):
     return results
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def _p2(seed=0):
+    # P2's network: its GEMMs are big enough that OpenBLAS rounds them differently on one
+    # thread and on two, and it predicts through the one-call path (fastmlp/inference.py)
+    model = fm.Sequential([fm.Dense(784, 256, activation="relu"), fm.Dense(256, 256, activation="relu"),
+                           fm.Dense(256, 10)], loss="softmax_crossentropy", seed=seed)
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + 0.01 * rng.standard_normal(w.shape) for w in model.get_weights()])
+    return model
+
+
+def _wide_cnn(seed=0):
+    # a CNN whose Dense GEMMs are big: the layer-by-layer path's block GEMMs (blas.matmul)
+    model = fm.Sequential([fm.Conv2D(1, 8, 3, padding=1), fm.ReLU(), fm.MaxPool2D(2), fm.Flatten(),
+                           fm.Dense(8 * 14 * 14, 512), fm.ReLU(), fm.Dense(512, 10)],
+                          loss="softmax_crossentropy", seed=seed, input_shape=(1, 28, 28))
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + 0.01 * rng.standard_normal(w.shape) for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "p2", "wide_cnn"])
 def test_concurrent_predictions_equal_sequential_ones(kind):
-    model = _mlp() if kind == "mlp" else _cnn()
+    model = {"mlp": _mlp, "cnn": _cnn, "p2": _p2, "wide_cnn": _wide_cnn}[kind]()
     rng = np.random.default_rng(1)
-    shape = (50,) if kind == "mlp" else (2, 12, 12)
-    count, most = (2400, 300) if kind == "mlp" else (320, 40)
+    shape = {"mlp": (50,), "cnn": (2, 12, 12), "p2": (784,), "wide_cnn": (1, 28, 28)}[kind]
+    count, most = {"mlp": (2400, 300), "cnn": (320, 40), "p2": (600, 260), "wide_cnn": (120, 100)}[kind]
     inputs = [rng.standard_normal((int(n),) + shape).astype(np.float32) for n in rng.integers(1, most, count)]
     labels = [rng.integers(0, model.output_shape[0], len(x)) for x in inputs]
     calls = []

@@ -30,12 +30,13 @@ if "NUMBA_CACHE_DIR" not in os.environ and not _cache_dir_is_writable():
 from . import cores, openblas  # noqa: E402
 from . import thread_count  # noqa: E402
 from .augment import augment_images  # noqa: E402
-from .blas import begin_inference, end_inference, matmul, numba_thread_gemms, use_numba_thread_gemms  # noqa: E402
+from .blas import begin_inference, end_inference, inference_alone, matmul, numba_thread_gemms, use_numba_thread_gemms  # noqa: E402
 from .conv import (col2im, conv_bias_act_pool_backward, conv_bias_act_pool_forward,  # noqa: E402
                    conv_bias_backward, conv_bias_forward, im2col, transpose)
 from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward  # noqa: E402
 from .data import (copy, copy_from_host, empty, gather_rows, random_uniform, synchronize,  # noqa: E402
                    to_device, to_host, zeros)
+from . import dense_chain as _dense_chain  # noqa: E402
 from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward  # noqa: E402
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
 from .loss import (bce_logits, bce_logits_weighted, mse, mse_weighted, softmax_forward, softmax_xent,  # noqa: E402
@@ -43,7 +44,6 @@ from .loss import (bce_logits, bce_logits_weighted, mse, mse_weighted, softmax_f
 from .norm import batchnorm_backward, batchnorm_forward  # noqa: E402
 from .optim import (adam_step, adam_update, add_reg_grad, grad_clip_factors, reg_penalty, rmsprop_step,  # noqa: E402
                     sgd_step, sgd_update)
-from .pool import maxpool_backward, maxpool_forward  # noqa: E402
 from .pool import (avgpool_backward, avgpool_forward, global_avgpool_backward,  # noqa: E402
                    global_avgpool_forward, global_maxpool_backward, global_maxpool_forward, maxpool_backward,
                    maxpool_forward)
@@ -64,12 +64,20 @@ conv_chunk_bytes = 1 << 18
 # Whether conv_act_pool_forward / _backward run as one Numba kernel, a chunk per thread
 # (conv_act_pool.py); if not (NumPy's OpenBLAS not found), as the ops chunk after chunk.
 fused_conv_chunks = openblas.available()
+# An MLP predicts in one kernel call per batch (fastmlp/inference.py) through this module's
+# dense_chain_forward and row_edges; None where NumPy's OpenBLAS was not found.
+dense_chain = _dense_chain if openblas.available() else None
 
 
 def threads():
     # T: the threads a chunked kernel may run on, one scratch buffer each: the most a step
     # may use (cores.py), whatever count the step runs on now (thread_count.py)
     return max(numba.get_num_threads(), cores.most())
+
+
+def prediction_threads():
+    # how many cores a prediction running alone may spread its rows over (thread_count.py)
+    return thread_count.prediction_threads()
 
 
 def step_threads():

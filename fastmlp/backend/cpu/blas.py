@@ -18,55 +18,27 @@ kernels, OpenBLAS's own threading is the faster.
 """
 import os
 import threading
-import time
 
-import numba
 import numpy as np
 
+from . import blas_threads as blas_threads_
 from . import openblas
 from .cores import most as planned_threads
 
 SMALL_MACS = int(os.environ.get("FASTMLP_BLAS_SMALL", 1 << 22))
 
-_blas = []
 _local = threading.local()   # whose threads run big GEMMs: each Python thread says for itself
-
-
-def _controller():
-    """(set_num_threads of NumPy's BLAS, its thread count), or (None, 1) if it can't be found.
-
-    threadpoolctl finds the library; for OpenBLAS its C setter is looked up once here,
-    since threadpoolctl's own set_num_threads looks the symbol up (and builds its name)
-    on every call, twice per small GEMM on the hot path."""
-    if not _blas:
-        try:
-            from threadpoolctl import ThreadpoolController
-            found = ThreadpoolController().select(user_api="blas").lib_controllers
-            ctl = found[0] if found else None
-            setter = ctl.set_num_threads if ctl is not None else None
-            if ctl is not None and ctl.internal_api == "openblas":
-                setter = getattr(ctl, "_get_symbol", lambda name: None)("openblas_set_num_threads") or setter
-            _blas.extend([setter, ctl.get_num_threads() if ctl is not None else 1])
-        except Exception:  # threadpoolctl missing or BLAS not introspectable
-            _blas.extend([None, 1])
-    return _blas[0], _blas[1]
 
 
 def blas_threads():
     """NumPy's BLAS thread count now (what set_blas_threads last set), 1 if it can't be found."""
-    return _controller()[1]
+    return blas_threads_.count()
 
 
 def set_blas_threads(n):
     """NumPy's BLAS on n threads from now on (the training step's count, thread_count.py); the
     small GEMMs and the predictions put back this count after their single-threaded calls."""
-    set_threads_, _ = _controller()
-    if set_threads_ is None:
-        return
-    with _concurrent_lock:
-        _blas[1] = n
-        if not _single[0]:
-            set_threads_(n)
+    blas_threads_.set_count(n)
 
 
 def use_numba_thread_gemms(flag):
@@ -80,56 +52,36 @@ def numba_thread_gemms():
     return getattr(_local, "numba_thread_gemms", False)
 
 
-# Predictions running at once in several Python threads: while two or more do, every GEMM
-# runs on one BLAS thread. OpenBLAS has one pool of worker threads for the process, and a
-# threaded GEMM waits for it while another thread's holds it, so callers sharing the pool
-# queue up; each on one thread of its own, they run side by side. Callers that come back
-# to back overlap only in part, so while any prediction runs, the pool returns to all its
-# threads only once none has run beside another for SERVING_QUIET seconds; when none runs,
-# it gets them back at once (the caller's own NumPy code never inherits the setting).
-SERVING_QUIET = 0.05
+# Predictions, from any number of Python threads at once. Each holds NumPy's BLAS at one
+# thread while it runs, and a big GEMM of a prediction runs as blocks of single-threaded
+# OpenBLAS calls (openblas.matmul), planned for the most threads: on Numba's threads when the
+# prediction runs alone, one block after the other when others run beside it. The blocks
+# are the same either way, so a prediction gives the same bits alone and among others
+# (OpenBLAS itself rounds a product on one thread and on two differently), and callers
+# sharing OpenBLAS's single pool of worker threads never queue for it.
 _concurrent = [0]           # predictions running now
-_single = [False]           # whether BLAS is held to one thread for them
-_last_overlap = [0.0]       # when two last ran at once (time.monotonic)
 _concurrent_lock = threading.Lock()
 
 
 def begin_inference():
     """A thread starts a prediction (Sequential._enter)."""
-    set_threads, most = _controller()
-    if set_threads is None or most < 2:
-        return
     with _concurrent_lock:
         _concurrent[0] += 1
-        now = time.monotonic()
-        if _concurrent[0] > 1:
-            _last_overlap[0] = now
-            if not _single[0]:
-                set_threads(1)
-                _single[0] = True
-        else:
-            _release_if_quiet(now)
+    blas_threads_.hold()
+    _local.predicting = True
 
 
-def _release_if_quiet(now):
-    # BLAS back to all its threads once no two predictions have overlapped for a while
-    # (called with _concurrent_lock held)
-    if _single[0] and _concurrent[0] < 2 and now - _last_overlap[0] > SERVING_QUIET:
-        set_threads, most = _controller()
-        set_threads(most)
-        _single[0] = False
+def inference_alone():
+    """Whether the calling prediction is the only one running (begin_inference counted it)."""
+    return _concurrent[0] <= 1
 
 
 def end_inference():
     """The prediction of begin_inference is done."""
-    set_threads, most = _controller()
-    if set_threads is None or most < 2:
-        return
+    _local.predicting = False
+    blas_threads_.release()
     with _concurrent_lock:
         _concurrent[0] -= 1
-        if _concurrent[0] == 0 and _single[0]:   # nothing of ours runs: the caller's code gets it all
-            set_threads(most)
-            _single[0] = False
 
 
 # Below this many multiply-adds OpenBLAS runs a GEMM on one thread by itself
@@ -143,26 +95,20 @@ def matmul(out, a, b):
     if macs < BLAS_SINGLE_MACS:
         np.matmul(a, b, out=out)
         return
-    set_threads, most = _controller()
     small = macs < SMALL_MACS
-    if _single[0]:                  # BLAS is on one thread already (begin_inference)
-        if _concurrent[0] > 1 or time.monotonic() - _last_overlap[0] <= SERVING_QUIET:
+    if getattr(_local, "predicting", False):   # BLAS is held at one thread (begin_inference)
+        if small or not openblas.matmul(out, a, b, planned_threads(), inference_alone()):
             np.matmul(a, b, out=out)
-            return
-        with _concurrent_lock:      # a training step after the serving has stopped
-            _release_if_quiet(time.monotonic())
+        return
     if not small and getattr(_local, "numba_thread_gemms", False):
         plan = planned_threads()  # blocks for the most threads, whatever runs them now: same sums
         if plan > 1 and openblas.matmul(out, a, b, plan):
             return
-    if set_threads is not None and most > 1 and small:
-        with _concurrent_lock:      # not while a second prediction starts (begin_inference)
-            set_threads(1)
+    if small and blas_threads_.count() > 1:
+        blas_threads_.hold()
         try:
             np.matmul(a, b, out=out)
         finally:
-            with _concurrent_lock:
-                if not _single[0]:
-                    set_threads(most)
+            blas_threads_.release()
     else:
         np.matmul(a, b, out=out)

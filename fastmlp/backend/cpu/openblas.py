@@ -20,12 +20,13 @@ False: GEMMs stay on np.matmul and Conv2D runs its kernels chunk after chunk.
 """
 import ctypes
 import os
-import threading
+import types
 from types import SimpleNamespace
 
 import numpy as np
 from numba import njit, prange
 
+from . import blas_threads
 from ..workspaces import WorkspacePool
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
@@ -100,29 +101,14 @@ def gemm_for(dtype):
     return {np.dtype(np.float32): _sgemm, np.dtype(np.float64): _dgemm}.get(np.dtype(dtype))
 
 
-_held = {"count": 0, "threads": None}   # how many calls hold OpenBLAS at 1 thread, and its count before
-_held_lock = threading.Lock()
-
-
 def single_threaded(fn, *args):
-    """fn(*args) with NumPy's OpenBLAS held to one thread, its thread count put back after:
-    Numba's threads then each call it without OpenBLAS starting threads of its own.
-
-    The count is one setting for the whole process: with calls from several Python threads,
-    the first to enter reads it and sets 1, the last to leave puts it back (a call that read
-    it back while another held it at 1 would restore that 1 for good)."""
-    with _held_lock:
-        if _held["count"] == 0:
-            _held["threads"] = _get_threads()
-            _set_threads(1)
-        _held["count"] += 1
+    """fn(*args) with NumPy's OpenBLAS held to one thread (blas_threads.py): Numba's threads
+    then each call it without OpenBLAS starting threads of its own."""
+    blas_threads.hold()
     try:
         fn(*args)
     finally:
-        with _held_lock:
-            _held["count"] -= 1
-            if _held["count"] == 0:
-                _set_threads(_held["threads"])
+        blas_threads.release()
 
 
 def _layout(x):
@@ -148,7 +134,6 @@ def blocks(m, k, n, threads):
     return axis, np.array(edges, dtype=np.int64)
 
 
-@njit(parallel=True, nogil=True, cache=True)
 def _gemm_blocks(gemm, c, a, b, m, n, k, ta, lda, tb, ldb, ldc, axis, edges, item):
     # c (m, n) = op(a) @ op(b), one cblas call per block of rows (axis 0) or columns of c; with
     # axis 2, block t writes op(a)[:, lo:hi] @ op(b)[lo:hi] to the t-th (m, n) matrix at c
@@ -169,9 +154,20 @@ def _gemm_blocks(gemm, c, a, b, m, n, k, ta, lda, tb, ldb, ldc, axis, edges, ite
             gemm(ROW_MAJOR, ta, tb, m, n, hi - lo, 1.0, a_at, lda, b_at, ldb, 0.0, c + t * m * n * item, n)
 
 
-def matmul(out, a, b, threads):
-    """out = a @ b in ``threads`` blocks on Numba's threads; False (nothing done) if BLAS can't
-    take these operands (a dtype other than float32/float64, a layout without a unit stride)."""
+
+
+# the same blocks on Numba's threads, or one after the other on the calling thread: the same sums
+_parallel_fn = types.FunctionType(_gemm_blocks.__code__, globals(), "_gemm_blocks_parallel")
+_parallel_fn.__qualname__ = "_gemm_blocks_parallel"
+_gemm_blocks_parallel = njit(parallel=True, nogil=True, cache=True)(_parallel_fn)
+_gemm_blocks_serial = njit(nogil=True, cache=True)(_gemm_blocks)
+
+
+def matmul(out, a, b, threads, parallel=True):
+    """out = a @ b in blocks planned for ``threads`` threads, on Numba's threads (``parallel``)
+    or one after the other on this one (the same sums either way); False (nothing done) if
+    BLAS can't take these operands (a dtype other than float32/float64, a layout without a
+    unit stride, two transposed operands)."""
     gemm = gemm_for(out.dtype) if available() else None
     if gemm is None or a.dtype != out.dtype or b.dtype != out.dtype:
         return False
@@ -184,8 +180,9 @@ def matmul(out, a, b, threads):
     n = b.shape[1]
     axis, edges = blocks(m, k, n, threads)
     c = out if axis < 2 else _partials((edges.size - 1, m, n), out.dtype)
-    single_threaded(_gemm_blocks, gemm, c.ctypes.data, a.ctypes.data, b.ctypes.data, m, n, k,
-                 la[0], la[1], lb[0], lb[1], lc[1] if axis < 2 else n, axis, edges, out.itemsize)
+    blocks_kernel = _gemm_blocks_parallel if parallel else _gemm_blocks_serial
+    single_threaded(blocks_kernel, gemm, c.ctypes.data, a.ctypes.data, b.ctypes.data, m, n, k,
+                    la[0], la[1], lb[0], lb[1], lc[1] if axis < 2 else n, axis, edges, out.itemsize)
     if axis == 2:           # the partial products summed in block order
         out[...] = c[0]
         for t in range(1, c.shape[0]):

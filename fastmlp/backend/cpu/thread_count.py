@@ -31,7 +31,7 @@ import time
 import numba
 
 from . import blas
-from .cores import available_cores, most
+from .cores import most
 
 ENV = "FASTMLP_THREADS"
 SAMPLE_S = 0.05       # seconds between two looks at the machine's runnable threads
@@ -45,7 +45,18 @@ _last = [None, -1e9]  # the last fit's final count and when it ended (time.monot
 
 def fixed():
     """The count FASTMLP_THREADS fixes, or None for ``auto``; a clear error for anything else."""
-    raw = os.environ.get(ENV, "auto").strip().lower()
+    raw = os.environ.get(ENV, "auto")
+    if raw not in _fixed:
+        _fixed.clear()
+        _fixed[raw] = _parse(raw)
+    return _fixed[raw]
+
+
+_fixed = {}   # the last FASTMLP_THREADS value read, and what it means
+
+
+def _parse(raw):
+    raw = raw.strip().lower()
     if raw in ("", "auto"):
         return None
     try:
@@ -95,6 +106,27 @@ def free_cores(others, cores):
     """Cores left for the step when ``others`` threads (an average) want one: at least 1."""
     taken = int(others + (1 - BUSY))
     return max(1, cores - taken)
+
+
+# A prediction running alone spreads its rows over the cores that are free (model.predict,
+# inference.py). It looks at the machine at most every PREDICT_LOOK_S seconds (a look costs
+# about 0.1 ms, a prediction can take 0.03), and uses what the last look left free.
+PREDICT_LOOK_S = 0.1
+_predict_look = [-1.0, 1]   # when the last look goes stale (time.monotonic), the cores it left
+
+
+def prediction_threads():
+    """Threads a prediction running alone may use: FASTMLP_THREADS when set, else the cores
+    the other processes' threads left free at the last look."""
+    n = fixed()
+    if n is not None:
+        return n
+    now = time.monotonic()
+    if now >= _predict_look[0]:
+        others = others_running()
+        _predict_look[1] = most() if others is None else free_cores(others, most())
+        _predict_look[0] = now + PREDICT_LOOK_S
+    return _predict_look[1]
 
 
 def policy():

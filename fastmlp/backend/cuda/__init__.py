@@ -26,7 +26,7 @@ if _NO_CUPY is not None:
 else:
     from . import graph
     from .augment import augment_images
-    from .blas import begin_inference, end_inference, matmul, numba_thread_gemms, use_numba_thread_gemms
+    from .blas import begin_inference, end_inference, inference_alone, matmul, numba_thread_gemms, use_numba_thread_gemms
     from .conv import (col2im, conv_bias_act_pool_backward, conv_bias_act_pool_forward, conv_bias_backward,
                        conv_bias_forward, im2col, transpose)
     from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward
@@ -54,9 +54,15 @@ else:
     conv_chunk_bytes = None
     # no single chunked kernel here: conv_act_pool runs the ops chunk after chunk
     fused_conv_chunks = False
+    # no one-call MLP prediction (fastmlp/inference.py): predict runs the layers' ops
+    dense_chain = None
 
     def threads():
         # T: one scratch buffer for the kernels (the host thread launches them all)
+        return 1
+
+    def prediction_threads():
+        # one host thread launches a prediction's kernels
         return 1
 
     def step_threads():

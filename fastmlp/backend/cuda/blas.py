@@ -151,5 +151,10 @@ def begin_inference():
     pass
 
 
+def inference_alone():
+    # no host threads to spread a prediction over
+    return True
+
+
 def end_inference():
     pass

@@ -1,0 +1,103 @@
+"""Inference of a chain of Dense layers in one Numba call: fastmlp/inference.py's CPU kernel.
+
+``dense_chain_forward`` runs every layer of an MLP on a block of rows, GEMM
+(NumPy's OpenBLAS, one thread), bias and activation, then the output's
+softmax, sigmoid or copy, without coming back to Python between layers. The
+batch is cut into blocks of rows (``row_edges``: multiples of 8 rows, one per
+thread the machine plans for); the parallel twin gives each block a Numba
+thread, the serial twin runs the same blocks one after the other. A block's
+rows come out of the same GEMM calls either way, so a prediction gives the
+same bits whether it ran alone (parallel) or beside others (serial).
+
+Each block keeps its layer outputs in its own rows of two scratch buffers
+(one layer writes one while it reads the other); the last layer writes the
+result. The epilogues are the arithmetic of dense.bias_act_forward and
+loss.softmax_forward, so this path and the layer-by-layer one agree to the
+rounding of the GEMMs.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from . import activation, openblas
+from .. import codes as _codes
+from ..codes import SIGMOID
+from .activation import act_value
+from .jit import cover_dependencies, twins
+from .openblas import NO_TRANS, ROW_MAJOR
+
+OUT_IDENTITY, OUT_SOFTMAX, OUT_SIGMOID = 0, 1, 2   # what the chain's last step writes
+ALIGN = openblas.ALIGN    # block edges on multiples of 8 rows (OpenBLAS's row kernels)
+
+
+_GEMM = {"f": openblas.gemm_for(np.float32), "d": openblas.gemm_for(np.float64)}
+
+
+def row_edges(n, threads):
+    """Edges of the row blocks of an n-row batch for ``threads`` threads: as equal as
+    multiples of ALIGN rows allow, one block when n is under 2 * ALIGN."""
+    blocks = max(1, min(threads, n // ALIGN))
+    edges = [min(n, -(-n * t // blocks // ALIGN) * ALIGN) for t in range(blocks)] + [n]
+    return np.array(edges, dtype=np.int64)
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def _block(out, x, ws, bs, codes, alphas, final, scratch, lo, hi, gemm):
+    # rows lo .. hi of out = final(chain(x)); ws[l] (D, M) and bs[l] (M,) of layer l;
+    # scratch (2, >= N * widest hidden M): layer l writes rows lo .. hi of buffer l % 2
+    rows = hi - lo
+    a = x[lo:hi]
+    last = len(ws) - 1
+    for l in range(last + 1):
+        w, b = ws[l], bs[l]
+        d, m = w.shape
+        if l == last:
+            z = out[lo:hi]
+        else:
+            z = scratch[l % 2, lo * m:hi * m].reshape((rows, m))
+        gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, rows, m, d, 1.0, a.ctypes.data, d, w.ctypes.data, m, 0.0,
+             z.ctypes.data, m)
+        code, alpha = codes[l], alphas[l]
+        for i in range(rows):
+            for j in range(m):
+                z[i, j] = act_value(z[i, j] + b[j], code, alpha)
+        a = z
+    m = out.shape[1]
+    for i in range(lo, hi):
+        if final == OUT_SOFTMAX:       # loss.softmax_forward
+            mx = out[i, 0]
+            for j in range(1, m):
+                mx = max(mx, out[i, j])
+            s = 0.0
+            for j in range(m):
+                e = math.exp(out[i, j] - mx)
+                out[i, j] = e
+                s += e
+            for j in range(m):
+                out[i, j] = out[i, j] / s
+        elif final == OUT_SIGMOID:     # dense.act_forward with SIGMOID
+            for j in range(m):
+                out[i, j] = act_value(out[i, j], SIGMOID, 0.0)
+
+
+def _dense_chain(out, x, ws, bs, codes, alphas, final, scratch, edges, gemm):
+    # out (N, M_last) = final(the chain on x (N, D)), block t = rows edges[t] .. edges[t + 1]
+    for t in prange(edges.size - 1):
+        _block(out, x, ws, bs, codes, alphas, final, scratch, edges[t], edges[t + 1], gemm)
+
+
+dense_chain_twins = twins(_dense_chain)
+
+
+def dense_chain_forward(out, x, ws, bs, codes, alphas, final, scratch, edges, parallel):
+    """out (N, M) = final(chain(x)) for x (N, D) C-contiguous in the dtype of ws; ws, bs tuples
+    of the layers' (D, M) weights and (M,) biases; codes, alphas (L,) their activations;
+    scratch (2, >= N * widest hidden M); edges from row_edges. ``parallel``: the blocks on
+    Numba's threads, else one after the other on this one. NumPy's OpenBLAS must be held to
+    one thread meanwhile (every prediction does: blas.begin_inference)."""
+    kernels = dense_chain_twins.parallel if parallel and edges.size > 2 else dense_chain_twins.serial
+    kernels(out, x, ws, bs, codes, alphas, final, scratch, edges, _GEMM[out.dtype.char])
+
+
+cover_dependencies(__name__, activation, openblas, _codes)

@@ -1,0 +1,126 @@
+"""The lean prediction path of an MLP: every layer in one kernel call (Sequential.predict).
+
+A model whose layers are Dense layers, each with its activation (its own or
+an activation layer fused into it, fusion.py), and Dropout (nothing at
+inference), predicts on the CPU through ``DenseChain``: the input checked
+once, no copy of an input that is already C-contiguous in the model's dtype,
+then one call of backend/cpu/dense_chain.py per EVAL_BATCH rows, which runs
+the GEMMs, the biases, the activations and the output softmax / sigmoid
+without coming back to Python. Any other model, device or BLAS takes the
+layer-by-layer path (Sequential._predict); both give the same probabilities
+to the rounding of the GEMMs.
+
+Threads: a prediction running alone spreads its row blocks over the cores;
+beside other predictions each runs its blocks on its own thread. The blocks
+are the same either way, so are the bits (dense_chain.py). The layer outputs
+live in a scratch buffer per calling thread, sized for the batch.
+"""
+import threading
+
+import numpy as np
+
+from .layers import Activation, Dense
+from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
+from .normalization import Dropout
+
+# what each loss's predict returns, as the chain's last step (dense_chain.OUT_*)
+_FINAL = {SoftmaxCrossEntropy: 1, BinaryCrossEntropy: 2, MeanSquaredError: 0}
+
+
+def _final_step(loss):
+    # the chain's last step for this loss, or None when its probabilities are its own
+    for cls, final in _FINAL.items():
+        if type(loss).probabilities is cls.probabilities and isinstance(loss, cls):
+            return final
+    return None
+
+
+class DenseChain:
+    """How a model of Dense layers predicts in one kernel call; ``plan(model)`` makes one."""
+
+    def __init__(self, model, dense, final):
+        be = model.be
+        self.kernels = be.dense_chain
+        self.flat, self.loss = model.flat, model.loss
+        self.dense = dense
+        self.final = final
+        self.in_features = dense[0].in_features
+        self.out_features = dense[-1].out_features
+        self.widest = max([d.out_features for d in dense[:-1]] + [1])
+        self.dtype = np.dtype(model.dtype)
+        # the layers' parameter views: they stay the model's as long as its flat buffers do
+        self.ws = tuple(d.params[0] for d in dense)
+        self.bs = tuple(d.params[1] for d in dense)
+        self.codes = np.array([d.act_code for d in dense], dtype=np.int64)
+        self.alphas = np.array([d.alpha for d in dense], dtype=np.float64)
+        # row blocks planned for the most threads a step may use (backend.threads()), whatever
+        # runs them: the same blocks, so the same bits, alone or beside other predictions
+        self.threads = be.threads()
+        self._edges = {}
+        self._local = threading.local()
+
+    @classmethod
+    def plan(cls, model):
+        """The DenseChain of ``model``, or None when its layers, loss, device or BLAS can't take it."""
+        be = model.be
+        if getattr(be, "dense_chain", None) is None:
+            return None
+        if np.dtype(model.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+            return None
+        final = _final_step(model.loss)
+        if final is None:
+            return None
+        dense = []
+        for layer in model.layers:
+            if type(layer) is Dense:
+                dense.append(layer)
+            elif isinstance(layer, Activation) and layer.fused:
+                continue
+            elif type(layer) is Dropout:
+                continue
+            else:
+                return None
+        if not dense or model.layers[0] is not dense[0]:
+            return None
+        if any(a.out_features != b.in_features for a, b in zip(dense, dense[1:])):
+            return None
+        return cls(model, dense, final)
+
+    def current(self, model):
+        """Whether this plan still describes ``model`` (its buffers and loss are those it was made for)."""
+        return model.flat is self.flat and model.loss is self.loss
+
+    def takes(self, X):
+        """Whether X goes straight to the kernel: a 2-D C-contiguous array of the model's dtype."""
+        return (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 and
+                X.shape[1] == self.in_features and X.shape[0] > 0 and X.flags.c_contiguous)
+
+    def _scratch(self, rows):
+        buf = getattr(self._local, "scratch", None)
+        if buf is None or buf.shape[1] < rows * self.widest:
+            buf = self._local.scratch = np.empty((2, rows * self.widest), dtype=self.dtype)
+        return buf
+
+    def _row_edges(self, n):
+        edges = self._edges.get(n)
+        if edges is None:
+            edges = self.kernels.row_edges(n, self.threads)
+            if len(self._edges) < 64:     # the usual batch sizes, kept
+                self._edges[n] = edges
+        return edges
+
+    def predict(self, X, batch, parallel, read=None):
+        """Probabilities (N, M) of X (validated, C-contiguous, the model's dtype), ``batch``
+        rows a kernel call; ``parallel``: each call's row blocks on Numba's threads.
+        ``read(start, stop)``: those rows of an X on disk, as such an array."""
+        n = X.shape[0]
+        out = np.empty((n, self.out_features), dtype=self.dtype)
+        b = min(n, batch)
+        scratch = self._scratch(b)
+        forward = self.kernels.dense_chain_forward
+        for start in range(0, n, b):
+            stop = min(n, start + b)
+            xb = X[start:stop] if read is None else read(start, stop)
+            forward(out[start:stop], xb, self.ws, self.bs, self.codes, self.alphas, self.final,
+                    scratch, self._row_edges(stop - start), parallel)
+        return out

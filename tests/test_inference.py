@@ -1,0 +1,142 @@
+"""The one-call prediction of an MLP (fastmlp/inference.py, backend/cpu/dense_chain.py): the
+same probabilities as the NumPy float64 reference and as the layer-by-layer path, for every
+activation, output and dtype; which models take it; its row blocks; its input checks."""
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp.backend import cpu
+from fastmlp.backend.cpu import dense_chain
+from fastmlp.inference import DenseChain
+
+needs_chain = pytest.mark.skipif(cpu.dense_chain is None, reason="NumPy's OpenBLAS symbols were not found: "
+                                 "predict runs layer by layer (backend/cpu/openblas.py)")
+
+ACTS = {"relu": lambda z: np.maximum(z, 0), "leaky_relu": lambda z: np.where(z > 0, z, 0.01 * z),
+        "tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z)), None: lambda z: z}
+
+
+def _model(act, loss, dtype, outputs=4, dropout=False, seed=0):
+    layers = [fm.Dense(13, 24, activation=act), fm.Dense(24, 9)]
+    if act is not None:
+        layers.insert(2, {"relu": fm.ReLU, "leaky_relu": fm.LeakyReLU, "tanh": fm.Tanh, "sigmoid": fm.Sigmoid}[act]())
+    if dropout:
+        layers.insert(1, fm.Dropout(0.3))
+    layers.append(fm.Dense(9, outputs))
+    model = fm.Sequential(layers, loss=loss, dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + 0.1 * rng.standard_normal(w.shape) for w in model.get_weights()])
+    return model
+
+
+def _reference(model, act, loss, x):
+    # the float64 forward pass of the model's weights: act after the first two Dense layers
+    w = [a.astype(np.float64) for a in model.get_weights()]
+    a = x.astype(np.float64)
+    for k in (0, 2):
+        a = ACTS[act](a @ w[k] + w[k + 1])
+    z = a @ w[4] + w[5]
+    if loss == "softmax_crossentropy":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return 1 / (1 + np.exp(-z)) if loss == "binary_crossentropy" else z
+
+
+@needs_chain
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("loss", ["softmax_crossentropy", "binary_crossentropy", "mse"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_call_prediction_matches_the_reference_and_the_layer_path(act, loss, dtype):
+    model = _model(act, loss, dtype, dropout=act == "tanh")
+    assert model._dense_chain is not None
+    rng = np.random.default_rng(1)
+    tol = 1e-12 if dtype == "float64" else 2e-6
+    for n in (1, 7, 8, 16, 33, 100, 1030):
+        x = rng.standard_normal((n, 13)).astype(dtype)
+        p = model.predict(x)
+        assert p.dtype == np.dtype(dtype) and p.shape == (n, 4)
+        np.testing.assert_allclose(p, _reference(model, act, loss, x), rtol=tol, atol=tol)
+        np.testing.assert_allclose(p, model._predict(x, None), rtol=tol, atol=tol)
+    x = rng.standard_normal((300, 13)).astype(dtype)
+    np.testing.assert_allclose(model.predict(x, batch_size=64), _reference(model, act, loss, x), rtol=tol, atol=tol)
+
+
+@needs_chain
+def test_which_models_predict_in_one_call():
+    assert DenseChain.plan(_model("relu", "softmax_crossentropy", "float32")) is not None
+    assert DenseChain.plan(_model("relu", "softmax_crossentropy", "float32", dropout=True)) is not None
+    others = [
+        fm.Sequential([fm.Dense(4, 8), fm.BatchNorm(8), fm.Dense(8, 2)], loss="mse"),          # BatchNorm
+        fm.Sequential([fm.ReLU(), fm.Dense(4, 2)], loss="mse", input_shape=(4,)),              # a lone activation
+        fm.Sequential([fm.Flatten(), fm.Dense(4, 2)], loss="mse", input_shape=(2, 2)),         # not Dense first
+        fm.Sequential([fm.Conv2D(1, 2, 3), fm.Flatten(), fm.Dense(2, 2)], loss="mse", input_shape=(1, 3, 3)),
+    ]
+    for model in others:
+        assert DenseChain.plan(model) is None, model.layers
+        assert model.predict(np.ones((3,) + model.input_shape, np.float32)).shape == (3, 2)
+
+    class Loss(fm.losses.MeanSquaredError):      # probabilities of its own: layer by layer
+        def probabilities(self, be, out, logits):
+            be.act_forward(out, logits, 4, 0.0)
+    model = fm.Sequential([fm.Dense(4, 2)], loss=Loss())
+    assert DenseChain.plan(model) is None
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(model.predict(x), 1 / (1 + np.exp(-(x @ model.get_weights()[0]))), rtol=1e-6)
+
+
+@needs_chain
+def test_a_changed_loss_is_seen():
+    model = _model("relu", "softmax_crossentropy", "float64")
+    x = np.random.default_rng(2).standard_normal((5, 13))
+    model.loss = fm.losses.get_loss("mse")
+    np.testing.assert_allclose(model.predict(x), _reference(model, "relu", "mse", x), rtol=1e-12)
+
+
+def test_row_blocks_are_whole_multiples_of_eight_rows():
+    for n in range(1, 300):
+        for threads in (1, 2, 3, 4):
+            e = dense_chain.row_edges(n, threads)
+            assert e[0] == 0 and e[-1] == n and np.all(np.diff(e) > 0)
+            assert np.all(e[1:-1] % dense_chain.ALIGN == 0)
+            assert len(e) - 1 == max(1, min(threads, n // dense_chain.ALIGN))
+
+
+@needs_chain
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_parallel_and_serial_blocks_give_the_same_bits(dtype):
+    model = fm.Sequential([fm.Dense(300, 128, activation="relu"), fm.Dense(128, 10)],
+                          loss="softmax_crossentropy", dtype=dtype, seed=3)
+    chain = model._dense_chain
+    x = np.random.default_rng(3).standard_normal((257, 300)).astype(dtype)
+    from fastmlp.backend.cpu import blas_threads
+    blas_threads.hold()
+    try:
+        outs = []
+        for parallel in (False, True, False, True):
+            out = np.empty((257, 10), dtype)
+            dense_chain.dense_chain_forward(out, x, chain.ws, chain.bs, chain.codes, chain.alphas, chain.final,
+                                            chain._scratch(257), dense_chain.row_edges(257, 4), parallel)
+            outs.append(out)
+    finally:
+        blas_threads.release()
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+
+
+@needs_chain
+def test_inputs_are_checked_and_converted():
+    model = _model("relu", "softmax_crossentropy", "float32")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20, 13)).astype(np.float32)
+    p = model.predict(x)
+    np.testing.assert_array_equal(model.predict(x.astype(np.float64)), p)     # converted once
+    np.testing.assert_array_equal(model.predict(x.tolist()), p)
+    wide = np.zeros((20, 26), np.float32)
+    wide[:, ::2] = x
+    np.testing.assert_array_equal(model.predict(wide[:, ::2]), p)              # not contiguous
+    bad = x.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        model.predict(bad)
+    with pytest.raises(ValueError, match="13"):
+        model.predict(np.ones((2, 12), np.float32))
