@@ -2,10 +2,11 @@
 
 (a) ``mkdocs build --strict`` (the ``docs`` extra): a broken link, a missing page or a
     docstring mkdocstrings cannot render fails it.
-(b) Every fenced ``python`` block of docs/getting-started.md and docs/guides/*.md runs. The
-    blocks of one page run in order in one namespace, in a fresh folder whose ``../shared``
-    is the project's data folder's parent, so the pages' ``../shared/data/...`` paths work
-    and the files they write land in a temporary folder. A block right after the line
+(b) Every fenced ``python`` block of README.md, docs/getting-started.md and docs/guides/*.md
+    runs (the Keras-habit and PyTorch-habit scripts of the training guide among them). The
+    blocks of one page run in order in one namespace, in a fresh folder beside a ``shared``
+    link to the project's data folder, so the pages' ``../shared/data/...`` paths work and
+    the files they write land in a temporary folder. A block right after the line
     ``<!-- docs-test: skip (reason) -->`` is shown but not run (a GPU-only block, say); the
     reason must be given.
 """
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = [DOCS / "getting-started.md"] + sorted((DOCS / "guides").glob("*.md"))
+PAGES = [ROOT / "README.md", DOCS / "getting-started.md"] + sorted((DOCS / "guides").glob("*.md"))
 SKIP = re.compile(r"<!-- docs-test: skip \((?P<reason>[^)]+)\) -->\s*$")
 # a page whose code holds one of these strings needs that module (from that extra): it is
 # skipped with the reason where the module is missing
@@ -54,7 +55,7 @@ def test_skip_marker_needs_a_reason():
     assert python_blocks(page) == [(2, "b = 2\n", None)]    # no reason: the block runs
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_page_has_code_that_runs(page):
     blocks = python_blocks(page.read_text(encoding="utf-8"))
     assert any(skip is None for _, _, skip in blocks), f"{page}: no python block is run"
@@ -92,7 +93,7 @@ def docs_workdir(tmp_path, monkeypatch):
     return work
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_page_code_runs(page, docs_workdir):
     text = page.read_text(encoding="utf-8")
     if "../shared/data" in text and not (docs_workdir.parent / "shared" / "data").is_dir():
