@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", DOCS / "getting-started.md"] + sorted((DOCS / "guides").glob("*.md"))
 SKIP = re.compile(r"<!-- docs-test: skip \((?P<reason>[^)]+)\) -->\s*$")
+# the public modules with a page of their own in the API reference (docs/api/<module>.md)
+API_MODULES = ("layers", "conv", "pooling", "normalization", "losses", "optimizers", "schedules", "callbacks",
+               "data", "preprocessing", "augment", "plot", "gradcheck", "sklearn", "export_onnx", "distributed",
+               "sweep")
 # a page whose code holds one of these strings needs that module (from that extra): it is
 # skipped with the reason where the module is missing
 NEEDS = {"import plot": ("matplotlib", "plot"), "fastmlp.plot": ("matplotlib", "plot"),
@@ -131,6 +135,11 @@ def test_mkdocs_build_strict(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     print(r.stderr[-3000:])
     assert r.returncode == 0, f"mkdocs build --strict failed:\n{r.stdout}\n{r.stderr}"
-    assert (tmp_path / "site" / "api" / "layers" / "index.html").is_file()
-    layers = (tmp_path / "site" / "api" / "layers" / "index.html").read_text(encoding="utf-8")
-    assert 'id="fastmlp.layers.Dense"' in layers       # the reference came from the docstrings
+    site = tmp_path / "site"
+    top = (site / "api" / "index.html").read_text(encoding="utf-8")
+    assert 'id="fastmlp.model.Sequential.fit"' in top        # the reference came from the docstrings
+    for module in API_MODULES:
+        page = (site / "api" / module / "index.html").read_text(encoding="utf-8")
+        assert f'id="fastmlp.{module}"' in page, f"docs/api/{module}.md renders no fastmlp.{module}"
+    layers = (site / "api" / "layers" / "index.html").read_text(encoding="utf-8")
+    assert 'id="fastmlp.layers.Dense"' in layers
