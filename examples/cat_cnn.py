@@ -12,7 +12,7 @@ scaled to [0, 1] and laid out NCHW.
 With ``--val F`` a stratified fraction F of the 209 training images (drawn
 with ``--seed``) is held out: the model trains on the rest and reports the
 validation accuracy every epoch (this is how the configuration and the epoch
-count were chosen; see the README). Without it (the default), it trains on all
+count were chosen; see docs/write-ups.md). Without it (the default), it trains on all
 209 images for ``--epochs`` epochs.
 
     python examples/cat_cnn.py [--data DIR] [--epochs 100] [--seed 1] [--val 0.2]

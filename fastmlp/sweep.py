@@ -485,16 +485,18 @@ def plot_sweep(rows, path):
 def load_toml(path):
     """{"configs", "base", "seeds", "out", "workers", "scheduler"} from a sweep file:
 
-        seeds = [0, 1, 2]            # optional, default [0]
-        out = "sweep-out"            # optional (the folder of results; relative to the file)
-        [base]                       # every configuration starts from these
-        data = "shapes"
-        epochs = 5
-        [grid]                       # every combination of these lists ...
-        lr = [1e-3, 3e-3]
-        [[config]]                   # ... and/or configurations one by one
-        name = "tanh"
-        activation = "tanh"
+    ```toml
+    seeds = [0, 1, 2]            # optional, default [0]
+    out = "sweep-out"            # optional (the folder of results; relative to the file)
+    [base]                       # every configuration starts from these
+    data = "shapes"
+    epochs = 5
+    [grid]                       # every combination of these lists ...
+    lr = [1e-3, 3e-3]
+    [[config]]                   # ... and/or configurations one by one
+    name = "tanh"
+    activation = "tanh"
+    ```
     """
     import tomllib
     path = Path(path)

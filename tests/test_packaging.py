@@ -52,3 +52,34 @@ def test_wheel_works_outside_source_tree(wheel, tmp_path):
                         "p = c.kernels_dir(); print(p); assert 'site' in str(p); c.source('conv')"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def _extra_requirements(extras, name, seen=None):
+    """The requirement names of extra ``name``, its self-references (fastmlp[a,b]) followed."""
+    import re
+    seen = set() if seen is None else seen
+    if name in seen:
+        return set()
+    seen.add(name)
+    out = set()
+    for req in extras[name]:
+        m = re.match(r"fastmlp\[([^\]]+)\]", req)
+        if m:
+            for inner in m.group(1).split(","):
+                out |= _extra_requirements(extras, inner.strip(), seen)
+        else:
+            out.add(re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower())
+    return out
+
+
+def test_dev_extra_pulls_no_cuda_wheels_and_includes_docs():
+    import tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    dev = _extra_requirements(extras, "dev")
+    print(sorted(dev))
+    cuda = sorted(r for r in dev if r.startswith(("cuda", "nvidia", "cupy")))
+    assert not cuda, f"the dev extra pulls CUDA wheels {cuda}; they belong in kernels-check or cuda12/13"
+    assert {"mkdocs", "mkdocs-material", "mkdocstrings"} <= dev
+    assert {"cuda-bindings", "nvidia-cuda-nvrtc"} <= _extra_requirements(extras, "kernels-check")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install -e ".[dev,kernels-check]"' in ci           # CI still compiles with NVRTC
