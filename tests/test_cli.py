@@ -76,8 +76,10 @@ def test_evaluate_and_predict_a_saved_model(shapes_run, capsys, tmp_path):
         Image.fromarray((X[i] * 255).astype(np.uint8)).save(paths[-1])
     rc, stdout, err = run(capsys, "predict", out / "model.fmlp", *paths)
     assert rc == 0, err
-    lines = stdout.strip().splitlines()
-    assert len(lines) == 4
+    *lines, last = stdout.strip().splitlines()     # a line per image, then the key=value line
+    assert len(lines) == 4 and last.startswith("n=4 predicted=")
+    assert last.split("predicted=")[1].split(",") == [ln.split(": ", 1)[1].split(" (p=")[0] for ln in lines]
+    assert err.count("resized from 40x40 to 16x16") == 4   # converted as in training, and said so
     for line, p in zip(lines, paths):
         name, prob = line.split(": ", 1)[1].split(" (p=")
         assert line.startswith(str(p)) and name in classes and 0.25 <= float(prob.rstrip(")")) <= 1
