@@ -295,7 +295,7 @@ def _build(args, stack, input_shape, k):
     else:
         opt = fm.SGD(lr=args.lr or 0.01, momentum=args.momentum)
     model = fm.Sequential(layers, loss=lossfn, optimizer=opt, device=args.device, dtype=args.dtype,
-                          seed=args.seed)
+                          seed=args.seed, input_shape=tuple(input_shape))
     targets = "labels" if loss == "softmax" or outputs == 1 else "one_hot"
     return model, loss, targets
 
@@ -699,7 +699,8 @@ _Y_KEY_HELP = "HDF5: the dataset of the labels (default: found by name, e.g. tra
 
 
 def add_demo(sub):
-    d = sub.add_parser("demo", help="train on the built-in shapes (no download): accuracy and speed", description=_plain(cmd_demo.__doc__), formatter_class=_Formatter)
+    d = sub.add_parser("demo", help="train on the built-in shapes (no download): accuracy and speed",
+                       description=_plain(cmd_demo.__doc__), formatter_class=_Formatter)
     d.add_argument("--samples", type=_positive_int, default=8000, help="training images")
     d.add_argument("--test-samples", type=_positive_int, default=2000, help="test images (never trained on)")
     d.add_argument("--size", type=_side, default=28, help="image side in pixels")
