@@ -121,7 +121,7 @@ def test_bad_model_files_say_which_layer(tmp_path, capsys, text, fragment):
     assert rc == 1 and fragment in err
     assert not (tmp_path / "run").exists()                  # refused before anything was written
     rc, _, err = run(capsys, "train", "shapes", "--model", tmp_path / "none.toml")
-    assert rc == 1 and "expected 'mlp', 'cnn' or a TOML file" in err
+    assert rc == 1 and "expected 'auto', 'mlp', 'cnn' or a TOML file" in err
 
 
 def test_cnn_stack_matches_its_options():
