@@ -509,6 +509,8 @@ def _warn_conversion(path, img, size, mode):
         changes.append(f"colour ({img.mode}) converted to grayscale (the model was trained on grayscale images)")
     elif mode == "RGB" and grey:
         changes.append(f"grayscale ({img.mode}) repeated into 3 channels (the model was trained on colour images)")
+    if "A" in img.mode or "transparency" in img.info:
+        changes.append("transparency dropped")
     if img.size != size:
         how = f"resized from {img.size[0]}x{img.size[1]} to {size[0]}x{size[1]}"
         if img.size[0] * size[1] != img.size[1] * size[0]:

@@ -168,6 +168,10 @@ def test_predict_warns_when_a_photo_is_converted(tmp_path, capsys, rng):
     assert "colour (RGB) converted to grayscale" in warned[0]
     assert "resized from 20x30 to 12x12" in warned[0] and "aspect ratio differs" in warned[0]
     assert pairs(out)["n"] == "2"
+    Image.fromarray(rng.integers(0, 255, (12, 12, 4), dtype=np.uint8), mode="RGBA").save(tmp_path / "rgba.png")
+    rc, out, err = run(capsys, "predict", tmp_path / "run", tmp_path / "rgba.png")
+    assert rc == 0 and "colour (RGBA) converted to grayscale" in err and "transparency dropped" in err
+    assert "resized" not in err
     rc, _, err = run(capsys, "predict", tmp_path / "run", tmp_path / "photo.png", tmp_path / "grey.h5")
     assert rc == 1 and "is a data set: pass it alone" in err
 
