@@ -426,8 +426,8 @@ def cmd_train(args):
     if args.verbose and h.history.get("accuracy"):
         # fit's epoch accuracy and evaluate's are different measurements: say which is which
         during = "augmented batches, " if augment is not None else ""
-        print(f"train_acc={results['train']['accuracy']:.4f} is the final model evaluated on the training split; "
-              f"the last epoch's accuracy={h['accuracy'][-1]:.4f} is the running mean over that epoch's "
+        print(f"train_acc below ({results['train']['accuracy']:.4f}) is the final model evaluated on the training "
+              f"split; the last epoch's accuracy ({h['accuracy'][-1]:.4f}) is the running mean over that epoch's "
               f"{during}batches in training mode, while the weights were still changing (as Keras reports it)")
     line = [f"train_acc={results['train']['accuracy']:.4f}"]
     line += [f"{s}_acc={results[s]['accuracy']:.4f}" for s in ("val", "test") if s in results]

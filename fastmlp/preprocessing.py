@@ -53,6 +53,8 @@ def looks_like_raw_pixels(X):
     Reads a NumPy array or an on-disk array (h5py.Dataset: its first rows); anything else
     (a device array, a list) is not inspected and gives False."""
     if isinstance(X, np.ndarray):
+        if X.ndim == 0:   # not data: fit's own checks say so
+            return False
         rows = X[:RAW_PIXEL_ROWS]
     elif all(hasattr(X, a) for a in ("shape", "dtype", "__getitem__")) and len(X.shape) >= 1 \
             and not hasattr(X, "__cuda_array_interface__") and not hasattr(X, "__array_interface__"):
