@@ -43,7 +43,7 @@ def scale_to_unit(X):
     raise TypeError(f"expected uint8 or floating-point X, got dtype {X.dtype}")
 
 
-RAW_PIXEL_ROWS = 256   # rows of X that looks_like_raw_pixels reads
+RAW_PIXEL_ROWS = 64    # rows of X that looks_like_raw_pixels reads (one max over them for scaled data)
 
 
 def looks_like_raw_pixels(X):
