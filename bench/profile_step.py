@@ -61,9 +61,9 @@ def build(workload, batch):
 def steps_of(model, X, y, batch, steps):
     """fit() arguments that run ``steps`` optimizer steps."""
     if batch is None:
-        return dict(epochs=steps, batch_size=None)
+        return dict(epochs=steps, batch_size=None, verbose=0)
     per_epoch = X.shape[0] // batch
-    return dict(epochs=max(1, steps // per_epoch), batch_size=batch)
+    return dict(epochs=max(1, steps // per_epoch), batch_size=batch, verbose=0)
 
 
 def instrument():

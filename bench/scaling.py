@@ -80,7 +80,7 @@ def worker(args):
     out = {"size": comm.size, "threads": int(os.environ.get("NUMBA_NUM_THREADS", "0")), "batches": {}}
     for b in args.batches:
         m = model()
-        h = m.fit(X, y, epochs=args.epochs, batch_size=b, comm=comm if comm.size > 1 else None)
+        h = m.fit(X, y, epochs=args.epochs, batch_size=b, comm=comm if comm.size > 1 else None, verbose=0)
         row = {"samples_per_s": samples_per_s(h, TRAIN), "steps_per_epoch": -(-TRAIN // b)}
         row["step_s"] = 1.0 / row["samples_per_s"] * b
         if comm.size > 1:
@@ -99,8 +99,8 @@ def worker(args):
     if comm.size > 1:
         # validation: a 2-rank step against one process's on the same global batch
         single, dp = model(), model()
-        single.fit(X[:512], y[:512], epochs=1, batch_size=256, shuffle=False)
-        dp.fit(X[:512], y[:512], epochs=1, batch_size=256, shuffle=False, comm=comm)
+        single.fit(X[:512], y[:512], epochs=1, batch_size=256, shuffle=False, verbose=0)
+        dp.fit(X[:512], y[:512], epochs=1, batch_size=256, shuffle=False, comm=comm, verbose=0)
         a = np.concatenate([w.ravel() for w in dp.get_weights()])
         s = np.concatenate([w.ravel() for w in single.get_weights()])
         out["check_rel_err"] = float(np.max(np.abs(a - s)) / np.max(np.abs(s)))

@@ -25,7 +25,7 @@ X = np.random.default_rng(0).random((256, 784), dtype=np.float32)
 y = np.arange(256) % 10
 m = fm.Sequential([fm.Dense(784, 256), fm.ReLU(), fm.Dense(256, 256), fm.ReLU(), fm.Dense(256, 10)],
                   loss=fm.SoftmaxCrossEntropy(), optimizer=fm.SGD(0.1), seed=0)
-m.fit(X, y, epochs=1, batch_size=256)
+m.fit(X, y, epochs=1, batch_size=256, verbose=0)
 print(f"{t_import:.4f} {time.perf_counter() - t0:.4f}")
 """
 

@@ -43,9 +43,9 @@ else:   # the demo's network and data (python -m fastmlp demo)
                            fm.Dense(256, len(classes))], loss="softmax_crossentropy",
                           optimizer=fm.SGD(0.01, momentum=0.9), seed=0)
     batch, epochs = 64, 3
-model.fit(X, y, epochs=1, batch_size=batch)                 # warm-up: JIT, workspaces, threads
+model.fit(X, y, epochs=1, batch_size=batch, verbose=0)                 # warm-up: JIT, workspaces, threads
 t0 = time.perf_counter()
-h = model.fit(X, y, epochs=epochs, batch_size=batch)
+h = model.fit(X, y, epochs=epochs, batch_size=batch, verbose=0)
 seconds = time.perf_counter() - t0
 print(json.dumps({{"samples_per_s": len(X) * epochs / seconds, "threads": {{str(k): v for k, v in h.threads.items()}}}}))
 """

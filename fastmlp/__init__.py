@@ -18,6 +18,7 @@ from .model import Sequential, load_model
 from .sweep import sweep  # the function; grid, train_mlp, load_toml: from fastmlp.sweep import ...
 from .normalization import BatchNorm, Dropout
 from .optimizers import SGD, Adam, AdamW, RMSprop
+from .preprocessing import scale_to_unit
 from .pooling import AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
 from .version import __version__
 from . import distributed  # fm.distributed.init(); mpi4py is imported only under a launcher
@@ -30,5 +31,5 @@ __all__ = [
     "schedules", "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
     "ModelCheckpoint", "ReduceLROnPlateau", "CSVLogger", "LearningRateScheduler", "LambdaCallback",
     "gradcheck", "gradcheck_layer", "export_onnx", "devices", "Augment", "load_model", "compare", "sweep",
-    "distributed", "__version__",
+    "distributed", "scale_to_unit", "__version__",
 ]

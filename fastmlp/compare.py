@@ -193,7 +193,7 @@ def measure(model, batch_size, target_s=1.0, seed=0, min_calls=5):
     X = rng.random((n,) + tuple(model.input_shape), dtype=np.float32)
     y = rng.integers(0, model.output_shape[0], n)
     fwd = lambda: model.predict(X, batch_size=batch_size)  # noqa: E731
-    step = lambda: model.fit(X, y, epochs=1, batch_size=batch_size, shuffle=False)  # noqa: E731
+    step = lambda: model.fit(X, y, epochs=1, batch_size=batch_size, shuffle=False, verbose=0)  # noqa: E731
     fwd()
     step()     # warm-up: JIT, workspaces, BLAS threads
     return _median_rate(fwd, n, target_s, min_calls), _median_rate(step, n, target_s, min_calls)

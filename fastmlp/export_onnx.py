@@ -196,7 +196,7 @@ def _probabilities(model, ctx, logits):
         return ctx.node("Softmax", [logits], "probabilities", axis=1)
     if isinstance(loss, BinaryCrossEntropy):
         return ctx.node("Sigmoid", [logits], "probabilities")
-    if isinstance(loss, MeanSquaredError):
+    if loss is None or isinstance(loss, MeanSquaredError):   # predict's raw outputs
         return logits
     raise ValueError(f"ONNX export: expected a model whose loss is SoftmaxCrossEntropy, BinaryCrossEntropy "
                      f"or MeanSquaredError for output='probabilities', got {loss!r}; pass output='logits'")

@@ -60,8 +60,16 @@ class BinaryCrossEntropy(Loss):
         if y.ndim == 1 and n_outputs == 1:
             y = y.reshape(n, 1)
         if y.ndim != 2 or y.shape[1] != n_outputs:
-            raise ValueError(f"BinaryCrossEntropy: expected labels of shape (N,) or (N, {n_outputs}) "
-                             f"for {n_outputs} output(s), got {y.shape}")
+            if n_outputs == 1:
+                raise ValueError(f"BinaryCrossEntropy: expected labels of shape (N,) or (N, 1) for 1 output, "
+                                 f"got {y.shape}")
+            # several sigmoid outputs are independent yes/no answers (multi-label): one column each
+            hint = ""
+            if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
+                hint = ("; for one class per sample, end the model with Dense(..., 1) for BinaryCrossEntropy "
+                        f"or keep {n_outputs} outputs with SoftmaxCrossEntropy")
+            raise ValueError(f"BinaryCrossEntropy: expected labels of shape (N, {n_outputs}) for {n_outputs} "
+                             f"outputs (a 0/1 column per output, multi-label), got {y.shape}{hint}")
         if not np.all((y == 0) | (y == 1)):
             bad = np.unique(y[(y != 0) & (y != 1)])[:5]
             raise ValueError(f"BinaryCrossEntropy: expected labels 0 or 1, got values such as {bad.tolist()}")

@@ -14,6 +14,7 @@ They go through the methods here; none touches this class's private state.
 """
 import os
 import threading
+import warnings
 
 import numpy as np
 
@@ -23,15 +24,19 @@ from .batches import BatchBuffers, is_lazy_array, prepare_inputs, prepare_target
 from .fusion import plan_fusion
 from .inference import DenseChain
 from .layers import LAYERS, Dense, Layer
-from .losses import LOSSES, get_loss
+from .losses import LOSSES, MeanSquaredError, get_loss
 from .optimizers import OPTIMIZERS, SGD, get_optimizer
 from .params import FlatParameters
+from .preprocessing import looks_like_raw_pixels, raw_pixel_warning
 from .sample_weights import check_sample_weight
 from .training import Trainer
 from .validation import all_finite, check_batch_size, check_dtype, check_features, check_fits_dtype
 from .backend.workspaces import WorkspacePool
 
 EVAL_BATCH = 1024   # rows per forward pass of evaluate / predict when no batch_size is given
+# what predict and loss_and_grads use on a model built without a loss: the raw outputs,
+# differentiated through mean squared error
+_RAW_OUTPUTS = MeanSquaredError()
 
 
 class Sequential:
@@ -51,7 +56,8 @@ class Sequential:
         self.be = backends.get_backend(device)
         self.device = self.be.name
         self.layers = list(layers)
-        self.loss = get_loss(loss if loss is not None else "mse")
+        # no loss: predict and gradient checks work, fit and evaluate say which losses exist
+        self.loss = get_loss(loss) if loss is not None else None
         self.optimizer = get_optimizer(optimizer if optimizer is not None else SGD())
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         self.rng = np.random.default_rng(self.seed)
@@ -204,10 +210,20 @@ class Sequential:
         self.optimizer.step(self.be, self.flat)
 
     # ------------------------------------------------------------------ data in
-    def prepare(self, X, y=None, what="X"):
+    def require_loss(self, action):
+        """The model's loss; a ValueError naming the losses when it was built without one."""
+        if self.loss is None:
+            names = ", ".join(repr(k) for k in sorted(LOSSES))
+            raise ValueError(f"{action} needs a loss, and this model has none: pass loss= to Sequential, one of "
+                             f"{names}, or a Loss instance (fm.SoftmaxCrossEntropy() for classes 0..K-1 with K "
+                             "outputs, fm.BinaryCrossEntropy() for 0/1 labels with one output, "
+                             "fm.MeanSquaredError() for regression)")
+        return self.loss
+
+    def prepare(self, X, y=None, what="X", loss=None):
         """(X, targets) validated once and converted once to the model dtype on the device
         (fastmlp/batches.py); builds the model from X's shape if needed. An on-disk X
-        comes back as ``LazyRows``."""
+        comes back as ``LazyRows``. The targets are laid out for ``loss`` (default: the model's)."""
         values = True
         if not self.built:
             if len(getattr(X, "shape", ())) >= 2 and is_lazy_array(X):
@@ -218,12 +234,13 @@ class Sequential:
         X = prepare_inputs(self.be, X, self.input_shape, self.dtype, what, values)
         t = None
         if y is not None:
-            t = prepare_targets(self.be, self.loss, X, y, self.output_shape[0], self.dtype, what)
+            loss = loss if loss is not None else self.require_loss("training on targets")
+            t = prepare_targets(self.be, loss, X, y, self.output_shape[0], self.dtype, what)
         return X, t
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
-            validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None,
+            validation_split=0.0, callbacks=None, verbose="auto", test_data=None, augment=None,
             initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None, class_weight=None,
             sample_weight=None, comm=None):
         """Train; returns a ``History`` of per-epoch loss/accuracy (and val_*, test_*, lr).
@@ -247,7 +264,16 @@ class Sequential:
         then be (X, y, sample_weight).
         ``comm`` (``fm.distributed.init()``) trains data-parallel over its ranks, with
         ``batch_size`` the global batch (fastmlp/distributed/fit.py).
+        ``verbose`` as in Keras (fastmlp/progress.py): "auto" (a bar per epoch redrawn as the
+        batches run on a terminal, else a line per epoch), 0 silent, 1 bar, 2 a line per epoch.
+        An epoch's ``loss`` and ``accuracy`` are running means over its batches in training
+        mode (Dropout on, the weights changing), as Keras logs them; ``evaluate`` gives the
+        figures of the final weights. The model needs a loss (a ValueError lists them), and
+        X that looks like raw 0..255 pixels gets a warning pointing at ``fm.scale_to_unit``.
         The loop itself is fastmlp/training.py."""
+        self.require_loss("fit")
+        if looks_like_raw_pixels(X):   # before anything changes; once per place it is called from
+            warnings.warn(raw_pixel_warning(), UserWarning, stacklevel=2)
         entered = self._enter(training=True)
         try:
             kwargs = dict(epochs=epochs, batch_size=batch_size, shuffle=shuffle,
@@ -296,6 +322,7 @@ class Sequential:
         ``sample_weight`` (N,) weighs each sample's loss as in fit (the accuracy is not
         weighted, as Keras's metrics). Safe to call from several threads at once."""
         batch_size = check_batch_size(batch_size)
+        self.require_loss("evaluate")
         entered = self._enter(training=False)
         try:
             X, T = self.prepare(X, y)
@@ -308,7 +335,8 @@ class Sequential:
                 self._leave(training=False)
 
     def predict(self, X, batch_size=None):
-        """Probabilities (sigmoid / softmax; raw outputs for MSE) as a host NumPy array.
+        """Probabilities (sigmoid / softmax; raw outputs for MSE and for a model without a
+        loss) as a host NumPy array.
         Safe to call from several threads at once: each gets what the call gets alone."""
         batch_size = check_batch_size(batch_size)
         chain = self._dense_chain
@@ -344,13 +372,14 @@ class Sequential:
         n = X.shape[0]
         b = min(n, batch_size or EVAL_BATCH)
         out = np.empty((n,) + self.output_shape, dtype=self.dtype)
+        outputs = self.loss if self.loss is not None else _RAW_OUTPUTS
         for start in range(0, n, b):
             logits = self.forward(rows(be, X, start, start + b, self.dtype), False)
             if be.host_arrays:   # straight into the result
-                self.loss.probabilities(be, out[start:start + logits.shape[0]], logits)
+                outputs.probabilities(be, out[start:start + logits.shape[0]], logits)
             else:
                 probs = self._dlogits(logits.shape[0])
-                self.loss.probabilities(be, probs, logits)
+                outputs.probabilities(be, probs, logits)
                 out[start:start + b] = be.to_host(probs)
         return out
 
@@ -361,6 +390,8 @@ class Sequential:
     def loss_and_grads(self, X, y):
         """(loss, grads) at the current weights on the whole X as one batch, training mode,
         L1/L2 included; grads are host arrays aligned with ``get_weights()``. No update.
+        A model without a loss is differentiated through mean squared error against y (a
+        gradient check of its layers).
         Runs alone, as fit does (it writes the gradient buffers and the layers' state)."""
         entered = self._enter(training=True)
         try:
@@ -370,13 +401,14 @@ class Sequential:
                 self._leave(training=True)
 
     def _loss_and_grads(self, X, y):
-        X, T = self.prepare(X, y)
+        loss = self.loss if self.loss is not None else _RAW_OUTPUTS
+        X, T = self.prepare(X, y, loss=loss)
         be, flat = self.be, self.flat
         stats = be.zeros(2, np.float64)
         n = X.shape[0]
         logits = self.forward(rows(be, X, 0, n, self.dtype), True)
         dlogits = self._dlogits(n)
-        self.loss.forward_backward(be, dlogits, stats, logits, T, 1.0 / n)
+        loss.forward_backward(be, dlogits, stats, logits, T, 1.0 / n)
         self.backward(dlogits)
         if flat.has_reg:
             flat.add_reg_grad()
@@ -423,7 +455,7 @@ class Sequential:
         return {
             "layers": [_class_entry(layer, LAYERS, f"layer {i}") for i, layer in enumerate(self.layers)],
             "input_shape": list(self.input_shape),
-            "loss": _class_entry(self.loss, _by_class_name(LOSSES), "loss"),
+            "loss": None if self.loss is None else _class_entry(self.loss, _by_class_name(LOSSES), "loss"),
             "optimizer": opt,
             "dtype": np.dtype(self.dtype).name,
             "device": self.device,
@@ -446,7 +478,8 @@ class Sequential:
 
         layers = [make(e, LAYERS, f"layer {i}", lambda c, cfg: c.from_config(cfg))
                   for i, e in enumerate(config["layers"])]
-        loss = make(config["loss"], _by_class_name(LOSSES), "loss", lambda c, cfg: c(**cfg))
+        loss = None if config["loss"] is None else \
+            make(config["loss"], _by_class_name(LOSSES), "loss", lambda c, cfg: c(**cfg))
         opt = make(config["optimizer"], _by_class_name(OPTIMIZERS), "optimizer", lambda c, cfg: c(**cfg))
         try:
             model = cls(layers, loss=loss, optimizer=opt, device=device or config["device"],

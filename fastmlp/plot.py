@@ -7,8 +7,10 @@
 matplotlib is an extra (``pip install "fastmlp[plot]"``), imported only when a
 function here runs. Figures are drawn on matplotlib's Agg canvas directly,
 without pyplot, so the backend of a notebook or GUI session is left alone and
-no display is needed. Every file is written atomically (``fastmlp.io``): a
-failed call never leaves a half-written PNG. Each function returns the path.
+no display is needed. Every file is written atomically (``fastmlp.atomic``): a
+failed call never leaves a half-written PNG. Each function returns the path it
+wrote, or, called without a path, the matplotlib ``Figure`` (shown inline by a
+notebook; ``fig.savefig(...)`` writes it).
 
 Shape vocabulary: N images, H x W pixels, C channels, K classes.
 """
@@ -34,16 +36,37 @@ def _figure(**kw):
 
 
 def _save(fig, path, dpi):
+    """Write fig as a PNG at path (atomically) and return the path; without a path, return fig."""
+    if path is None:
+        fig.set_dpi(dpi)
+        return fig
     from .atomic import atomic_write
     return atomic_write(os.fspath(path), lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
+def _image_hwc(image_shape, features):
+    """(H, W, C) of flat images of ``features`` values, from image_shape (H, W) or (H, W, C)."""
+    shape = tuple(int(v) for v in image_shape)
+    if len(shape) == 2:
+        h, w = shape
+        if h < 1 or w < 1 or features % (h * w):
+            raise ValueError(f"expected F = H*W*C with image_shape={shape}, got F={features}")
+        return h, w, features // (h * w)
+    if len(shape) == 3:
+        if min(shape) < 1 or features != shape[0] * shape[1] * shape[2]:
+            raise ValueError(f"expected F = H*W*C = {int(np.prod(shape))} with image_shape={shape}, "
+                             f"got F={features}")
+        return shape
+    raise ValueError(f"expected image_shape (H, W) or (H, W, C), got {image_shape!r}")
 
 
 # ---------------------------------------------------------------------- history
 
 
-def history(h, path, title=None, dpi=100):
+def history(h, path=None, title=None, dpi=100):
     """Loss and accuracy per epoch, train / validation / test, from a ``History``
-    (or its ``.history`` dict). The best validation epoch is starred."""
+    (or its ``.history`` dict). The best validation epoch is starred. Returns the path,
+    or the ``Figure`` when no path is given."""
     hist = getattr(h, "history", h)
     if not isinstance(hist, dict):
         raise TypeError(f"expected a fastmlp History or a dict of per-epoch lists, got {type(h).__name__}")
@@ -84,18 +107,16 @@ def history(h, path, title=None, dpi=100):
 
 
 def _as_rgb(images, image_shape=None):
-    """(N, H, W, 3) float in [0, 1] from (N, H, W), (N, H, W, C), (N, C, H, W) or flat (N, F)."""
+    """(N, H, W, 3) float in [0, 1] from (N, H, W), (N, H, W, C), (N, C, H, W) or flat (N, F)
+    with image_shape (H, W) or (H, W, C)."""
     X = np.asarray(images)
     if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise TypeError(f"expected numeric images, got dtype {X.dtype}")
     if X.ndim == 2:
         if image_shape is None:
-            raise ValueError(f"expected images (N, H, W[, C]), or image_shape=(H, W) for flat "
-                             f"(N, F) images, got shape {X.shape}")
-        h, w = image_shape
-        if X.shape[1] % (h * w):
-            raise ValueError(f"expected F = H*W*C with image_shape={tuple(image_shape)}, got F={X.shape[1]}")
-        X = X.reshape(len(X), h, w, -1)
+            raise ValueError(f"expected images (N, H, W[, C]), or image_shape=(H, W) or (H, W, C) for "
+                             f"flat (N, F) images, got shape {X.shape}")
+        X = X.reshape(len(X), *_image_hwc(image_shape, X.shape[1]))
     elif X.ndim == 4 and X.shape[-1] not in (1, 3, 4) and X.shape[1] in (1, 3):
         X = X.transpose(0, 2, 3, 1)   # NCHW -> NHWC
     elif X.ndim not in (3, 4):
@@ -133,7 +154,7 @@ def _name(classes, k):
     return str(classes[k]) if classes is not None and 0 <= k < len(classes) else str(k)
 
 
-def gallery(images, y_true, y_pred, path, classes=None, image_shape=None, negative_class="auto",
+def gallery(images, y_true, y_pred, path=None, classes=None, image_shape=None, negative_class="auto",
             max_images=60, cols=None, title=None, dpi=100):
     """A grid of images with their predicted class, accuracy in the title.
 
@@ -142,7 +163,9 @@ def gallery(images, y_true, y_pred, path, classes=None, image_shape=None, negati
     class (true negatives, e.g. "non-cat") are dimmed so that the positives and
     the mistakes stand out. ``negative_class="auto"`` is 0 for two classes and
     none otherwise. ``y_pred`` may be class indices, one-hot rows or
-    probabilities ((N, K) argmax, or (N, 1) / (N,) sigmoid outputs > 0.5)."""
+    probabilities ((N, K) argmax, or (N, 1) / (N,) sigmoid outputs > 0.5). Flat (N, F)
+    images need ``image_shape`` (H, W) or (H, W, C). Returns the path, or the ``Figure``
+    when no path is given."""
     X = np.asarray(images)
     n = len(X)
     if n == 0:
@@ -195,10 +218,7 @@ def gallery(images, y_true, y_pred, path, classes=None, image_shape=None, negati
 def _image_stack(X, image_shape):
     """(N, H, W) grey levels of images, or None for plain feature vectors."""
     if X.ndim == 2 and image_shape is not None:
-        h, w = image_shape
-        if X.shape[1] % (h * w):
-            raise ValueError(f"expected F = H*W*C with image_shape={tuple(image_shape)}, got F={X.shape[1]}")
-        return X.reshape(len(X), h, w, -1).mean(axis=3)
+        return X.reshape(len(X), *_image_hwc(image_shape, X.shape[1])).mean(axis=3)
     if X.ndim == 3:
         return X
     if X.ndim == 4:
@@ -206,10 +226,12 @@ def _image_stack(X, image_shape):
     return None
 
 
-def dataset_stats(X, y, path, classes=None, image_shape=None, title=None, dpi=100, max_classes=10):
+def dataset_stats(X, y, path=None, classes=None, image_shape=None, title=None, dpi=100, max_classes=10):
     """Class distribution, pixel-intensity histogram (all pixels and per class) and
     per-class pixel variance: one map per class for images (where the classes
-    differ from image to image), a bar per class for plain features."""
+    differ from image to image), a bar per class for plain features. The default title
+    names the samples, the classes and the shape of a sample. Returns the path, or the
+    ``Figure`` when no path is given."""
     X = np.asarray(X)
     if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise TypeError(f"expected numeric X, got dtype {X.dtype}")
@@ -268,5 +290,16 @@ def dataset_stats(X, y, path, classes=None, image_shape=None, title=None, dpi=10
         ax.bar([names[c] for c in shown], means, color="tab:orange")
         ax.set_ylabel("mean variance per feature")
         ax.set_title("Per-class feature variance", fontsize=10)
-    fig.suptitle(title or "Data set", fontsize=12)
+    fig.suptitle(title or _describe(X, imgs, k, names), fontsize=12)
     return _save(fig, path, dpi)
+
+
+def _describe(X, imgs, k, names):
+    """The default title of dataset_stats: "209 samples of 64x64x3 images, 2 classes (non-cat, cat)"."""
+    if imgs is not None:
+        what = "x".join(map(str, X.shape[1:])) + " images" if X.ndim > 2 else \
+            "x".join(map(str, imgs.shape[1:])) + f" images ({X.shape[1]:,} features)"
+    else:
+        what = f"{X.shape[1]:,} features"
+    listed = ", ".join(names[:6]) + (", ..." if k > 6 else "")
+    return f"{len(X):,} samples of {what}, {k} classes ({listed})"

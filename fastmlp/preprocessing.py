@@ -43,6 +43,42 @@ def scale_to_unit(X):
     raise TypeError(f"expected uint8 or floating-point X, got dtype {X.dtype}")
 
 
+RAW_PIXEL_ROWS = 64    # rows of X that looks_like_raw_pixels reads (one max over them for scaled data)
+
+
+def looks_like_raw_pixels(X):
+    """Whether X looks like unscaled 8-bit pixels: uint8 with a value above 1, or any other
+    real dtype whose values (in the first RAW_PIXEL_ROWS rows) are all whole numbers in
+    0..255 with a maximum above 1.5. 0/1 masks and data already in [0, 1] do not count.
+    Reads a NumPy array or an on-disk array (h5py.Dataset: its first rows); anything else
+    (a device array, a list) is not inspected and gives False."""
+    if isinstance(X, np.ndarray):
+        if X.ndim == 0:   # not data: fit's own checks say so
+            return False
+        rows = X[:RAW_PIXEL_ROWS]
+    elif all(hasattr(X, a) for a in ("shape", "dtype", "__getitem__")) and len(X.shape) >= 1 \
+            and not hasattr(X, "__cuda_array_interface__") and not hasattr(X, "__array_interface__"):
+        try:
+            rows = np.asarray(X[:min(RAW_PIXEL_ROWS, int(X.shape[0]))])
+        except (TypeError, ValueError, IndexError):
+            return False
+    else:
+        return False
+    if rows.size == 0 or rows.dtype.kind not in "uif":
+        return False
+    top = rows.max()
+    if not top > 1.5 or top > 255 or rows.min() < 0:
+        return False
+    return rows.dtype == np.uint8 or rows.dtype.kind in "ui" or bool(np.all(rows == np.floor(rows)))
+
+
+def raw_pixel_warning(what="X"):
+    """The message of fit's warning for inputs that ``looks_like_raw_pixels``."""
+    return (f"{what} looks like raw 0..255 pixels (whole numbers up to 255); networks train badly on "
+            "them: scale to [0, 1] first with X = fastmlp.scale_to_unit(X) (uint8) or X / 255.0, and "
+            "predict on data scaled the same way")
+
+
 def _integer_labels(y, name="y"):
     # Labels read from CSV or MATLAB files are often float; accept them when exact.
     y = _as_array(y, name)

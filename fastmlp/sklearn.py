@@ -401,7 +401,7 @@ class _BaseMLP(BaseEstimator):
         rules = _EpochRules(self, n, b, val, incremental)
         try:
             model.fit(X, targets, epochs=1 if incremental else self.max_iter, batch_size=b,
-                      shuffle=bool(self.shuffle), callbacks=[rules])
+                      shuffle=bool(self.shuffle), callbacks=[rules], verbose=0)
         except NonFiniteLossError as e:
             self._sync_weights()
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain "

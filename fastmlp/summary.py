@@ -55,9 +55,10 @@ def summary(model, print_fn=print, batch_size=32):
     fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
     memory = _memory_line(model, batch_size) if model.built else \
         "Training memory: known once the input shape is (pass input_shape= or call fit/predict)"
+    loss = repr(model.loss) if model.loss is not None else "none (predict only; fit needs one)"
     text = "\n".join([fmt(rows[0]), line] + [fmt(r) for r in rows[1:]] + [
         line, f"Total params: {model.count_params():,}",
-        f"Loss: {model.loss!r}  Optimizer: {model.optimizer!r}  Device: {model.device}  "
+        f"Loss: {loss}  Optimizer: {model.optimizer!r}  Device: {model.device}  "
         f"dtype: {np.dtype(model.dtype).name}", memory])
     if print_fn is not None:
         print_fn(text)

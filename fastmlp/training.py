@@ -15,7 +15,6 @@ It goes through the model's public interface only: ``prepare``,
 ``position``, ``save``.
 """
 import math
-import sys
 import time
 
 import numpy as np
@@ -29,6 +28,7 @@ from .conv import Conv2D, Flatten, MaxPool2D
 from .layers import Activation, Dense, Layer
 from .normalization import BatchNorm
 from .optimizers import SGD, Adam, AdamW, RMSprop
+from .progress import Progress, resolve_verbose
 from .sample_weights import check_sample_weight, sample_weights
 from .validation import check_batch_size, check_count, check_real
 
@@ -40,7 +40,7 @@ class Trainer:
     """One call of ``fit``: arguments checked in the constructor (before any state changes)."""
 
     def __init__(self, model, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
-                 validation_split=0.0, callbacks=None, verbose=0, test_data=None, augment=None,
+                 validation_split=0.0, callbacks=None, verbose="auto", test_data=None, augment=None,
                  initial_epoch=0, checkpoint=None, checkpoint_every=1, resume=None, class_weight=None,
                  sample_weight=None, comm=None):
         self.model, self.be = model, model.be
@@ -49,8 +49,7 @@ class Trainer:
         self.checkpoint, self.checkpoint_every, self.resume, self.initial_epoch = check_checkpoint_args(
             checkpoint, checkpoint_every, resume, initial_epoch)
         validation_split = check_real("validation_split", validation_split, 0.0, 1.0, hi_open=True)
-        if verbose not in (0, 1, 2):
-            raise ValueError(f"expected verbose 0, 1 or 2, got {verbose!r}")
+        verbose = resolve_verbose(verbose)
         self.callbacks = list(callbacks or [])
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
@@ -121,7 +120,8 @@ class Trainer:
             start = resume_position(model, self.resume, n, b, self.shuffle)
             self.initial_epoch = start["epoch"]
         history = History()
-        self.progress = Progress(self.verbose, self.epochs, n)
+        self.progress = Progress(self.verbose, self.epochs, n, 1 if self.full_batch else -(-n // b))
+        self.tick = self.progress.tick   # None unless a bar is drawn (then a counter per step)
         cbs = [history] + self.callbacks + [self.progress]
         for cb in cbs:
             cb.set_model(model)
@@ -259,6 +259,8 @@ class Trainer:
                 pos["step"] = step + 1
                 if self.batch_end:
                     self._batch_end(step, idx.shape[0], first + idx.shape[0])
+                if self.tick is not None:
+                    self.tick(first + idx.shape[0])
                 self.guard.check()
         model.position = {"epoch": epoch + 1, "step": 0}
         s = be.to_host(stats)  # the one host read of the epoch
@@ -442,42 +444,3 @@ def _check_batch_statistics(layers, n, b):
                 raise ValueError(f"layer {i} ({layer!r}): expected at least 2 values per feature in every "
                                  f"training batch, got a batch of {smallest} sample(s) (N={n}, "
                                  f"batch_size={b}); choose a batch_size that does not leave 1 sample")
-
-
-class Progress(Callback):
-    """verbose=1: a tqdm bar on a terminal, else only the final line; verbose=2: a line per epoch."""
-
-    def __init__(self, verbose, epochs, n):
-        self.verbose, self.epochs, self.n = verbose, epochs, n
-        self.bar, self.last, self.closed = None, None, False
-
-    def on_train_begin(self, logs=None):
-        if self.verbose == 1 and sys.stdout.isatty():
-            try:
-                from tqdm.auto import tqdm
-                self.bar = tqdm(total=self.epochs, unit="epoch")
-            except ImportError:
-                pass
-
-    @staticmethod
-    def _fmt(epoch, logs, n):
-        parts = [f"{k}={v:.4g}" if k == "lr" else f"{k}={v:.4f}" for k, v in logs.items() if k != "seconds"]
-        sps = n / logs["seconds"] if logs["seconds"] > 0 else float("inf")
-        return f"epoch {epoch + 1}: " + " ".join(parts) + f" samples/s={sps:,.0f}"
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.last = (epoch, logs)
-        if self.verbose == 2:
-            print(self._fmt(epoch, logs, self.n), flush=True)
-        elif self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "seconds"})
-
-    def on_train_end(self, logs=None):
-        if self.closed:
-            return
-        self.closed = True
-        if self.bar is not None:
-            self.bar.close()
-        if self.verbose == 1 and self.last is not None:
-            print(self._fmt(*self.last, self.n), flush=True)

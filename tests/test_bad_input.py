@@ -136,6 +136,21 @@ def test_bce_labels_not_binary(labels, fragment, rng):
     _raises_unchanged(model3, lambda: model3.fit(X, np.zeros((5, 2))), ValueError, "expected", "(5, 2)")
 
 
+def test_bce_with_several_outputs_asks_for_one_column_per_output(rng):
+    # two sigmoid outputs are two yes/no answers: (N,) class labels do not fit, and the
+    # message must not offer (N,) as a layout it then refuses
+    model = _model("bce", k=2)
+    X = rng.standard_normal((100, 4))
+    msg = _raises_unchanged(model, lambda: model.fit(X, rng.integers(0, 2, 100)), ValueError,
+                            "expected labels of shape (N, 2) for 2 outputs", "got (100,)",
+                            "Dense(..., 1)", "SoftmaxCrossEntropy")
+    assert "(N,) or" not in msg
+    one = _model("bce", k=1)
+    _raises_unchanged(one, lambda: one.fit(X, np.zeros((100, 2))), ValueError,
+                      "expected labels of shape (N,) or (N, 1) for 1 output", "got (100, 2)")
+    model.fit(X, rng.integers(0, 2, (100, 2)), batch_size=50)   # the multi-label layout trains
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_x_and_y(bad, rng):
     model = _model()

@@ -174,5 +174,5 @@ def test_early_stopping_says_when_it_stopped_and_what_it_restored(capsys):
     assert len(h.epoch) == 3 and "Epoch 3: early stopping" in out
     assert "Restoring model weights from the end of the best epoch: 1" in out
     silent = fm.EarlyStopping(monitor="loss", mode="max", patience=2)
-    _model().fit(X, y, epochs=10, batch_size=8, callbacks=[silent])
+    _model().fit(X, y, epochs=10, batch_size=8, callbacks=[silent], verbose=0)   # fit's own lines off
     assert capsys.readouterr().out == ""

@@ -36,7 +36,7 @@ def shapes_run(tmp_path_factory):
     import io
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["train", "shapes", "--samples", "600", "--image-size", "16", "--hidden", "32",
+        rc = main(["train", "shapes", "--model", "mlp", "--samples", "600", "--image-size", "16", "--hidden", "32",
                    "--epochs", "4", "--batch-size", "32", "--lr", "0.003", "--rotate", "5", "--shift", "0.05",
                    "--early-stopping", "3", "--out", str(out), "--verbose", "0"])
     assert rc == 0, buf.getvalue()
@@ -76,8 +76,10 @@ def test_evaluate_and_predict_a_saved_model(shapes_run, capsys, tmp_path):
         Image.fromarray((X[i] * 255).astype(np.uint8)).save(paths[-1])
     rc, stdout, err = run(capsys, "predict", out / "model.fmlp", *paths)
     assert rc == 0, err
-    lines = stdout.strip().splitlines()
-    assert len(lines) == 4
+    *lines, last = stdout.strip().splitlines()     # a line per image, then the key=value line
+    assert len(lines) == 4 and last.startswith("n=4 predicted=")
+    assert last.split("predicted=")[1].split(",") == [ln.split(": ", 1)[1].split(" (p=")[0] for ln in lines]
+    assert err.count("resized from 40x40 to 16x16") == 4   # converted as in training, and said so
     for line, p in zip(lines, paths):
         name, prob = line.split(": ", 1)[1].split(" (p=")
         assert line.startswith(str(p)) and name in classes and 0.25 <= float(prob.rstrip(")")) <= 1
@@ -90,7 +92,7 @@ def test_train_on_h5_with_a_test_file_and_bce(tmp_path, capsys, rng):
     imgs[y == 1, 3:9, 3:9] = 220                           # class 1: a bright square
     save_images_to_h5(tmp_path / "train.h5", imgs[:48], y[:48], classes=["plain", "square"])
     save_images_to_h5(tmp_path / "test.h5", imgs[48:], y[48:], classes=["plain", "square"])
-    rc, stdout, err = run(capsys, "train", tmp_path / "train.h5", "--test-data", tmp_path / "test.h5",
+    rc, stdout, err = run(capsys, "train", tmp_path / "train.h5", "--model", "mlp", "--test-data", tmp_path / "test.h5",
                           "--hidden", "8", "--epochs", "15", "--batch-size", "full", "--optimizer", "sgd",
                           "--momentum", "0.9", "--lr", "0.05", "--l2", "1e-4", "--flip-h", "--standardize",
                           "--out", tmp_path / "run", "--verbose", "0")
@@ -111,15 +113,15 @@ def test_train_on_medmnist_npz(tmp_path, capsys, rng):
     splits = {"train": slice(0, 160), "val": slice(160, 200), "test": slice(200, 240)}
     np.savez(tmp_path / "toy.npz", **{f"{s}_images": X[i] for s, i in splits.items()},
              **{f"{s}_labels": y[i, None] for s, i in splits.items()})     # labels (N, 1), as MedMNIST
-    rc, stdout, err = run(capsys, "train", tmp_path / "toy.npz", "--hidden", "none", "--loss", "mse",
+    rc, stdout, err = run(capsys, "train", tmp_path / "toy.npz", "--model", "mlp", "--hidden", "none", "--loss", "mse",
                           "--epochs", "2", "--verbose", "0")
     assert rc == 0, err
     assert set(pairs(stdout)) == {"train_acc", "val_acc", "test_acc", "epochs", "seconds"}
 
 
 def test_train_on_mnist_t10k(data_dir, capsys):
-    rc, stdout, err = run(capsys, "train", data_dir / "mnist-t10k", "--max-samples", "500", "--hidden", "64",
-                          "--epochs", "1", "--verbose", "0")
+    rc, stdout, err = run(capsys, "train", data_dir / "mnist-t10k", "--model", "mlp", "--max-samples", "500",
+                          "--hidden", "64", "--epochs", "1", "--verbose", "0")
     assert rc == 0, err
     got = pairs(stdout)
     assert got["test_acc"] > 0.3 and set(got) == {"train_acc", "val_acc", "test_acc", "epochs", "seconds"}
@@ -203,8 +205,8 @@ def _interrupt_train(out, extra=()):
     import signal
     import time
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    argv = [sys.executable, "-m", "fastmlp", "train", "shapes", "--samples", "400", "--image-size", "12",
-            "--hidden", "16", "--batch-size", "16", "--epochs", "100000", "--verbose", "2",
+    argv = [sys.executable, "-m", "fastmlp", "train", "shapes", "--model", "mlp", "--samples", "400",
+            "--image-size", "12", "--hidden", "16", "--batch-size", "16", "--epochs", "100000", "--verbose", "2",
             "--out", str(out), *extra]
     p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

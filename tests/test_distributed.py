@@ -382,8 +382,8 @@ def test_sigkill_of_a_rank_ends_the_job_in_bounded_time_and_the_checkpoint_loads
 def test_cli_train_under_mpiexec_prints_once_and_writes_once(tmp_path):
     out = tmp_path / "run"
     t0 = time.monotonic()
-    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "fastmlp", "train", "shapes", "--samples", "300",
-                        "--image-size", "12", "--hidden", "16", "--epochs", "2", "--batch-size", "32",
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "fastmlp", "train", "shapes", "--model", "mlp",
+                        "--samples", "300", "--image-size", "12", "--hidden", "16", "--epochs", "2", "--batch-size", "32",
                         "--out", str(out)], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=240)
     print(f"{time.monotonic() - t0:.1f} s")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -396,8 +396,8 @@ def test_cli_train_under_mpiexec_prints_once_and_writes_once(tmp_path):
 def test_ctrl_c_under_mpiexec_stops_every_rank_after_the_same_step_and_resumes(tmp_path):
     import signal
     out = tmp_path / "run"
-    argv = [MPIEXEC, "-n", "2", sys.executable, "-m", "fastmlp", "train", "shapes", "--samples", "3000",
-            "--image-size", "16", "--hidden", "64", "--batch-size", "16", "--out", str(out)]
+    argv = [MPIEXEC, "-n", "2", sys.executable, "-m", "fastmlp", "train", "shapes", "--model", "mlp",
+            "--samples", "3000", "--image-size", "16", "--hidden", "64", "--batch-size", "16", "--out", str(out)]
     p = subprocess.Popen(argv + ["--epochs", "500"], cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:

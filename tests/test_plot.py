@@ -130,3 +130,51 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r'pip install "fastmlp\[plot\]"'):
         plot.history({"loss": [1.0]}, tmp_path / "x.png")
+
+
+def test_without_a_path_each_function_returns_the_figure(tmp_path):
+    # as in a notebook: plot.history(h) gives the Figure to show, and writes nothing
+    from matplotlib.figure import Figure
+    from fastmlp.data import make_shapes
+    h = {"loss": [1.0, 0.6, 0.4], "accuracy": [0.5, 0.7, 0.8]}
+    fig = plot.history(h)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy"]
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), h["loss"])
+    X, y, classes = make_shapes(12, size=8, seed=0)
+    assert isinstance(plot.gallery(X, y, y, classes=classes), Figure)
+    assert isinstance(plot.dataset_stats(X, y, classes=classes), Figure)
+    fig.savefig(tmp_path / "c.png", format="png")
+    read_png(tmp_path / "c.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png"]
+
+
+def test_flat_colour_images_take_an_image_shape_with_channels(tmp_path, rng):
+    # flat (N, 64*64*3) rows, as the cat files are fed to an MLP, shown with image_shape=(64, 64, 3)
+    X = rng.integers(0, 256, (5, 64 * 64 * 3), dtype=np.uint8)
+    X.reshape(5, 64, 64, 3)[0, :, :, 1:] = 0                  # image 0: pure red
+    y = np.array([1, 0, 1, 0, 1])
+    img = read_png(plot.gallery(X, y, y, tmp_path / "g.png", image_shape=(64, 64, 3), cols=5, dpi=60))
+    first = _tile_colours(img, 5)[0]
+    print("first tile:", first)
+    assert first[0] > 0.4 and first[1] < 0.1 and first[2] < 0.1      # the channels landed as channels
+    from matplotlib.figure import Figure
+    stats = plot.dataset_stats(X, y, image_shape=(64, 64, 3))
+    assert isinstance(stats, Figure) and stats.axes[2].images[0].get_array().shape == (64, 64)
+    for bad in ((64, 64, 4), (64,), (32, 32, 3)):
+        with pytest.raises(ValueError, match="image_shape"):
+            plot.gallery(X, y, y, tmp_path / "bad.png", image_shape=bad)
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_dataset_stats_default_title_describes_the_data():
+    from fastmlp.data import make_shapes
+    X, y, classes = make_shapes(40, size=16, seed=0)
+    fig = plot.dataset_stats(X, y, classes=classes)
+    title = fig._suptitle.get_text()
+    print("title:", title)
+    assert title.startswith("40 samples of 16x16 images, ")
+    assert f"{len(classes)} classes ({classes[0]}, {classes[1]}" in title
+    flat = plot.dataset_stats(np.zeros((9, 7)), np.arange(9) % 3)
+    assert flat._suptitle.get_text() == "9 samples of 7 features, 3 classes (0, 1, 2)"
+    assert plot.dataset_stats(X, y, title="mine")._suptitle.get_text() == "mine"

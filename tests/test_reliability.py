@@ -825,7 +825,7 @@ X = r.standard_normal((768, 32)).astype(np.float32)
 y = r.integers(0, 10, 768)
 model = fm.Sequential([fm.Dense(32, 4096), fm.ReLU(), fm.BatchNorm(4096), fm.Dropout(0.3),
                        fm.Dense(4096, 10)], loss="softmax_crossentropy", optimizer=fm.Adam(1e-3), seed=7)
-h = model.fit(X, y, epochs=2, batch_size=256)        # 256 x 4096: the parallel kernels run
+h = model.fit(X, y, epochs=2, batch_size=256, verbose=0)   # 256 x 4096: the parallel kernels run
 digest = hashlib.sha256()
 for w in model.get_weights():
     digest.update(w.tobytes())
