@@ -615,7 +615,7 @@ def cmd_info(args):
     print(f"numpy {np.__version__}  numba {numba.__version__}")
     print("extras: " + "  ".join(f"{name} {_version(mod)}" for name, mod in
                                  (("cupy", "cupy"), ("matplotlib", "matplotlib"), ("pillow", "PIL"),
-                                  ("tqdm", "tqdm"))))
+                                  ("onnx", "onnx"), ("scikit-learn", "sklearn"), ("mpi4py", "mpi4py"))))
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():
