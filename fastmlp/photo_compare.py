@@ -108,6 +108,8 @@ def model_input(kind, X):
 def build(kind, classes=2, seed=0, device="cpu", recipe=None):
     """The ``kind`` model of ``recipe`` (default ``RECIPES[kind]``), softmax cross-entropy, Adam."""
     import fastmlp as fm
+    if kind not in MODELS:
+        raise ValueError(f"expected a model kind in {MODELS}, got {kind!r}")
     r = recipe or RECIPES[kind]
     layers = []
     if kind == "dense":
@@ -119,7 +121,7 @@ def build(kind, classes=2, seed=0, device="cpu", recipe=None):
                 layers.append(fm.Dropout(r["dropout"]))
             width = size
         layers.append(fm.Dense(width, classes, l2=r["l2"]))
-    elif kind == "cnn":
+    else:
         c = 1 if r["grayscale"] else 3
         shape = (c, r["side"], r["side"])
         for m in r["filters"]:
@@ -130,8 +132,6 @@ def build(kind, classes=2, seed=0, device="cpu", recipe=None):
         if r["dropout"]:
             layers.append(fm.Dropout(r["dropout"]))
         layers.append(fm.Dense(c, classes))
-    else:
-        raise ValueError(f"expected a model kind in {MODELS}, got {kind!r}")
     return fm.Sequential(layers, loss=fm.SoftmaxCrossEntropy(), optimizer=fm.Adam(lr=r["lr"]),
                          device=device, seed=seed, input_shape=shape)
 
@@ -221,13 +221,14 @@ def train(kind, data, seed=0, epochs=None, quick=False, device="cpu", targets=No
 # ---------------------------------------------------------------------- the comparison
 
 def compare_photos(root, models=MODELS, seeds=SEEDS, epochs=None, quick=False, device="cpu", cache=True,
-                   curves=None, gallery=None, log=None):
+                   curves=None, gallery=None, log=None, recipes=None):
     """Each model of ``models`` trained once per seed on the photos in ``root``; a JSON-ready dict:
     {"data", "split", "classes", "runs": [per model and seed], "summary": {model: means}}.
 
     ``curves``: a PNG of the loss / accuracy curves of the first seed's runs; ``gallery``:
     a PNG of 60 test photos (drawn with the first seed) under the first seed's CNN, its
-    mistakes tinted red with the true class."""
+    mistakes tinted red with the true class. ``recipes``: {kind: recipe dict} in place of
+    ``RECIPES``' entries."""
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
         raise ValueError(f"expected models from {MODELS}, got {list(models)}")
@@ -243,15 +244,16 @@ def compare_photos(root, models=MODELS, seeds=SEEDS, epochs=None, quick=False, d
     for kind in models:
         for seed in seeds:
             t0 = time.perf_counter()
-            data = load_photos(root, kind, seed, cache=cache)
+            recipe = (recipes or {}).get(kind) or RECIPES[kind]
+            data = load_photos(root, kind, seed, cache=cache, recipe=recipe)
             load_s = time.perf_counter() - t0
             if quick:
                 data = _quick(data)
             result.update(split=data["split"], classes=data["classes"])
-            result["models"][kind] = describe(kind, len(data["classes"]))
+            result["models"][kind] = describe(kind, len(data["classes"]), recipe)
             log(f"{kind}, seed {seed}: {len(data['train'][0])} training, {len(data['val'][0])} validation, "
                 f"{len(data['test'][0])} test photos (read in {load_s:.1f} s)")
-            run = train(kind, data, seed, epochs, quick, device, log=log)
+            run = train(kind, data, seed, epochs, quick, device, log=log, recipe=recipe)
             if seed == seeds[0]:
                 histories[kind] = run["history"]
                 if kind == "cnn" and gallery is not None:
@@ -356,6 +358,30 @@ def is_photo_folder(path):
         path = path / "train"
     return any(p.suffix.lower() in _IMAGE_EXTENSIONS for d in path.iterdir() if d.is_dir()
                for p in d.iterdir())
+
+
+def run_from_cli(args):
+    """``fastmlp compare --data PHOTOS``: the table, --json, --plot (the curves), --gallery, and the
+    closing key=value line."""
+    try:
+        seeds = tuple(int(t) for t in args.seeds.split(",") if t.strip())
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise ValueError(f"expected --seeds as comma-separated integers like 0,1,2, got {args.seeds!r}")
+    result = compare_photos(args.data, seeds=seeds, epochs=args.epochs, quick=args.quick, device=args.device,
+                            cache=not getattr(args, "no_cache", False), curves=args.plot,
+                            gallery=args.gallery, log=lambda line: print(line, flush=True))
+    print()
+    print(table(result))
+    for opt, what in (("json", "every figure"), ("plot", "the curves"), ("gallery", "the gallery")):
+        if getattr(args, opt):
+            if opt == "json":
+                from .compare import write_json
+                write_json(result, args.json)
+            print(f"wrote {getattr(args, opt)} ({what})")
+    print(key_values(result))
+    return 0
 
 
 __all__ = ["compare_photos", "train", "build", "load_photos", "model_input", "table", "key_values",
