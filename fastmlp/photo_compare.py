@@ -21,7 +21,7 @@ The models (``RECIPES``; see docs/dogs_vs_cats.md for how they were chosen):
   (padding 1), BatchNorm, ReLU, MaxPool 2] of 16, 32, 64, 128 filters, global
   average pooling, Dropout, Dense K; integer labels.
 
-Both train with Adam, random flips and shifts of each batch (``fm.Augment``)
+Both train with Adam, random flips and shifts of each batch (``Augment``)
 and a cosine learning-rate decay over the epochs; the epoch kept is the one
 with the best validation accuracy (``EarlyStopping(restore_best_weights)``, the
 earlier on ties); the test set is evaluated once, with those weights.
@@ -107,7 +107,13 @@ def model_input(kind, X):
 
 def build(kind, classes=2, seed=0, device="cpu", recipe=None):
     """The ``kind`` model of ``recipe`` (default ``RECIPES[kind]``), softmax cross-entropy, Adam."""
-    import fastmlp as fm
+    from .conv import Conv2D, MaxPool2D
+    from .layers import Dense, ReLU
+    from .losses import SoftmaxCrossEntropy
+    from .model import Sequential
+    from .normalization import BatchNorm, Dropout
+    from .optimizers import Adam
+    from .pooling import GlobalAveragePooling2D
     if kind not in MODELS:
         raise ValueError(f"expected a model kind in {MODELS}, got {kind!r}")
     r = recipe or RECIPES[kind]
@@ -116,42 +122,42 @@ def build(kind, classes=2, seed=0, device="cpu", recipe=None):
         width = r["side"] ** 2 * (1 if r["grayscale"] else 3)
         shape = (width,)
         for size in r["hidden"]:
-            layers += [fm.Dense(width, size, init="he", l2=r["l2"]), fm.ReLU()]
+            layers += [Dense(width, size, init="he", l2=r["l2"]), ReLU()]
             if r["dropout"]:
-                layers.append(fm.Dropout(r["dropout"]))
+                layers.append(Dropout(r["dropout"]))
             width = size
-        layers.append(fm.Dense(width, classes, l2=r["l2"]))
+        layers.append(Dense(width, classes, l2=r["l2"]))
     else:
         c = 1 if r["grayscale"] else 3
         shape = (c, r["side"], r["side"])
         for m in r["filters"]:
-            layers += [fm.Conv2D(c, m, 3, padding=1, init="he", l2=r["l2"]), fm.BatchNorm(m), fm.ReLU(),
-                       fm.MaxPool2D(2)]
+            layers += [Conv2D(c, m, 3, padding=1, init="he", l2=r["l2"]), BatchNorm(m), ReLU(),
+                       MaxPool2D(2)]
             c = m
-        layers.append(fm.GlobalAveragePooling2D())
+        layers.append(GlobalAveragePooling2D())
         if r["dropout"]:
-            layers.append(fm.Dropout(r["dropout"]))
-        layers.append(fm.Dense(c, classes))
-    return fm.Sequential(layers, loss=fm.SoftmaxCrossEntropy(), optimizer=fm.Adam(lr=r["lr"]),
+            layers.append(Dropout(r["dropout"]))
+        layers.append(Dense(c, classes))
+    return Sequential(layers, loss=SoftmaxCrossEntropy(), optimizer=Adam(lr=r["lr"]),
                          device=device, seed=seed, input_shape=shape)
 
 
 def augment(kind, recipe=None):
     """The recipe's random flips / shifts / rotations of each training batch, or None."""
-    import fastmlp as fm
+    from .augment import Augment
     r = recipe or RECIPES[kind]
     if not (r["flip"] or r["shift"] or r["rotate"]):
         return None
     image_shape = (r["side"], r["side"]) if kind == "dense" else None
-    return fm.Augment(flip_h=r["flip"], shift=r["shift"], rotate=r["rotate"], image_shape=image_shape)
+    return Augment(flip_h=r["flip"], shift=r["shift"], rotate=r["rotate"], image_shape=image_shape)
 
 
 def _callbacks(r, epochs, patience):
     """(early stopping on validation accuracy, batch timer, cosine decay of the rate)."""
-    import fastmlp as fm
+    from .callbacks import EarlyStopping, LearningRateScheduler
     lr = r["lr"]
-    stop = fm.EarlyStopping(monitor="val_accuracy", patience=patience, restore_best_weights=True)
-    cosine = fm.LearningRateScheduler(lambda epoch, _: max(lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs)),
+    stop = EarlyStopping(monitor="val_accuracy", patience=patience, restore_best_weights=True)
+    cosine = LearningRateScheduler(lambda epoch, _: max(lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs)),
                                                            lr * 1e-3))
     return stop, BatchTimer(), cosine
 
