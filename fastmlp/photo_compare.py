@@ -42,15 +42,15 @@ MODELS = ("dense", "cnn")
 VAL, TEST = 0.2, 0.2          # validation fraction of train/; test fraction of a folder without test/
 SEEDS = (0, 1, 2)
 
-# per model: input (side, grayscale), optimizer rate, epochs, quick epochs, batch, patience,
-# augmentation, the net's own sizes
+# per model: input (side, grayscale, per-photo standardisation), Adam's initial rate, epochs (quick:
+# a smoke test), batch, early-stopping patience, augmentation, the net's own sizes and regularisers
 RECIPES = {
-    "dense": {"side": 96, "grayscale": True, "lr": 1e-4, "epochs": 40, "quick_epochs": 2, "batch_size": 32,
-              "patience": 40, "flip": True, "shift": 0.1, "rotate": 0.0, "hidden": (256, 64),
-              "dropout": 0.0, "l2": 0.0},
-    "cnn": {"side": 64, "grayscale": False, "lr": 1e-3, "epochs": 25, "quick_epochs": 2, "batch_size": 32,
-            "patience": 25, "flip": True, "shift": 0.1, "rotate": 0.0, "filters": (16, 32, 64, 128),
-            "dropout": 0.3, "l2": 0.0},
+    "dense": {"side": 96, "grayscale": True, "standardize": "samples", "lr": 1e-4, "epochs": 30,
+              "quick_epochs": 2, "batch_size": 32, "patience": 30, "flip": True, "shift": 0.0, "rotate": 0.0,
+              "hidden": (256, 64), "dropout": 0.0, "l2": 0.0},
+    "cnn": {"side": 64, "grayscale": False, "standardize": None, "lr": 1e-3, "epochs": 20, "quick_epochs": 2,
+            "batch_size": 32, "patience": 20, "flip": True, "shift": 0.1, "rotate": 0.0,
+            "filters": (16, 32, 64, 128), "dropout": 0.3, "l2": 0.0},
 }
 
 
@@ -58,7 +58,8 @@ def describe(kind, classes=2, recipe=None):
     r = recipe or RECIPES[kind]
     if kind == "dense":
         sizes = " -> ".join(str(v) for v in (r["side"] ** 2, *r["hidden"], classes))
-        return (f"{r['side']}x{r['side']} grayscale flattened, Dense {sizes}, ReLU, softmax on one-hot labels"
+        std = ", each photo standardised" if r.get("standardize") == "samples" else ""
+        return (f"{r['side']}x{r['side']} grayscale flattened{std}, Dense {sizes}, ReLU, softmax on one-hot labels"
                 + (f", Dropout {r['dropout']}" if r["dropout"] else "") + (f", L2 {r['l2']:g}" if r["l2"] else ""))
     blocks = ", ".join(str(f) for f in r["filters"])
     return (f"{r['side']}x{r['side']} colour, [Conv 3x3 pad 1, BatchNorm, ReLU, MaxPool 2] x {len(r['filters'])} "
@@ -93,14 +94,20 @@ def load_photos(root, kind, seed=0, cache=True, progress=True, recipe=None, val=
     return {"train": (Xtr, ytr), "val": (Xv, yv), "test": held, "classes": d["classes"], "split": split}
 
 
-def model_input(kind, X):
-    """Loaded uint8 images -> the model's float32 input: (N, S*S) for dense, (N, C, S, S) for cnn."""
+def model_input(kind, X, recipe=None):
+    """Loaded uint8 images -> the model's float32 input: (N, S*S) for dense, (N, C, S, S) for cnn,
+    scaled to [0, 1]; then, where the recipe says ``standardize="samples"``, each photo to zero
+    mean and unit variance over its own pixels (``standardize_samples``)."""
+    from .preprocessing import standardize_samples
+    r = recipe or RECIPES[kind]
     X = np.asarray(X)
     if kind == "dense":
-        return np.ascontiguousarray(X.reshape(len(X), -1), dtype=np.float32) / np.float32(255)
+        X = np.ascontiguousarray(X.reshape(len(X), -1), dtype=np.float32) / np.float32(255)
+        return standardize_samples(X) if r.get("standardize") == "samples" else X
     if X.ndim == 3:
         X = X[..., None]
-    return np.ascontiguousarray(X.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+    X = np.ascontiguousarray(X.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+    return standardize_samples(X) if r.get("standardize") == "samples" else X
 
 
 # ---------------------------------------------------------------------- models
@@ -195,7 +202,7 @@ def train(kind, data, seed=0, epochs=None, quick=False, device="cpu", targets=No
 
     def prep(part):
         X, y = data[part]
-        return model_input(kind, X), (one_hot(y, k) if targets == "one_hot" else y)
+        return model_input(kind, X, r), (one_hot(y, k) if targets == "one_hot" else y)
     (X, T), val, test = prep("train"), prep("val"), prep("test")
     warm = build(kind, k, seed, device, r)       # JIT and workspaces, outside the timed run
     warm.fit(X[:2 * r["batch_size"]], T[:2 * r["batch_size"]], epochs=1, batch_size=r["batch_size"],
@@ -245,7 +252,7 @@ def compare_photos(root, models=MODELS, seeds=SEEDS, epochs=None, quick=False, d
     log = log or (lambda *a, **k: None)
     started = time.perf_counter()
     result = {"data": str(root), "quick": bool(quick), "device": device, "runs": [], "summary": {},
-              "models": {}}
+              "models": {}, "sgemm_gflops_start": sgemm_rate()}
     histories = {}
     for kind in models:
         for seed in seeds:
@@ -269,8 +276,23 @@ def compare_photos(root, models=MODELS, seeds=SEEDS, epochs=None, quick=False, d
         result["summary"][kind] = _summary([r for r in result["runs"] if r["model"] == kind])
     if curves is not None and histories:
         _curves(curves, histories, seeds[0])
+    result["sgemm_gflops_end"] = sgemm_rate()
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def sgemm_rate(n=512, seconds=0.2):
+    """GFLOP/s of NumPy's float32 n x n GEMM, the median of calls for about ``seconds``: the
+    machine's speed while the figures were measured (a shared machine's varies tenfold)."""
+    import statistics
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a
+    times, end = [], time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < end:
+        t0 = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def _quick(data):
@@ -334,7 +356,8 @@ def table(result):
                      f"{s['test_acc_mean']:.4f}", "-", "-", f"{s['train_seconds_mean']:.1f}",
                      f"{s['train_samples_per_s_mean']:,.0f}"))
     w = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [f"Dogs vs. Cats photos in {result['data']}; split: {result.get('split', '?')}"]
+    lines = [f"Dogs vs. Cats photos in {result['data']}; split: {result.get('split', '?')}; NumPy sgemm "
+             f"{result['sgemm_gflops_start']:.0f} GFLOP/s at the start, {result['sgemm_gflops_end']:.0f} at the end"]
     lines += [f"  {kind}: {text}" for kind, text in result["models"].items()]
     runs = {r["model"]: r for r in result["runs"]}
     lines += [f"  {kind} recipe: {r['recipe']}" for kind, r in runs.items()]
