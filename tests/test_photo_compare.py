@@ -146,3 +146,25 @@ def test_cli_train_on_a_given_split(split_folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and " n=20" in out                               # evaluate reads test/
     assert len(list((tmp_path / "cache" / "image-folders").glob("*.h5"))) == 2   # cached train/, test/
+
+
+def test_standardize_samples():
+    from fastmlp.preprocessing import standardize_samples
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (5, 4, 6)).astype(np.uint8)
+    X[3] = 77                                                      # a flat photo stays finite
+    Z = standardize_samples(X)
+    assert Z.shape == X.shape and Z.dtype == np.float32
+    flat = X.reshape(5, -1).astype(np.float64)
+    ref = (flat - flat.mean(1, keepdims=True)) / (flat.std(1, keepdims=True) + 1e-3)
+    err = np.abs(Z.reshape(5, -1) - ref).max()
+    print(f"max abs error against float64: {err:.2e}")
+    assert err < 1e-5 and np.all(Z[3] == 0)
+    # each photo alone: scaling one photo's brightness and contrast changes nothing
+    np.testing.assert_allclose(standardize_samples(X[:1] * 0.5 + 3.0)[0], Z[0], atol=1e-3)
+    bad = np.ones((2, 3), dtype=np.float32)
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        standardize_samples(bad)
+    with pytest.raises(ValueError, match=r"\(N, \.\.\.\)"):
+        standardize_samples(np.ones(3))
