@@ -15,14 +15,15 @@ image-folder cache (``load_image_folder(cache=...)``).
 The models (``RECIPES``; see docs/dogs_vs_cats.md for how they were chosen):
 
 - ``dense``: the write-up's network: 96 x 96 grayscale photos flattened to
-  9,216 values in [0, 1], Dense 256, ReLU, Dense 64, ReLU, Dense K, softmax
-  cross-entropy on one-hot labels.
+  9,216 values in [0, 1], each photo then standardised over its own pixels,
+  Dense 256, ReLU, Dense 64, ReLU, Dense K, softmax cross-entropy on one-hot
+  labels; random left-right flips of each batch.
 - ``cnn``: 64 x 64 colour photos, NCHW in [0, 1], four blocks [Conv 3x3
   (padding 1), BatchNorm, ReLU, MaxPool 2] of 16, 32, 64, 128 filters, global
-  average pooling, Dropout, Dense K; integer labels.
+  average pooling, Dropout, Dense K; integer labels; random flips and shifts
+  of each batch.
 
-Both train with Adam, random flips and shifts of each batch (``Augment``)
-and a cosine learning-rate decay over the epochs; the epoch kept is the one
+Both train with Adam and a cosine learning-rate decay over the epochs; the epoch kept is the one
 with the best validation accuracy (``EarlyStopping(restore_best_weights)``, the
 earlier on ties); the test set is evaluated once, with those weights.
 Training samples/s counts the training batches only (a callback times each
