@@ -165,15 +165,29 @@ def load_source(source, args, for_training=True):
             return {"train": None, "val": None, "test": (Xte, yte), "classes": classes, "kind": "mnist"}
         tr, va, _ = _split(Xtr, ytr, val, 0.0, seed)
         return {"train": tr, "val": va, "test": (Xte, yte), "classes": classes, "kind": "mnist"}
+    elif data.is_split_folder(path):   # the given split: ROOT/train/<class>/, ROOT/test/<class>/
+        size = args.image_size or 64
+        d = data.load_image_splits(path, size=(size, size), grayscale=not args.color, cache=_cache(args))
+        if not for_training:
+            return {"train": None, "val": None, "test": d["test"], "classes": d["classes"], "kind": "folder"}
+        tr, va, _ = _split(*d["train"], val, 0.0, seed)
+        return {"train": tr, "val": va, "test": d["test"], "classes": d["classes"], "kind": "folder"}
     else:
         size = args.image_size or 64
-        X, y, classes = data.load_image_folder(path, size=(size, size), grayscale=not args.color)
+        X, y, classes = data.load_image_folder(path, size=(size, size), grayscale=not args.color,
+                                               cache=_cache(args))
         kind = "folder"
     classes = classes or [str(i) for i in range(int(y.max()) + 1)]
     if not for_training:
         return {"train": None, "val": None, "test": (X, y), "classes": classes, "kind": kind}
     tr, va, te = _split(X, y, val, test, seed)
     return {"train": tr, "val": va, "test": te, "classes": classes, "kind": kind}
+
+
+def _cache(args):
+    """The image-folder cache argument of ``load_image_folder``: the user cache folder unless
+    --no-cache ($FASTMLP_CACHE_DIR moves it)."""
+    return not getattr(args, "no_cache", False)
 
 
 def _prepare(X, prep):
@@ -661,10 +675,13 @@ def cmd_compare(args):
     a second thread that waits for its core stalls a whole GEMM."""
     import fastmlp as fm
     from .compare import key_values, plot, table, write_json
-    for opt in ("json", "plot"):
+    for opt in ("json", "plot", "gallery"):
         target = getattr(args, opt)
         if target is not None and not Path(target).resolve().parent.is_dir():
             raise CommandError(f"--{opt}: folder not found for {target}")
+    from .photo_compare import is_photo_folder, run_from_cli
+    if args.data is not None and is_photo_folder(args.data):
+        return run_from_cli(args)
     result = fm.compare(sizes=args.sizes, device=args.device, batch_size=args.batch_size, data=args.data,
                         epochs=args.epochs, seed=args.seed, train=not args.no_train, quick=args.quick,
                         analytic_sizes=args.analytic_sizes,
@@ -737,6 +754,8 @@ def _add_data_options(p, seed=0, seed_help="model, splits and augmentation seed"
                    help="side of the square images: image folders are resized to it (default 64), "
                         "shapes are drawn at it (default 28)")
     p.add_argument("--color", action="store_true", help="image folders: keep RGB (default grayscale)")
+    p.add_argument("--no-cache", action="store_true", help="image folders: decode every photo (by default "
+                   "they are decoded once into $FASTMLP_CACHE_DIR, else ~/.cache/fastmlp)")
     p.add_argument("--samples", type=_positive_int, default=5000, help="shapes: images to draw")
     p.add_argument("--max-samples", type=_positive_int, default=None,
                    help="use only the first N samples, a quick run (default: all)")
@@ -870,8 +889,13 @@ def add_compare(sub):
     c.add_argument("--analytic-sizes", type=_sides, default="1000", metavar="S,S,...",
                    help="image sides given the analytic columns only")
     c.add_argument("--data", default=None, metavar="DIR",
-                   help="the MNIST t10k folder: train and test on it (first 8,000 / last 2,000); "
-                        "default: the built-in shapes, trained centred, tested shifted")
+                   help="the MNIST t10k folder: train and test on it (first 8,000 / last 2,000); a folder of "
+                        "photos (train/ and test/ of class sub-folders, e.g. dogs-vs-cats): the write-up's dense "
+                        "network against a small CNN over --seeds; default: the built-in shapes, trained "
+                        "centred, tested shifted")
+    c.add_argument("--seeds", default="0,1,2", metavar="S,S,...", help="photos: one run per model and seed")
+    c.add_argument("--gallery", default=None, metavar="FILE", help="photos: a PNG of test photos under the "
+                   "first seed's CNN, mistakes tinted red")
     c.add_argument("--epochs", type=_positive_int, default=None,
                    help="epochs of every trained model (default: per model, see fastmlp.compare.RECIPES)")
     c.add_argument("--batch-size", type=_positive_int, default=64)

@@ -12,10 +12,14 @@ import math
 import os
 import re
 import secrets
+import sys
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from . import image_cache
 
 # Dataset names treated as class names rather than images or labels.
 _CLASS_KEYS = ("list_classes", "classes")
@@ -454,7 +458,67 @@ def load_medmnist(path, split="train"):
 # ------------------------------------------------------------ image folders
 
 
-def load_image_folder(root, size=(96, 96), grayscale=True):
+def _image_files(root):
+    """(classes, [(path, class index)]): class sub-folders sorted by name, their JPG/PNG files
+    sorted by name, so that labels and order do not depend on the file system's listing."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = [(p, k) for k, name in enumerate(classes) for p in sorted((root / name).iterdir())
+             if p.is_file() and p.suffix.lower() in _IMAGE_EXTENSIONS]
+    return classes, files
+
+
+class _ReadProgress:
+    """'reading ROOT: i/N images' on stderr while a read runs longer than ``after`` seconds,
+    redrawn in place at most every 0.25 s (a new line each 10 % where stderr is not a terminal)."""
+
+    def __init__(self, root, total, after=1.0):
+        self.root, self.total, self.after = root, total, after
+        self.start = self.last = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+        self.step = max(1, total // 10)
+
+    def update(self, done):
+        now = time.perf_counter()
+        if now - self.start < self.after or done == self.total:
+            return
+        if self.tty and now - self.last < 0.25:
+            return
+        if not self.tty and done % self.step:
+            return
+        self.last, self.shown = now, True
+        end = "\r" if self.tty else "\n"
+        print(f"reading {self.root}: {done}/{self.total} images", end=end, file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.shown:
+            print(f"reading {self.root}: {self.total}/{self.total} images in "
+                  f"{time.perf_counter() - self.start:.1f} s", file=sys.stderr, flush=True)
+
+
+def _decode_files(files, root, size, grayscale, progress):
+    Image, ImageOps = _require_pillow()
+    shown = _ReadProgress(root, len(files)) if progress else None
+    images, labels, read, skipped = [], [], [], []
+    for i, (p, k) in enumerate(files):
+        try:
+            with Image.open(p) as img:
+                img = ImageOps.exif_transpose(img)  # phone photos store rotation in EXIF
+                images.append(_pil_to_array(img, Image, size, "L" if grayscale else "RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            skipped.append(f"{p} ({type(e).__name__})")
+            continue
+        labels.append(k)
+        read.append(p.relative_to(root).as_posix())
+        if shown:
+            shown.update(i + 1)
+    if shown:
+        shown.close()
+    X = np.stack(images) if images else None
+    return X, np.asarray(labels, dtype=np.int64), read, skipped
+
+
+def load_image_folder(root, size=(96, 96), grayscale=True, cache=None, progress=True):
     """Read a folder of class sub-folders of JPG/PNG files as ``(X, y, classes)``.
 
     Classes are the sub-folder names sorted, so indices do not depend on the
@@ -463,32 +527,69 @@ def load_image_folder(root, size=(96, 96), grayscale=True):
     values 0 .. 255. 8-bit images keep their values; 16-bit grayscale PNGs
     are scaled to 0 .. 255 (value / 257, rounded), not clipped.
     Unreadable files are skipped with one warning naming them, because one
-    corrupt photo in a scraped set should not stop training."""
-    Image, ImageOps = _require_pillow()
+    corrupt photo in a scraped set should not stop training.
+
+    ``cache``: None or False decodes every file; True keeps the decoded
+    arrays in an HDF5 file under the user cache folder ($FASTMLP_CACHE_DIR,
+    else ~/.cache/fastmlp), a path under that folder instead; the next call
+    with the same files (names, sizes, modification times), size and colour
+    mode reads that file and decodes nothing (fastmlp/image_cache.py).
+    ``progress``: a line on stderr while decoding takes more than a second."""
+    _require_pillow()
     size = _check_size(size)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    images, labels, skipped = [], [], []
-    for k, name in enumerate(classes):
-        for p in sorted((root / name).iterdir()):
-            if not p.is_file() or p.suffix.lower() not in _IMAGE_EXTENSIONS:
-                continue
-            try:
-                with Image.open(p) as img:
-                    img = ImageOps.exif_transpose(img)  # phone photos store rotation in EXIF
-                    images.append(_pil_to_array(img, Image, size, "L" if grayscale else "RGB"))
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                skipped.append(f"{p} ({type(e).__name__})")
-                continue
-            labels.append(k)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}", stacklevel=2)
-    if not images:
+    classes, files = _image_files(root)
+    path = key = None
+    if cache is not None and cache is not False:
+        path, key = image_cache.entry(image_cache.cache_folder(cache), root, [p for p, _ in files],
+                                      size, grayscale)
+        hit = image_cache.read(path, key, classes)
+        if hit is not None:
+            X, y, skipped = hit
+            _warn_skipped(skipped)
+            return X, y, classes
+    X, y, read, skipped = _decode_files(files, root, size, grayscale, progress)
+    _warn_skipped(skipped)
+    if X is None:
         raise ValueError(f"expected class sub-folders holding JPG/PNG images in {root}, "
                          f"got no readable images (sub-folders: {classes})")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+    if path is not None:
+        image_cache.write(path, key, X, y, classes, read, skipped)
+    return X, y, classes
+
+
+def _warn_skipped(skipped):
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}", stacklevel=3)
+
+
+def load_image_splits(root, size=(96, 96), grayscale=True, cache=None, progress=True):
+    """The given split of an image folder: ``{"train": (X, y), "test": (X, y) or None, "classes"}``.
+
+    ``root`` holding ``train/`` and ``test/`` folders of class sub-folders (the
+    Kaggle Dogs vs. Cats layout, ``train/cats``, ``train/dogs``, ``test/cats``,
+    ...) gives both splits, with the same classes; any other folder of class
+    sub-folders is all ``train`` (``test`` None: split it by fractions).
+    Arguments as for :func:`load_image_folder`, applied to each split."""
+    root = Path(root)
+    given = is_split_folder(root)
+    parts = ("train", "test") if given else (None,)
+    out = {"train": None, "test": None, "classes": None}
+    for part in parts:
+        X, y, classes = load_image_folder(root / part if part else root, size, grayscale, cache, progress)
+        if out["classes"] is not None and classes != out["classes"]:
+            raise ValueError(f"expected the same class sub-folders in {root / 'train'} and {root / 'test'}, "
+                             f"got {out['classes']} and {classes}")
+        out[part or "train"], out["classes"] = (X, y), classes
+    return out
+
+
+def is_split_folder(root):
+    """Whether ``root`` holds ``train/`` and ``test/`` folders (a given train / test split)."""
+    root = Path(root)
+    return (root / "train").is_dir() and (root / "test").is_dir()
 
 
 # ------------------------------------------------------------------- shapes

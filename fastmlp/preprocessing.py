@@ -194,6 +194,23 @@ class Standardizer:
         return f"Standardizer(mode={self.mode!r}, eps={self.eps!r})"
 
 
+def standardize_samples(X, eps=1e-3):
+    """Each sample to zero mean and unit variance over its own values (Keras's
+    ``samplewise_center`` with ``samplewise_std_normalization``): a photo's brightness
+    and contrast are taken out, and no statistic crosses from one sample to another,
+    so nothing is fitted. float32 ``(N, ...)``; ``eps`` keeps a flat sample finite."""
+    X = _as_array(X)
+    if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)) or X.ndim < 2:
+        raise ValueError(f"expected numeric samples of shape (N, ...), got shape {X.shape} dtype {X.dtype}")
+    _check_finite(X)
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"expected eps > 0, got {eps!r}")
+    flat = X.reshape(len(X), -1).astype(np.float32)
+    mean = flat.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    std = flat.std(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    return ((flat - mean) / (std + np.float32(eps))).reshape(X.shape)
+
+
 def shuffle(X, y, seed=0):
     """``(X, y)`` permuted together by ``np.random.default_rng(seed)``; new arrays."""
     X, y = _as_array(X), _as_array(y, "y")
