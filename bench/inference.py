@@ -235,6 +235,8 @@ def run_network(network, args, out, kv):
                 raise SystemExit(f"{network}: {name} disagrees with the reference by {err}")
         for name, why in skipped.items():
             out(f"  {name:12s} skipped: {why}")
+        if args.only:   # measured alone in this process: no other implementation's threads spin
+            impls = {n: impl for n, impl in impls.items() if n in args.only}
         for name, impl in impls.items():        # warm-up: JIT, workspaces, thread pools
             for b in BATCHES:
                 impl.predict(x[:b] if b <= len(x) else rng.random((b,) + shape, dtype=np.float32))
@@ -245,12 +247,13 @@ def run_network(network, args, out, kv):
             calls = args.calls if b < 256 else max(20, args.calls // 8)
             lat = latency(impls, xb, calls, args.rounds)
             cells = "".join(f"{lat[n][0]:>13.1f} / {lat[n][1]:>6.1f}" for n in impls)
-            ratios = " ".join(f"{n} {lat[n][0] / lat['fastmlp'][0]:.2f}x" for n in impls if n != "fastmlp")
+            ratios = " ".join(f"{n} {lat[n][0] / lat['fastmlp'][0]:.2f}x" for n in impls
+                              if n != "fastmlp" and "fastmlp" in lat)
             out(f"  {b:>6d}{cells}   {ratios}")
             for n in impls:
                 kv[f"{network}_{n}_b{b}_us"] = round(lat[n][0], 1)
                 kv[f"{network}_{n}_b{b}_p99_us"] = round(lat[n][1], 1)
-                if n != "fastmlp":
+                if n != "fastmlp" and "fastmlp" in lat:
                     kv[f"{network}_b{b}_vs_{n}"] = round(lat[n][0] / lat["fastmlp"][0], 2)
         out(f"\n{network}: throughput at batch 32, calls a second, {args.seconds:g} s per run, one shared "
             "model / session")
@@ -271,6 +274,10 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the calls are split into")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each throughput run")
     p.add_argument("--quick", action="store_true", help="200 calls, 0.5 s throughput runs")
+    p.add_argument("--only", type=lambda t: t.split(","), default=None,
+                   help="measure only these implementations (comma-separated), e.g. one per process: "
+                        "the thread pools of the others (OpenBLAS's, onnxruntime's, Numba's) then never "
+                        "spin beside it")
     args = p.parse_args(argv)
     if args.quick:
         args.calls, args.seconds = 200, 0.5
