@@ -17,7 +17,7 @@ can be controlled, holding does nothing.
 import threading
 
 _found = []              # [set_num_threads or None, the count found at start]
-_state = {"count": None, "holds": 0}
+_state = {"count": None, "holds": 0, "before": None}
 _lock = threading.Lock()
 
 
@@ -29,12 +29,21 @@ def _controller():
             found = ThreadpoolController().select(user_api="blas").lib_controllers
             ctl = found[0] if found else None
             setter = ctl.set_num_threads if ctl is not None else None
+            getter = ctl.get_num_threads if ctl is not None else None
             if ctl is not None and ctl.internal_api == "openblas":
-                setter = getattr(ctl, "_get_symbol", lambda name: None)("openblas_set_num_threads") or setter
-            _found.extend([setter, ctl.get_num_threads() if ctl is not None else 1])
+                symbol = getattr(ctl, "_get_symbol", lambda name: None)
+                setter = symbol("openblas_set_num_threads") or setter
+                getter = symbol("openblas_get_num_threads") or getter
+            _found.extend([setter, ctl.get_num_threads() if ctl is not None else 1, getter])
         except Exception:  # threadpoolctl missing or BLAS not introspectable
-            _found.extend([None, 1])
+            _found.extend([None, 1, None])
     return _found[0], _found[1]
+
+
+def use(set_threads, get_threads):
+    """Control BLAS through these functions (openblas.py's, typed, of NumPy's own OpenBLAS)."""
+    _controller()
+    _found[0], _found[2] = set_threads, get_threads
 
 
 def setter():
@@ -55,7 +64,9 @@ def set_count(n):
     set_threads, _ = _controller()
     with _lock:
         _state["count"] = n
-        if set_threads is not None and not _state["holds"]:
+        if _state["holds"]:
+            _state["before"] = n
+        elif set_threads is not None:
             set_threads(n)
 
 
@@ -65,18 +76,26 @@ def hold():
     with _lock:
         if _state["count"] is None:
             _state["count"] = start
-        if _state["holds"] == 0 and set_threads is not None and _state["count"] != 1:
+        if _state["holds"] == 0 and set_threads is not None:
+            _state["before"] = _current()      # what the last release puts back
             set_threads(1)
         _state["holds"] += 1
 
 
 def release():
-    """The end of a ``hold``: the last one puts back the chosen count."""
+    """The end of a ``hold``: the last one puts back the count BLAS had before the first
+    (or the one chosen meanwhile, set_count)."""
     set_threads, _ = _controller()
     with _lock:
         _state["holds"] -= 1
-        if _state["holds"] == 0 and set_threads is not None and _state["count"] != 1:
-            set_threads(_state["count"])
+        if _state["holds"] == 0 and set_threads is not None:
+            set_threads(_state["before"])
+
+
+def _current():
+    # BLAS's own thread count now, read from the library (the chosen one where it can't be)
+    get = _found[2] if len(_found) > 2 else None
+    return get() if get is not None else _state["count"]
 
 
 def held():

@@ -89,6 +89,8 @@ def _numpy_openblas():
 
 _found = _numpy_openblas()
 _sgemm, _dgemm, _set_threads, _get_threads = _found if _found is not None else (None,) * 4
+if _found is not None:
+    blas_threads.use(_set_threads, _get_threads)
 
 
 def available():
