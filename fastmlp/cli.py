@@ -646,7 +646,8 @@ def cmd_info(args):
     devs = fm.devices()
     print(f"devices: cpu=yes cuda={'yes' if devs['cuda'] else 'no'} ({devs['cuda_reason']})")
     from fastmlp.backend.cpu import thread_count as step_threads
-    print(f"cpu cores: {os.cpu_count()} ({step_threads.available_cores()} available to this process)")
+    from fastmlp.backend.cpu.cores import available_cores
+    print(f"cpu cores: {os.cpu_count()} ({available_cores()} available to this process)")
     try:
         print(f"training threads: {step_threads.policy()}")
     except ValueError as e:

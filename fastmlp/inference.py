@@ -28,7 +28,10 @@ _FINAL = {SoftmaxCrossEntropy: 1, BinaryCrossEntropy: 2, MeanSquaredError: 0}
 
 
 def _final_step(loss):
-    # the chain's last step for this loss, or None when its probabilities are its own
+    # the chain's last step for this loss, or None when its probabilities are its own (or
+    # there is no loss: predict then gives the raw outputs, the identity)
+    if loss is None:
+        return 0
     for cls, final in _FINAL.items():
         if type(loss).probabilities is cls.probabilities and isinstance(loss, cls):
             return final

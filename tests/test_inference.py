@@ -140,3 +140,12 @@ def test_inputs_are_checked_and_converted():
         model.predict(bad)
     with pytest.raises(ValueError, match="13"):
         model.predict(np.ones((2, 12), np.float32))
+
+
+@needs_chain
+def test_a_model_without_a_loss_predicts_its_raw_outputs_in_one_call():
+    model = fm.Sequential([fm.Dense(5, 7, activation="tanh"), fm.Dense(7, 3)], seed=0)
+    assert model._dense_chain is not None
+    x = np.random.default_rng(5).standard_normal((9, 5)).astype(np.float32)
+    w = model.get_weights()
+    np.testing.assert_allclose(model.predict(x), np.tanh(x @ w[0] + w[1]) @ w[2] + w[3], rtol=1e-5, atol=1e-6)
