@@ -43,7 +43,7 @@ class DenseChain:
 
     def __init__(self, model, dense, final):
         be = model.be
-        self.kernels = be.dense_chain
+        self.kernels = be.dense_chain_kernels()
         self.flat, self.loss = model.flat, model.loss
         self.dense = dense
         self.final = final
@@ -66,7 +66,7 @@ class DenseChain:
     def plan(cls, model):
         """The DenseChain of ``model``, or None when its layers, loss, device or BLAS can't take it."""
         be = model.be
-        if getattr(be, "dense_chain", None) is None:
+        if be.dense_chain_kernels() is None:
             return None
         if np.dtype(model.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
             return None

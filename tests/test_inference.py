@@ -9,7 +9,7 @@ from fastmlp.backend import cpu
 from fastmlp.backend.cpu import dense_chain
 from fastmlp.inference import DenseChain
 
-needs_chain = pytest.mark.skipif(cpu.dense_chain is None, reason="NumPy's OpenBLAS symbols were not found: "
+needs_chain = pytest.mark.skipif(cpu.dense_chain_kernels() is None, reason="NumPy's OpenBLAS symbols were not found: "
                                  "predict runs layer by layer (backend/cpu/openblas.py)")
 
 ACTS = {"relu": lambda z: np.maximum(z, 0), "leaky_relu": lambda z: np.where(z > 0, z, 0.01 * z),

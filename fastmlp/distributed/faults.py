@@ -16,7 +16,10 @@ calls MPI_Finalize does not end its peers. So:
   Open MPI does the same; tests/test_distributed.py measures it.
 """
 import sys
+import time
 import traceback
+
+FORWARD_S = 0.25   # seconds the launcher gets to forward the message before MPI_Abort
 
 
 def describe(comm, exc):
@@ -42,6 +45,9 @@ def report(comm, exc):
 def abort_on_error(comm, exc, code=1):
     """Print ``exc`` as this rank's failure and end the whole world (MPI_Abort)."""
     report(comm, exc)
+    # the launcher forwards this rank's output through a pipe; MPI_Abort at once can end
+    # the forwarding before the message is through (seen under load: an empty stderr)
+    time.sleep(FORWARD_S)
     comm.abort(code)
 
 

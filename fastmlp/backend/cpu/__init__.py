@@ -64,15 +64,18 @@ conv_chunk_bytes = 1 << 18
 # Whether conv_act_pool_forward / _backward run as one Numba kernel, a chunk per thread
 # (conv_act_pool.py); if not (NumPy's OpenBLAS not found), as the ops chunk after chunk.
 fused_conv_chunks = openblas.available()
-# An MLP predicts in one kernel call per batch (fastmlp/inference.py) through this module's
-# dense_chain_forward and row_edges; None where NumPy's OpenBLAS was not found.
-dense_chain = _dense_chain if openblas.available() else None
 
 
 def threads():
     # T: the threads a chunked kernel may run on, one scratch buffer each: the most a step
     # may use (cores.py), whatever count the step runs on now (thread_count.py)
     return max(numba.get_num_threads(), cores.most())
+
+
+def dense_chain_kernels():
+    # an MLP predicts in one kernel call per batch (fastmlp/inference.py) through
+    # dense_chain.py's dense_chain_forward and row_edges; None where NumPy's OpenBLAS was not found
+    return _dense_chain if openblas.available() else None
 
 
 def prediction_threads():

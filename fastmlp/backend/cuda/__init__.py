@@ -54,12 +54,14 @@ else:
     conv_chunk_bytes = None
     # no single chunked kernel here: conv_act_pool runs the ops chunk after chunk
     fused_conv_chunks = False
-    # no one-call MLP prediction (fastmlp/inference.py): predict runs the layers' ops
-    dense_chain = None
 
     def threads():
         # T: one scratch buffer for the kernels (the host thread launches them all)
         return 1
+
+    def dense_chain_kernels():
+        # no one-call MLP prediction (fastmlp/inference.py): predict runs the layers' ops
+        return None
 
     def prediction_threads():
         # one host thread launches a prediction's kernels
