@@ -101,18 +101,43 @@ def test_row_blocks_are_whole_multiples_of_eight_rows():
             assert len(e) - 1 == max(1, min(threads, n // dense_chain.ALIGN))
 
 
+def test_blocks_keep_to_their_own_scratch_spans():
+    # every layer of block t, whatever its width, stays inside block t's span of a scratch
+    # buffer, so blocks running at once never write what another block reads
+    for n in (16, 50, 64, 209):
+        for threads in (2, 3, 4):
+            edges = dense_chain.row_edges(n, threads)
+            for widest, widths in ((20, (20, 7, 5)), (256, (256, 256)), (9, (3, 9, 1, 9))):
+                for spare in (0, 5):          # a buffer kept from a larger batch is longer
+                    scratch = np.arange(n * widest + spare * n, dtype=np.float64)
+                    owned = []
+                    for lo, hi in zip(edges[:-1], edges[1:]):
+                        cells = set()
+                        for m in widths:
+                            span = dense_chain.block_span(scratch, n, lo, hi, m)
+                            assert span.shape == (hi - lo, m)
+                            cells.update(span.ravel().tolist())
+                        owned.append(cells)
+                    for a in range(len(owned)):
+                        for b in range(a + 1, len(owned)):
+                            assert not owned[a] & owned[b], (n, threads, widths)
+
+
 @needs_chain
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_parallel_and_serial_blocks_give_the_same_bits(dtype):
-    model = fm.Sequential([fm.Dense(300, 128, activation="relu"), fm.Dense(128, 10)],
-                          loss="softmax_crossentropy", dtype=dtype, seed=3)
+@pytest.mark.parametrize("widths", [(128,), (20, 7, 5)])
+def test_parallel_and_serial_blocks_give_the_same_bits(dtype, widths):
+    # (20, 7, 5): hidden layers of different widths share a scratch buffer (the cat model's)
+    sizes = (300,) + widths + (10,)
+    model = fm.Sequential([fm.Dense(a, b, activation="relu") for a, b in zip(sizes[:-2], sizes[1:-1])] +
+                          [fm.Dense(sizes[-2], sizes[-1])], loss="softmax_crossentropy", dtype=dtype, seed=3)
     chain = model._dense_chain
     x = np.random.default_rng(3).standard_normal((257, 300)).astype(dtype)
     from fastmlp.backend.cpu import blas_threads
     blas_threads.hold()
     try:
         outs = []
-        for parallel in (False, True, False, True):
+        for parallel in (False,) + (True, False) * 20:
             out = np.empty((257, 10), dtype)
             dense_chain.dense_chain_forward(out, x, chain.ws, chain.bs, chain.codes, chain.alphas, chain.final,
                                             chain._scratch(257), dense_chain.row_edges(257, 4), parallel)
@@ -121,6 +146,8 @@ def test_parallel_and_serial_blocks_give_the_same_bits(dtype):
         blas_threads.release()
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
+    np.testing.assert_allclose(outs[0], model._predict(x, None), rtol=1e-5 if dtype == "float32" else 1e-12,
+                               atol=1e-6 if dtype == "float32" else 1e-12)
 
 
 @needs_chain

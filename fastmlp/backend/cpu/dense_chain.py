@@ -9,9 +9,11 @@ thread, the serial twin runs the same blocks one after the other. A block's
 rows come out of the same GEMM calls either way, so a prediction gives the
 same bits whether it ran alone (parallel) or beside others (serial).
 
-Each block keeps its layer outputs in its own rows of two scratch buffers
-(one layer writes one while it reads the other); the last layer writes the
-result. The epilogues are the arithmetic of dense.bias_act_forward and
+Each block keeps its layer outputs in its own span of two scratch buffers
+(one layer writes one while it reads the other; ``block_span``: block rows
+lo .. hi own columns lo * W .. hi * W of each, W at least the widest hidden
+layer, so no block's layer of any width reaches another block's span); the
+last layer writes the result. The epilogues are the arithmetic of dense.bias_act_forward and
 loss.softmax_forward, so this path and the layer-by-layer one agree to the
 rounding of the GEMMs.
 """
@@ -42,11 +44,21 @@ def row_edges(n, threads):
     return np.array(edges, dtype=np.int64)
 
 
+@njit(inline="always", nogil=True)
+def block_span(scratch, n, lo, hi, m):
+    """The (hi - lo, m) layer output of rows lo .. hi of an n-row batch in one scratch buffer
+    (1-D, at least n * W long for W >= m): it starts at lo * W, W = len(scratch) // n, the
+    same for every layer, so blocks own disjoint spans whatever their layers' widths."""
+    w = scratch.size // n
+    return scratch[lo * w:lo * w + (hi - lo) * m].reshape((hi - lo, m))
+
+
 @njit(inline="always", nogil=True, error_model="numpy")
 def _block(out, x, ws, bs, codes, alphas, final, scratch, lo, hi, gemm):
     # rows lo .. hi of out = final(chain(x)); ws[l] (D, M) and bs[l] (M,) of layer l;
-    # scratch (2, >= N * widest hidden M): layer l writes rows lo .. hi of buffer l % 2
+    # scratch (2, >= N * widest hidden M): layer l writes this block's span of buffer l % 2
     rows = hi - lo
+    n = out.shape[0]
     a = x[lo:hi]
     last = len(ws) - 1
     for l in range(last + 1):
@@ -55,7 +67,7 @@ def _block(out, x, ws, bs, codes, alphas, final, scratch, lo, hi, gemm):
         if l == last:
             z = out[lo:hi]
         else:
-            z = scratch[l % 2, lo * m:hi * m].reshape((rows, m))
+            z = block_span(scratch[l % 2], n, lo, hi, m)
         gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, rows, m, d, 1.0, a.ctypes.data, d, w.ctypes.data, m, 0.0,
              z.ctypes.data, m)
         code, alpha = codes[l], alphas[l]
