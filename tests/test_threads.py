@@ -72,12 +72,24 @@ def _wide_cnn(seed=0):
     return model
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "p2", "wide_cnn"])
+def _narrowing(seed=0):
+    # the cat model's shape (hidden layers 20, 7, 5): hidden outputs of different widths share
+    # the one-call path's scratch buffers
+    sizes = (300, 20, 7, 5)
+    model = fm.Sequential([fm.Dense(a, b, activation="relu") for a, b in zip(sizes, sizes[1:])] +
+                          [fm.Dense(5, 1)], loss="binary_crossentropy", seed=seed)
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + 0.3 * rng.standard_normal(w.shape) for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "p2", "wide_cnn", "narrowing"])
 def test_concurrent_predictions_equal_sequential_ones(kind):
-    model = {"mlp": _mlp, "cnn": _cnn, "p2": _p2, "wide_cnn": _wide_cnn}[kind]()
+    model = {"mlp": _mlp, "cnn": _cnn, "p2": _p2, "wide_cnn": _wide_cnn, "narrowing": _narrowing}[kind]()
     rng = np.random.default_rng(1)
-    shape = {"mlp": (50,), "cnn": (2, 12, 12), "p2": (784,), "wide_cnn": (1, 28, 28)}[kind]
-    count, most = {"mlp": (2400, 300), "cnn": (320, 40), "p2": (600, 260), "wide_cnn": (120, 100)}[kind]
+    shape = {"mlp": (50,), "cnn": (2, 12, 12), "p2": (784,), "wide_cnn": (1, 28, 28), "narrowing": (300,)}[kind]
+    count, most = {"mlp": (2400, 300), "cnn": (320, 40), "p2": (600, 260), "wide_cnn": (120, 100),
+                   "narrowing": (600, 200)}[kind]
     inputs = [rng.standard_normal((int(n),) + shape).astype(np.float32) for n in rng.integers(1, most, count)]
     labels = [rng.integers(0, model.output_shape[0], len(x)) for x in inputs]
     calls = []
