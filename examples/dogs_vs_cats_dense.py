@@ -5,7 +5,9 @@ the Kaggle "Dogs vs. Cats" layout; classes are the sorted folder names),
 resized to 96 x 96 grayscale, flattened to 9,216 features, scaled to [0, 1]
 and standardised photo by photo (zero mean, unit variance: brightness and
 contrast taken out; ``--no-standardize`` keeps [0, 1]); labels are one-hot for a softmax output with cross-entropy; the
-network is the write-up's, 9216 -> 256 -> 64 -> 2 with ReLU.
+network is the write-up's, 9216 -> 256 -> 64 -> 2 with ReLU, with Dropout 0.3
+after each hidden layer (``--dropout``; chosen on the validation set, see
+docs/dogs_vs_cats.md).
 
 The split: a ROOT holding ``train/`` and ``test/`` (each of class sub-folders,
 as ../shared/data/dogs-vs-cats) is the given split: 80 % of ``train/`` trains,
