@@ -210,6 +210,25 @@ def _prepare(X, prep):
     return np.ascontiguousarray(X.reshape((n,) + shape), dtype=np.float32)
 
 
+def _check_resumed_preprocessing(out, then, now):
+    """Refuse to resume the run in ``out`` when its data or preprocessing (``then``, its
+    preprocess.json) differ from this command's (``now``), naming what differs. A run
+    written before CNNs came to the CLI has no "layout": its models took flat rows."""
+    then = {"layout": "flat", **then}
+    differ = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {_short(then.get(k))} in the run, {_short(now.get(k))} now" for k in differ)
+        hint = (" (--model auto trains a CNN on images: pass --model mlp to resume an MLP run)"
+                if "layout" in differ and now.get("layout") == "nchw" else "")
+        raise CommandError(f"--resume: the data or preprocessing differ from those of the run in {out} "
+                           f"({PREPROCESS_FILE}): {shown}{hint}; pass the arguments of the interrupted run")
+
+
+def _short(value, most=60):
+    text = json.dumps(value, default=float)
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
 def _targets(y, prep):
     from .preprocessing import one_hot
     return one_hot(y, len(prep["classes"])) if prep["targets"] == "one_hot" else y
@@ -399,10 +418,9 @@ def cmd_train(args):
         out.mkdir(parents=True, exist_ok=True)
         checkpoint = out / MODEL_FILE
         prep_text = json.dumps(prep, indent=1, default=float)
-        if args.resume and (out / PREPROCESS_FILE).is_file() and \
-                json.loads((out / PREPROCESS_FILE).read_text(encoding="utf-8")) != json.loads(prep_text):
-            raise CommandError(f"--resume: the data or preprocessing differ from those of the run in {out} "
-                               f"({PREPROCESS_FILE}); pass the arguments of the interrupted run")
+        if args.resume and (out / PREPROCESS_FILE).is_file():
+            _check_resumed_preprocessing(out, json.loads((out / PREPROCESS_FILE).read_text(encoding="utf-8")),
+                                         json.loads(prep_text))
         if root:
             _atomic_text(out / PREPROCESS_FILE, prep_text)
     t0 = time.perf_counter()

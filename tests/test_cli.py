@@ -269,3 +269,29 @@ def test_resume_needs_the_interrupted_runs_folder(tmp_path, capsys):
     assert rc == 1 and "--resume needs --out" in err
     rc, _, err = run(capsys, "train", "shapes", "--samples", "40", "--out", tmp_path, "--resume")
     assert rc == 1 and "nothing to resume" in err
+
+
+def test_resume_of_a_run_written_before_cnns_and_what_differs_is_named(tmp_path, capsys):
+    """A run folder written before the CLI trained CNNs has no "layout" in its preprocess.json:
+    it was refused as different data. Now it resumes as the flat-rows run it was, and a
+    command whose preprocessing really differs is refused with what differs."""
+    import json
+
+    import fastmlp as fm
+    out = tmp_path / "run"
+    base = ["train", "shapes", "--samples", "64", "--model", "mlp", "--hidden", "8", "--out", out]
+    rc, _, err = run(capsys, *base, "--epochs", "1")
+    assert rc == 0, err
+    prep_file = out / "preprocess.json"
+    prep = json.loads(prep_file.read_text())
+    assert prep.pop("layout") == "flat"
+    prep_file.write_text(json.dumps(prep))                  # as an older fastmlp wrote it
+    rc, _, err = run(capsys, *base, "--epochs", "2", "--resume")
+    assert rc == 0, err
+    assert fm.load_model(out / "model.fmlp").position["epoch"] == 2
+    cnn = ["train", "shapes", "--samples", "64", "--out", out, "--epochs", "3", "--resume"]   # auto: a CNN
+    rc, _, err = run(capsys, *cnn)
+    assert rc == 1
+    assert 'layout: "flat" in the run, "nchw" now' in err and "--model mlp" in err
+    rc, _, err = run(capsys, *base, "--epochs", "3", "--resume", "--standardize")
+    assert rc == 1 and "standardize: null in the run" in err and "--model mlp" not in err
