@@ -17,16 +17,15 @@ last layer writes the result. The epilogues are the arithmetic of dense.bias_act
 loss.softmax_forward, so this path and the layer-by-layer one agree to the
 rounding of the GEMMs.
 """
-import math
-
 import numpy as np
 from numba import njit, prange
 
-from . import activation, openblas
+from . import activation, loss, openblas
 from .. import codes as _codes
 from ..codes import SIGMOID
 from .activation import act_value
 from .jit import cover_dependencies, twins
+from .loss import softmax_row
 from .openblas import NO_TRANS, ROW_MAJOR
 
 OUT_IDENTITY, OUT_SOFTMAX, OUT_SIGMOID = 0, 1, 2   # what the chain's last step writes
@@ -77,17 +76,8 @@ def _block(out, x, ws, bs, codes, alphas, final, scratch, lo, hi, gemm):
         a = z
     m = out.shape[1]
     for i in range(lo, hi):
-        if final == OUT_SOFTMAX:       # loss.softmax_forward
-            mx = out[i, 0]
-            for j in range(1, m):
-                mx = max(mx, out[i, j])
-            s = 0.0
-            for j in range(m):
-                e = math.exp(out[i, j] - mx)
-                out[i, j] = e
-                s += e
-            for j in range(m):
-                out[i, j] = out[i, j] / s
+        if final == OUT_SOFTMAX:       # loss.softmax_forward's row, in place
+            softmax_row(out, out, i)
         elif final == OUT_SIGMOID:     # dense.act_forward with SIGMOID
             for j in range(m):
                 out[i, j] = act_value(out[i, j], SIGMOID, 0.0)
@@ -112,4 +102,4 @@ def dense_chain_forward(out, x, ws, bs, codes, alphas, final, scratch, edges, pa
     kernels(out, x, ws, bs, codes, alphas, final, scratch, edges, _GEMM[out.dtype.char])
 
 
-cover_dependencies(__name__, activation, openblas, _codes)
+cover_dependencies(__name__, activation, loss, openblas, _codes)

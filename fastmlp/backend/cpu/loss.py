@@ -11,25 +11,32 @@ stats (2,) float64 is added into: [sum of per-sample losses, correct predictions
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from .jit import cover_dependencies, pick, twins
 
 
+@njit(inline="always", nogil=True, error_model="numpy")
+def softmax_row(p, logits, i):
+    """Row i of p = softmax(logits) (p may be logits: each element is read before it is
+    written); also the last step of backend/cpu/dense_chain.py."""
+    m = logits.shape[1]
+    mx = logits[i, 0]
+    for j in range(1, m):
+        mx = max(mx, logits[i, j])
+    s = 0.0
+    for j in range(m):
+        e = math.exp(logits[i, j] - mx)
+        p[i, j] = e
+        s += e
+    for j in range(m):
+        p[i, j] = p[i, j] / s
+
+
 def _softmax_forward(p, logits):
     # p, logits (N, M)
-    n, m = logits.shape
-    for i in prange(n):
-        mx = logits[i, 0]
-        for j in range(1, m):
-            mx = max(mx, logits[i, j])
-        s = 0.0
-        for j in range(m):
-            e = math.exp(logits[i, j] - mx)
-            p[i, j] = e
-            s += e
-        for j in range(m):
-            p[i, j] = p[i, j] / s
+    for i in prange(logits.shape[0]):
+        softmax_row(p, logits, i)
 
 
 softmax_forward_twins = twins(_softmax_forward)
