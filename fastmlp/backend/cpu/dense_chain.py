@@ -11,11 +11,11 @@ same bits whether it ran alone (parallel) or beside others (serial).
 
 Each block keeps its layer outputs in its own span of two scratch buffers
 (one layer writes one while it reads the other; ``block_span``: block rows
-lo .. hi own columns lo * W .. hi * W of each, W at least the widest hidden
-layer, so no block's layer of any width reaches another block's span); the
-last layer writes the result. The epilogues are the arithmetic of dense.bias_act_forward and
-loss.softmax_forward, so this path and the layer-by-layer one agree to the
-rounding of the GEMMs.
+lo .. hi own elements lo * W .. hi * W of each, W at least the widest hidden
+layer, so no layer of a block, whatever its width, reaches another block's
+span); the last layer writes the result. The epilogues are the arithmetic of
+dense.bias_act_forward and loss.softmax_row, so this path and the
+layer-by-layer one agree to the rounding of the GEMMs.
 """
 import numpy as np
 from numba import njit, prange
