@@ -660,6 +660,10 @@ def cmd_info(args):
     print("conv on the CPU: " + ("chunked Numba kernels, GEMMs on Numba's threads (NumPy's OpenBLAS found)"
                                  if cpu_blas.available() else
                                  f"the fast path is off, separate kernels chunk after chunk: {cpu_blas.reason}"))
+    from fastmlp.backend.cpu import tile_gemm
+    print("MLP predictions: " + ("register tiles for blocks of up to 64 rows (AVX-512), OpenBLAS beyond"
+                                 if tile_gemm.available() else
+                                 "OpenBLAS (register tiles need AVX-512 and FASTMLP_TILE_GEMM unset or 1)"))
     print(f"numba cache dir: {numba.config.CACHE_DIR or '(beside the package: __pycache__)'}")
     devs = fm.devices()
     print(f"devices: cpu=yes cuda={'yes' if devs['cuda'] else 'no'} ({devs['cuda_reason']})")

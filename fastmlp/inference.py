@@ -51,10 +51,10 @@ class DenseChain:
         self.out_features = dense[-1].out_features
         self.widest = max([d.out_features for d in dense[:-1]] + [1])
         self.dtype = np.dtype(model.dtype)
-        # the layers' parameter views: they stay the model's as long as its flat buffers do
-        self.ws = tuple(d.params[0] for d in dense)
-        self.bs = tuple(d.params[1] for d in dense)
-        self.codes = np.array([d.act_code for d in dense], dtype=np.int64)
+        # where the layers' W and b lie in the flat parameter buffer (the model's as long as
+        # its flat buffers are: ``current``), and their activations
+        self.params = model.flat.params
+        self.layout = self.kernels.layer_layout(self.params, dense)
         self.alphas = np.array([d.alpha for d in dense], dtype=np.float64)
         # row blocks planned for the most threads a step may use (backend.threads()), whatever
         # runs them: the same blocks, so the same bits, alone or beside other predictions
@@ -104,13 +104,27 @@ class DenseChain:
             buf = self._local.scratch = np.empty((2, rows * self.widest), dtype=self.dtype)
         return buf
 
+    def uses_blas(self, X, batch):
+        """Whether predicting X ``batch`` rows at a time calls BLAS (else BLAS needn't be held)."""
+        try:
+            n = len(X)
+        except TypeError:
+            return True
+        return n > 0 and self._row_edges(min(n, batch))[1]
+
+    def blocks(self, n):
+        """How many row blocks a kernel call of n rows has (one: nothing to run in parallel)."""
+        return self._row_edges(n)[0].size - 1
+
     def _row_edges(self, n):
-        edges = self._edges.get(n)
-        if edges is None:
+        # (the row blocks of an n-row kernel call, whether they call BLAS)
+        found = self._edges.get(n)
+        if found is None:
             edges = self.kernels.row_edges(n, self.threads)
+            found = edges, self.kernels.uses_blas(edges)
             if len(self._edges) < 64:     # the usual batch sizes, kept
-                self._edges[n] = edges
-        return edges
+                self._edges[n] = found
+        return found
 
     def predict(self, X, batch, parallel, read=None):
         """Probabilities (N, M) of X (validated, C-contiguous, the model's dtype), ``batch``
@@ -124,6 +138,7 @@ class DenseChain:
         for start in range(0, n, b):
             stop = min(n, start + b)
             xb = X[start:stop] if read is None else read(start, stop)
-            forward(out[start:stop], xb, self.ws, self.bs, self.codes, self.alphas, self.final,
-                    scratch, self._row_edges(stop - start), parallel)
+            edges, blas = self._row_edges(stop - start)
+            forward(out[start:stop], xb, self.params, self.layout, self.alphas, self.final, scratch, edges,
+                    parallel, blas)
         return out

@@ -158,7 +158,7 @@ class Sequential:
     # backend's scratch is per thread too. Training writes the weights in place, so fit and
     # loss_and_grads run alone: they refuse to start while another thread is predicting, and
     # a prediction from another thread while one runs is refused (never a mix of weights).
-    def _enter(self, training):
+    def _enter(self, training, hold_blas=True):
         me = threading.get_ident()
         with self._lock:
             owner = self._training_thread
@@ -174,16 +174,16 @@ class Sequential:
                 return owner is None   # whether this call must _leave(training=True)
             if owner is None:
                 self._inferring += 1
-                self.be.begin_inference()
+                self.be.begin_inference(hold_blas)
             return owner is None
 
-    def _leave(self, training):
+    def _leave(self, training, hold_blas=True):
         with self._lock:
             if training:
                 self._training_thread = None
             else:
                 self._inferring -= 1
-                self.be.end_inference()
+                self.be.end_inference(hold_blas)
 
     def train_step(self, xb, tb, stats, first=None, scale=None, reduce=None, weights=None):
         """Forward, fused loss + gradient, backward, one update, on a prepared batch.
@@ -342,14 +342,16 @@ class Sequential:
         chain = self._dense_chain
         if chain is not None and not chain.current(self):
             chain = self._dense_chain = DenseChain.plan(self)
-        entered = self._enter(training=False)
+        # BLAS held at one thread for the prediction, unless it doesn't call BLAS
+        hold_blas = chain is None or chain.uses_blas(X, batch_size or EVAL_BATCH)
+        entered = self._enter(training=False, hold_blas=hold_blas)
         try:
             if chain is not None:
                 return self._predict_chain(chain, X, batch_size)
             return self._predict(X, batch_size)
         finally:
             if entered:
-                self._leave(training=False)
+                self._leave(training=False, hold_blas=hold_blas)
 
     def _predict_chain(self, chain, X, batch_size):
         # every layer in one kernel call per batch (fastmlp/inference.py)
@@ -363,8 +365,10 @@ class Sequential:
         elif not all_finite(X):       # a server's usual request: only the values to check
             raise ValueError("expected finite values in X, got NaN or Inf")
         self.be.use_numba_thread_gemms(False)   # whose threads run this thread's GEMMs: not Numba's
-        parallel = self.be.inference_alone() and self.be.prediction_threads() > 1
-        return chain.predict(X, batch_size or EVAL_BATCH, parallel, read)
+        batch = batch_size or EVAL_BATCH
+        parallel = (chain.blocks(min(X.shape[0], batch)) > 1 and self.be.inference_alone() and
+                    self.be.prediction_threads() > 1)
+        return chain.predict(X, batch, parallel, read)
 
     def _predict(self, X, batch_size):
         be = self.be

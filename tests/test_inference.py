@@ -46,7 +46,10 @@ def _reference(model, act, loss, x):
 @pytest.mark.parametrize("act", list(ACTS))
 @pytest.mark.parametrize("loss", ["softmax_crossentropy", "binary_crossentropy", "mse"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_one_call_prediction_matches_the_reference_and_the_layer_path(act, loss, dtype):
+@pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "blas"])
+def test_one_call_prediction_matches_the_reference_and_the_layer_path(act, loss, dtype, tiles, monkeypatch):
+    # tiles: small blocks by tile_gemm.py where the CPU has AVX-512; blas: every block by OpenBLAS
+    monkeypatch.setattr(dense_chain, "TILES", tiles and dense_chain.TILES)
     model = _model(act, loss, dtype, dropout=act == "tanh")
     assert model._dense_chain is not None
     rng = np.random.default_rng(1)
@@ -139,8 +142,9 @@ def test_parallel_and_serial_blocks_give_the_same_bits(dtype, widths):
         outs = []
         for parallel in (False,) + (True, False) * 20:
             out = np.empty((257, 10), dtype)
-            dense_chain.dense_chain_forward(out, x, chain.ws, chain.bs, chain.codes, chain.alphas, chain.final,
-                                            chain._scratch(257), dense_chain.row_edges(257, 4), parallel)
+            edges = dense_chain.row_edges(257, 4)
+            dense_chain.dense_chain_forward(out, x, chain.params, chain.layout, chain.alphas, chain.final,
+                                            chain._scratch(257), edges, parallel, dense_chain.uses_blas(edges))
             outs.append(out)
     finally:
         blas_threads.release()

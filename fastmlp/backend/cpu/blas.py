@@ -63,11 +63,13 @@ _concurrent = [0]           # predictions running now
 _concurrent_lock = threading.Lock()
 
 
-def begin_inference():
-    """A thread starts a prediction (Sequential._enter)."""
+def begin_inference(hold_blas=True):
+    """A thread starts a prediction (Sequential._enter); ``hold_blas``: BLAS at one thread
+    meanwhile (not needed by a prediction that calls no BLAS: dense_chain.uses_blas)."""
     with _concurrent_lock:
         _concurrent[0] += 1
-    blas_threads_.hold()
+    if hold_blas:
+        blas_threads_.hold()
     _local.predicting = True
 
 
@@ -76,10 +78,11 @@ def inference_alone():
     return _concurrent[0] <= 1
 
 
-def end_inference():
-    """The prediction of begin_inference is done."""
+def end_inference(hold_blas=True):
+    """The prediction of begin_inference(hold_blas) is done."""
     _local.predicting = False
-    blas_threads_.release()
+    if hold_blas:
+        blas_threads_.release()
     with _concurrent_lock:
         _concurrent[0] -= 1
 

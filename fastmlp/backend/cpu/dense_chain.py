@@ -20,7 +20,7 @@ layer-by-layer one agree to the rounding of the GEMMs.
 import numpy as np
 from numba import njit, prange
 
-from . import activation, loss, openblas
+from . import activation, loss, openblas, tile_gemm
 from .. import codes as _codes
 from ..codes import SIGMOID
 from .activation import act_value
@@ -30,6 +30,11 @@ from .openblas import NO_TRANS, ROW_MAJOR
 
 OUT_IDENTITY, OUT_SOFTMAX, OUT_SIGMOID = 0, 1, 2   # what the chain's last step writes
 ALIGN = openblas.ALIGN    # block edges on multiples of 8 rows (OpenBLAS's row kernels)
+# A block of at most TILE_ROWS rows runs its layers on tile_gemm.py's register tiles, where the
+# CPU has them (TILES): BLAS copies the weights on every call, which costs a few rows as much
+# as the arithmetic; from about 128 rows on, BLAS is faster (bench/README.md).
+TILE_ROWS = 64
+TILES = tile_gemm.available()
 
 
 _GEMM = {"f": openblas.gemm_for(np.float32), "d": openblas.gemm_for(np.float64)}
@@ -53,26 +58,34 @@ def block_span(scratch, n, lo, hi, m):
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
-def _block(out, x, ws, bs, codes, alphas, final, scratch, lo, hi, gemm):
-    # rows lo .. hi of out = final(chain(x)); ws[l] (D, M) and bs[l] (M,) of layer l;
-    # scratch (2, >= N * widest hidden M): layer l writes this block's span of buffer l % 2
+def _block(out, x, params, layout, alphas, final, scratch, lo, hi, tiles, gemm):
+    # rows lo .. hi of out = final(chain(x)); layer l's W (D, M) and b (M,) are in params at
+    # layout[l] = (W's offset, D, M, b's offset, activation code); scratch (2, >= N * widest
+    # hidden M): layer l writes this block's span of buffer l % 2; each layer by
+    # tile_gemm.py's tiles (``tiles`` and at most TILE_ROWS rows) or by OpenBLAS's ``gemm``
+    # (None: every block takes the tiles, and Numba compiles no BLAS call)
     rows = hi - lo
+    buf = np.empty(tile_gemm.MR * tile_gemm.LDC, dtype=out.dtype)
     n = out.shape[0]
     a = x[lo:hi]
-    last = len(ws) - 1
+    last = layout.shape[0] - 1
     for l in range(last + 1):
-        w, b = ws[l], bs[l]
-        d, m = w.shape
+        w_off, d, m, b_off, code = layout[l]
+        w = params[w_off:w_off + d * m].reshape((d, m))
+        b = params[b_off:b_off + m]
         if l == last:
             z = out[lo:hi]
         else:
             z = block_span(scratch[l % 2], n, lo, hi, m)
-        gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, rows, m, d, 1.0, a.ctypes.data, d, w.ctypes.data, m, 0.0,
-             z.ctypes.data, m)
-        code, alpha = codes[l], alphas[l]
-        for i in range(rows):
-            for j in range(m):
-                z[i, j] = act_value(z[i, j] + b[j], code, alpha)
+        if gemm is None:
+            tile_gemm.dense_rows(z, a, w, b, code, alphas[l], buf)
+        elif tiles and rows <= TILE_ROWS:
+            tile_gemm.dense_rows(z, a, w, b, code, alphas[l], buf)
+        else:
+            gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, rows, m, d, 1.0, a.ctypes.data, d, w.ctypes.data, m, 0.0,
+                 z.ctypes.data, m)
+            for i in range(rows):
+                tile_gemm.bias_act_row(z[i], z[i], b, code, alphas[l])
         a = z
     m = out.shape[1]
     for i in range(lo, hi):
@@ -83,23 +96,37 @@ def _block(out, x, ws, bs, codes, alphas, final, scratch, lo, hi, gemm):
                 out[i, j] = act_value(out[i, j], SIGMOID, 0.0)
 
 
-def _dense_chain(out, x, ws, bs, codes, alphas, final, scratch, edges, gemm):
+def _dense_chain(out, x, params, layout, alphas, final, scratch, edges, tiles, gemm):
     # out (N, M_last) = final(the chain on x (N, D)), block t = rows edges[t] .. edges[t + 1]
     for t in prange(edges.size - 1):
-        _block(out, x, ws, bs, codes, alphas, final, scratch, edges[t], edges[t + 1], gemm)
+        _block(out, x, params, layout, alphas, final, scratch, edges[t], edges[t + 1], tiles, gemm)
 
 
 dense_chain_twins = twins(_dense_chain)
 
 
-def dense_chain_forward(out, x, ws, bs, codes, alphas, final, scratch, edges, parallel):
-    """out (N, M) = final(chain(x)) for x (N, D) C-contiguous in the dtype of ws; ws, bs tuples
-    of the layers' (D, M) weights and (M,) biases; codes, alphas (L,) their activations;
-    scratch (2, >= N * widest hidden M); edges from row_edges. ``parallel``: the blocks on
-    Numba's threads, else one after the other on this one. NumPy's OpenBLAS must be held to
-    one thread meanwhile (every prediction does: blas.begin_inference)."""
+def layer_layout(params, dense):
+    """(L, 5) int64: each Dense layer's (W's offset, D, M, b's offset, activation code) in the
+    flat parameter buffer ``params`` that its W and b are views of."""
+    base, item = params.ctypes.data, params.itemsize
+    return np.array([((layer.params[0].ctypes.data - base) // item, layer.in_features, layer.out_features,
+                      (layer.params[1].ctypes.data - base) // item, layer.act_code) for layer in dense],
+                    dtype=np.int64)
+
+
+def uses_blas(edges):
+    """Whether the row blocks at ``edges`` call BLAS (one over TILE_ROWS rows, or no tiles here)."""
+    return not TILES or int(np.diff(edges).max()) > TILE_ROWS
+
+
+def dense_chain_forward(out, x, params, layout, alphas, final, scratch, edges, parallel, blas):
+    """out (N, M) = final(chain(x)) for x (N, D) C-contiguous in the dtype of params, the flat
+    buffer the layers' weights are views of (``layer_layout``); alphas (L,) their activations'
+    alpha; scratch (2, >= N * widest hidden M); edges from row_edges. ``parallel``: the blocks
+    on Numba's threads, else one after the other on this one. ``blas``: uses_blas(edges); then
+    NumPy's OpenBLAS must be held to one thread meanwhile (blas.begin_inference)."""
     kernels = dense_chain_twins.parallel if parallel and edges.size > 2 else dense_chain_twins.serial
-    kernels(out, x, ws, bs, codes, alphas, final, scratch, edges, _GEMM[out.dtype.char])
+    kernels(out, x, params, layout, alphas, final, scratch, edges, TILES, _GEMM[out.dtype.char] if blas else None)
 
 
-cover_dependencies(__name__, activation, loss, openblas, _codes)
+cover_dependencies(__name__, activation, loss, openblas, tile_gemm, _codes)

@@ -111,20 +111,22 @@ def free_cores(others, cores):
 # A prediction running alone spreads its rows over the cores that are free (model.predict,
 # inference.py). It looks at the machine at most every PREDICT_LOOK_S seconds (a look costs
 # about 0.1 ms, a prediction can take 0.03), and uses what the last look left free.
+# FASTMLP_THREADS is read at each look too (reading the environment costs a prediction of one
+# row about a tenth of its time).
 PREDICT_LOOK_S = 0.1
-_predict_look = [-1.0, 1]   # when the last look goes stale (time.monotonic), the cores it left
+_predict_look = [-1.0, 1]   # when the last look goes stale (time.monotonic), the threads it found
 
 
 def prediction_threads():
     """Threads a prediction running alone may use: FASTMLP_THREADS when set, else the cores
-    the other processes' threads left free at the last look."""
-    n = fixed()
-    if n is not None:
-        return n
+    the other processes' threads left free, both as found at the last look."""
     now = time.monotonic()
     if now >= _predict_look[0]:
-        others = others_running()
-        _predict_look[1] = most() if others is None else free_cores(others, most())
+        n = fixed()
+        if n is None:
+            others = others_running()
+            n = most() if others is None else free_cores(others, most())
+        _predict_look[1] = n
         _predict_look[0] = now + PREDICT_LOOK_S
     return _predict_look[1]
 

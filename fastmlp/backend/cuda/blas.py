@@ -147,7 +147,7 @@ def numba_thread_gemms():
 # Predictions from several threads: each has its own workspaces, launch scratch and cuBLAS
 # handle, and all launch on the current stream (CuPy's default, shared), which keeps them
 # correct; they queue on that stream rather than overlap.
-def begin_inference():
+def begin_inference(hold_blas=True):
     pass
 
 
@@ -156,5 +156,5 @@ def inference_alone():
     return True
 
 
-def end_inference():
+def end_inference(hold_blas=True):
     pass

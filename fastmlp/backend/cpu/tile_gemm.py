@@ -1,0 +1,233 @@
+"""A GEMM for few rows from register tiles: the dense layers of a prediction (dense_chain.py).
+
+``dense_rows(z, a, w, b, code, alpha, buf)`` computes z = act(a @ w + b) for a
+block of rows of a prediction. BLAS is built for big products: it copies
+("packs") the weights into its own layout on every call, and for a batch of
+1 to 32 rows that copy costs as much as the arithmetic. Here the weights are
+read where they are, row by row of W (the layer's (D, M) array, row-major).
+
+The arithmetic is a register tile: ``mr`` rows of a (at most MR = 8) times
+``nvec`` SIMD vectors of W's columns. For each k the tile loads the vectors of
+W's row k once, broadcasts each of the mr values a[i, k], and adds their
+products into mr * nvec vector accumulators held in registers; at the end the
+tile goes to a small buffer (``buf``) and ``dense_rows`` adds the bias and
+applies the activation on its way into z. A few rows get wider tiles (one row
+reads 8 vectors), so that there are always enough independent accumulators to
+hide the latency of the fused multiply-adds.
+
+Numba has no SIMD types, so each tile shape is an ``intrinsic`` that writes
+the loop in LLVM IR: ``<16 x float>`` (or ``<8 x double>``) loads, broadcasts
+and ``llvm.fma``, and masked loads for a last panel narrower than the tile.
+LLVM turns a 512-bit vector into one AVX-512 register; ``available()`` is
+True only on a CPU with AVX-512 (elsewhere dense_chain.py calls BLAS).
+
+Every output is one chain of fused multiply-adds over k = 0 .. D - 1 in order,
+starting from 0, then + b, then the activation: the same arithmetic whatever
+the tile, the block of rows or the batch, so a row's prediction has the same
+bits alone, in any batch and on any number of threads.
+"""
+import os
+
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from . import activation
+from .. import codes
+from .activation import act_value
+from ..codes import IDENTITY, RELU
+from .jit import cover_dependencies
+
+MR = 8               # the most rows of a tile
+LDC = 128            # a tile's row stride in ``buf`` (elements): the widest tile, 8 vectors of floats
+NVEC = (0, 8, 4, 3, 3, 2, 2, 2, 2)   # vectors of W's columns in a full tile of mr rows
+
+
+def _host_has_avx512():
+    from llvmlite import binding
+    try:
+        return "+avx512f" in binding.get_host_cpu_features().flatten().split(",")
+    except RuntimeError:   # the host's features can't be read
+        return False
+
+
+def available():
+    """Whether predictions use these tiles: the CPU has AVX-512 and FASTMLP_TILE_GEMM is not 0."""
+    return os.environ.get("FASTMLP_TILE_GEMM", "1") != "0" and _host_has_avx512()
+
+
+def _tile(mr, nvec):
+    """The intrinsic tile(buf, a, a0, lda, w, w0, ldw, k, nvalid) of mr rows by nvec vectors:
+    buf[i * LDC + j] = sum over kk < k of a[a0 + i * lda + kk] * w[w0 + kk * ldw + j] for
+    i < mr and j < nvec * VW, with W's columns from nvalid on read as 0 (masked loads, never
+    touched). a, w, buf: arrays of one dtype, indexed from their first element (a's and w's
+    columns contiguous, rows lda and ldw elements apart); the rest int64."""
+
+    @intrinsic
+    def tile(typingctx, buf, a, a0, lda, w, w0, ldw, k, nvalid):
+        sig = types.void(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        double = buf.dtype == types.float64
+
+        def codegen(context, builder, signature, args):
+            buf_v, a_v, a0, lda, w_v, w0, ldw, k, nvalid = args
+            vw = 8 if double else 16
+            real = ir.DoubleType() if double else ir.FloatType()
+            name = "v8f64" if double else "v16f32"
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            vec, lanes_i64 = ir.VectorType(real, vw), ir.VectorType(i64, vw)
+            mask_t = ir.VectorType(ir.IntType(1), vw)
+            module = builder.module
+
+            def declare(fname, fnty):
+                fn = module.globals.get(fname)
+                return fn if fn is not None else ir.Function(module, fnty, name=fname)
+
+            fma = declare(f"llvm.fma.{name}", ir.FunctionType(vec, [vec, vec, vec]))
+            masked_load = declare(f"llvm.masked.load.{name}.p0{name}",
+                                  ir.FunctionType(vec, [vec.as_pointer(), i32, mask_t, vec]))
+
+            def data(ty, value):
+                return context.make_array(ty)(context, builder, value).data
+
+            def splat(value, ty):
+                one = builder.insert_element(ir.Constant(ty, None), value, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, vw), [0] * vw))
+
+            def const(n):
+                return ir.Constant(i64, n)
+
+            pa = builder.gep(data(signature.args[1], a_v), [a0])
+            pw = builder.gep(data(signature.args[4], w_v), [w0])
+            pbuf = data(signature.args[0], buf_v)
+            # lane j of vector h is read when h * vw + j < nvalid
+            lanes = ir.Constant(lanes_i64, list(range(vw)))
+            masks = [builder.icmp_signed("<", lanes, splat(builder.sub(nvalid, const(h * vw)), lanes_i64))
+                     for h in range(nvec)]
+            zero = ir.Constant(vec, [0.0] * vw)
+            entry = builder.basic_block
+            loop = builder.append_basic_block("tile.loop")
+            done = builder.append_basic_block("tile.done")
+            builder.cbranch(builder.icmp_signed(">", k, const(0)), loop, done)
+
+            builder.position_at_end(loop)
+            kk = builder.phi(i64)
+            kk.add_incoming(const(0), entry)
+            acc = []
+            for _ in range(mr * nvec):
+                phi = builder.phi(vec)
+                phi.add_incoming(zero, entry)
+                acc.append(phi)
+            w_row = builder.gep(pw, [builder.mul(kk, ldw)])
+            size = real.get_abi_size(context.target_data)
+            wv = [builder.call(masked_load, [builder.bitcast(builder.gep(w_row, [const(h * vw)]), vec.as_pointer()),
+                                             ir.Constant(i32, size), masks[h], zero])
+                  for h in range(nvec)]
+            new = []
+            for i in range(mr):
+                ai = splat(builder.load(builder.gep(pa, [builder.add(builder.mul(const(i), lda), kk)])), vec)
+                for h in range(nvec):
+                    new.append(builder.call(fma, [ai, wv[h], acc[i * nvec + h]]))
+            kk_next = builder.add(kk, const(1))
+            kk.add_incoming(kk_next, loop)
+            for phi, value in zip(acc, new):
+                phi.add_incoming(value, loop)
+            builder.cbranch(builder.icmp_signed("<", kk_next, k), loop, done)
+
+            builder.position_at_end(done)
+            totals = []
+            for value in new:
+                total = builder.phi(vec)
+                total.add_incoming(zero, entry)
+                total.add_incoming(value, loop)
+                totals.append(total)
+            for i in range(mr):
+                for h in range(nvec):
+                    dest = builder.bitcast(builder.gep(pbuf, [const(i * LDC + h * vw)]), vec.as_pointer())
+                    builder.store(totals[i * nvec + h], dest).align = size
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+# the full tiles (NVEC[mr] vectors) and the one-vector tiles of a narrow last panel
+_F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8 = (_tile(mr, NVEC[mr]) for mr in range(1, MR + 1))
+_N1, _N2, _N3, _N4, _N5, _N6, _N7, _N8 = (_tile(mr, 1) for mr in range(1, MR + 1))
+
+
+@njit(inline="always", nogil=True)
+def _run_tile(mr, full, buf, a, a0, lda, w, w0, ldw, k, nvalid):
+    if full:
+        if mr == 8:
+            _F8(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 7:
+            _F7(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 6:
+            _F6(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 5:
+            _F5(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 4:
+            _F4(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 3:
+            _F3(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 2:
+            _F2(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        else:
+            _F1(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+    else:
+        if mr == 8:
+            _N8(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 7:
+            _N7(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 6:
+            _N6(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 5:
+            _N5(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 4:
+            _N4(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 3:
+            _N3(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        elif mr == 2:
+            _N2(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        else:
+            _N1(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def _bias_act(z, v, b, code, alpha):
+    for j in range(z.size):
+        z[j] = act_value(v[j] + b[j], code, alpha)
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def bias_act_row(z, v, b, code, alpha):
+    """z = act(v + b) for rows z, v, b of one length (z may be v): dense.bias_act_forward's
+    arithmetic, one loop per common code with the code a constant in it, so LLVM vectorises it."""
+    if code == RELU:
+        _bias_act(z, v, b, RELU, alpha)
+    elif code == IDENTITY:
+        _bias_act(z, v, b, IDENTITY, alpha)
+    else:
+        _bias_act(z, v, b, code, alpha)
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def dense_rows(z, a, w, b, code, alpha, buf):
+    """z (R, M) = act(a (R, D) @ w (D, M) + b (M,)) by tiles; a's rows may be strided, its
+    columns contiguous, w C-contiguous; buf (MR * LDC,) of the same dtype, this thread's own."""
+    rows, d = a.shape
+    m = w.shape[1]
+    vw = 64 // a.itemsize                        # elements in a 512-bit vector
+    lda = a.strides[0] // a.itemsize
+    for i0 in range(0, rows, MR):
+        mr = min(MR, rows - i0)
+        width = NVEC[mr] * vw
+        for j0 in range(0, m, width):
+            nv = min(width, m - j0)
+            _run_tile(mr, nv > vw, buf, a, i0 * lda, lda, w, j0, m, d, nv)
+            for i in range(mr):
+                bias_act_row(z[i0 + i, j0:j0 + nv], buf[i * LDC:i * LDC + nv], b[j0:j0 + nv], code, alpha)
+
+
+cover_dependencies(__name__, activation, codes)
