@@ -36,10 +36,21 @@ def _reg(w, l1, l2x2):
 
 
 @njit(inline="always", error_model="numpy")
+def _count_nonfinite(w):
+    # how many of w are NaN or Inf (x - x is NaN for exactly those), in a loop of its own: counted
+    # inside an update loop, the count held LLVM to 4-wide vectors (Adam on P2's 269,322
+    # float32 parameters: 450 against 330 us with it here)
+    bad = 0
+    for i in prange(w.size):
+        d = w[i] - w[i]
+        bad += np.int32(d != d)
+    return bad
+
+
+@njit(inline="always", error_model="numpy")
 def _sgd_segment(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2):
     lr, momentum = cast_like(lr, w), cast_like(momentum, w)
     l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
-    nbad = 0
     for i in prange(w.size):
         wi = w[i]
         gi = g[i] + _reg(wi, l1, l2x2)
@@ -51,8 +62,7 @@ def _sgd_segment(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2):
             step = gi + momentum * b if nesterov else b
         prev[i] = wi
         w[i] = wi - lr * step
-        nbad += not np.isfinite(w[i])     # the stored value: float32 may overflow
-    return nbad
+    return _count_nonfinite(w)   # the stored values: float32 may overflow
 
 
 def _sgd_update(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
@@ -86,7 +96,6 @@ def _adam_segment(w, prev, m, v, g, beta1, beta2, eps, step_size, sqrt_bc2, l1, 
     beta1, beta2, eps = cast_like(beta1, w), cast_like(beta2, w), cast_like(eps, w)
     step_size, sqrt_bc2 = cast_like(step_size, w), cast_like(sqrt_bc2, w)
     l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
-    nbad = 0
     for i in prange(w.size):
         wi = w[i]
         gi = g[i] + _reg(wi, l1, l2x2)
@@ -96,8 +105,7 @@ def _adam_segment(w, prev, m, v, g, beta1, beta2, eps, step_size, sqrt_bc2, l1, 
         v[i] = vi
         prev[i] = wi
         w[i] = wi - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
-        nbad += not np.isfinite(w[i])
-    return nbad
+    return _count_nonfinite(w)   # the stored values: float32 may overflow
 
 
 def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
@@ -177,7 +185,6 @@ def _sgd_step_segment(w, prev, buf, g, l1, l2x2, factor, lr, clipvalue, weight_d
     lr, momentum, factor = cast_like(lr, w), cast_like(momentum, w), cast_like(factor, w)
     l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
     clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
-    nbad = 0
     for i in prange(w.size):
         wi = w[i]
         gi = _step_grad(g[i], wi, l1, l2x2, factor, clipvalue, weight_decay)
@@ -189,8 +196,7 @@ def _sgd_step_segment(w, prev, buf, g, l1, l2x2, factor, lr, clipvalue, weight_d
             step = gi + momentum * b if nesterov else b
         prev[i] = wi
         w[i] = wi - lr * step
-        nbad += not np.isfinite(w[i])
-    return nbad
+    return _count_nonfinite(w)   # the stored values: float32 may overflow
 
 
 def _sgd_step(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
@@ -223,7 +229,6 @@ def _adam_step_segment(w, prev, m, v, g, l1, l2x2, factor, clipvalue, weight_dec
     step_size, sqrt_bc2, decay = cast_like(step_size, w), cast_like(sqrt_bc2, w), cast_like(decay, w)
     l1, l2x2, factor = cast_like(l1, w), cast_like(l2x2, w), cast_like(factor, w)
     clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
-    nbad = 0
     for i in prange(w.size):
         wi = w[i]
         gi = _step_grad(g[i], wi, l1, l2x2, factor, clipvalue, weight_decay)
@@ -233,8 +238,7 @@ def _adam_step_segment(w, prev, m, v, g, l1, l2x2, factor, clipvalue, weight_dec
         v[i] = vi
         prev[i] = wi
         w[i] = wi * decay - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
-        nbad += not np.isfinite(w[i])
-    return nbad
+    return _count_nonfinite(w)   # the stored values: float32 may overflow
 
 
 def _adam_step(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
@@ -273,7 +277,6 @@ def _rmsprop_step_segment(w, prev, sq, buf, ga, g, l1, l2x2, factor, lr, clipval
     alpha, eps, momentum, lr = cast_like(alpha, w), cast_like(eps, w), cast_like(momentum, w), cast_like(lr, w)
     l1, l2x2, factor = cast_like(l1, w), cast_like(l2x2, w), cast_like(factor, w)
     clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
-    nbad = 0
     for i in prange(w.size):
         wi = w[i]
         gi = _step_grad(g[i], wi, l1, l2x2, factor, clipvalue, weight_decay)
@@ -293,8 +296,7 @@ def _rmsprop_step_segment(w, prev, sq, buf, ga, g, l1, l2x2, factor, lr, clipval
             delta = gi / avg
         prev[i] = wi
         w[i] = wi - lr * delta
-        nbad += not np.isfinite(w[i])
-    return nbad
+    return _count_nonfinite(w)   # the stored values: float32 may overflow
 
 
 def _rmsprop_step(params, prev, square_avg, buf, grad_avg, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
