@@ -152,3 +152,18 @@ def test_only_predictions_that_call_blas_hold_it(monkeypatch):
     np.testing.assert_allclose(small, expected[:40], rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(big, expected, rtol=2e-6, atol=1e-7)
     assert not blas_threads.held()
+
+
+@needs_tiles
+@pytest.mark.skipif(dense_chain._GEMM["f"] is None, reason="NumPy's OpenBLAS symbols were not found")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_model_predicts_a_row_with_the_same_bits_alone_and_in_a_batch(dtype):
+    # the cat model's shape: a wide first layer, narrowing hidden layers, a sigmoid output;
+    # 50 rows are blocks of at most 64 rows on any thread count, so every row takes the tiles
+    model = fm.Sequential([fm.Dense(3000, 20, activation="relu"), fm.Dense(20, 7, activation="tanh"),
+                           fm.Dense(7, 1)], loss="binary_crossentropy", dtype=dtype, seed=0)
+    x = np.random.default_rng(0).random((50, 3000)).astype(dtype)
+    batch = model.predict(x)
+    alone = np.concatenate([model.predict(x[i:i + 1]) for i in range(50)])
+    np.testing.assert_array_equal(alone, batch)
+    np.testing.assert_array_equal(model.predict(x[7:30]), batch[7:30])
