@@ -1,8 +1,10 @@
 """Inference of a chain of Dense layers in one Numba call: fastmlp/inference.py's CPU kernel.
 
 ``dense_chain_forward`` runs every layer of an MLP on a block of rows, GEMM
-(NumPy's OpenBLAS, one thread), bias and activation, then the output's
-softmax, sigmoid or copy, without coming back to Python between layers. The
+(tile_gemm.py's register tiles for a block of at most TILE_ROWS rows on a CPU
+with AVX-512, else NumPy's OpenBLAS on one thread), bias and activation, then
+the output's softmax, sigmoid or copy, without coming back to Python between
+layers. The
 batch is cut into blocks of rows (``row_edges``: multiples of 8 rows, one per
 thread the machine plans for); the parallel twin gives each block a Numba
 thread, the serial twin runs the same blocks one after the other. A block's
