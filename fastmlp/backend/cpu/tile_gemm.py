@@ -56,94 +56,29 @@ def available():
     return os.environ.get("FASTMLP_TILE_GEMM", "1") != "0" and _host_has_avx512()
 
 
-def _tile(mr, nvec):
-    """The intrinsic tile(buf, a, a0, lda, w, w0, ldw, k, nvalid) of mr rows by nvec vectors:
+def _tile(mr):
+    """The intrinsic tile(buf, full, a, a0, lda, w, w0, ldw, k, nvalid) of mr rows by nvec
+    vectors, nvec = NVEC[mr] when ``full``, else 1 (a narrow last panel):
     buf[i * LDC + j] = sum over kk < k of a[a0 + i * lda + kk] * w[w0 + kk * ldw + j] for
     i < mr and j < nvec * VW, with W's columns from nvalid on read as 0 (masked loads, never
     touched). a, w, buf: arrays of one dtype, indexed from their first element (a's and w's
-    columns contiguous, rows lda and ldw elements apart); the rest int64."""
+    columns contiguous, rows lda and ldw elements apart); full a bool, the rest int64."""
 
     @intrinsic
-    def tile(typingctx, buf, a, a0, lda, w, w0, ldw, k, nvalid):
-        sig = types.void(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        double = buf.dtype == types.float64
+    def tile(typingctx, buf, full, a, a0, lda, w, w0, ldw, k, nvalid):
+        sig = types.void(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
 
         def codegen(context, builder, signature, args):
-            buf_v, a_v, a0, lda, w_v, w0, ldw, k, nvalid = args
-            vw = 8 if double else 16
-            real = ir.DoubleType() if double else ir.FloatType()
-            name = "v8f64" if double else "v16f32"
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            vec, lanes_i64 = ir.VectorType(real, vw), ir.VectorType(i64, vw)
-            mask_t = ir.VectorType(ir.IntType(1), vw)
-            module = builder.module
-
-            def declare(fname, fnty):
-                fn = module.globals.get(fname)
-                return fn if fn is not None else ir.Function(module, fnty, name=fname)
-
-            fma = declare(f"llvm.fma.{name}", ir.FunctionType(vec, [vec, vec, vec]))
-            masked_load = declare(f"llvm.masked.load.{name}.p0{name}",
-                                  ir.FunctionType(vec, [vec.as_pointer(), i32, mask_t, vec]))
-
-            def data(ty, value):
-                return context.make_array(ty)(context, builder, value).data
-
-            def splat(value, ty):
-                one = builder.insert_element(ir.Constant(ty, None), value, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, vw), [0] * vw))
-
-            def const(n):
-                return ir.Constant(i64, n)
-
-            pa = builder.gep(data(signature.args[1], a_v), [a0])
-            pw = builder.gep(data(signature.args[4], w_v), [w0])
-            pbuf = data(signature.args[0], buf_v)
-            # lane j of vector h is read when h * vw + j < nvalid
-            lanes = ir.Constant(lanes_i64, list(range(vw)))
-            masks = [builder.icmp_signed("<", lanes, splat(builder.sub(nvalid, const(h * vw)), lanes_i64))
-                     for h in range(nvec)]
-            zero = ir.Constant(vec, [0.0] * vw)
-            entry = builder.basic_block
-            loop = builder.append_basic_block("tile.loop")
-            done = builder.append_basic_block("tile.done")
-            builder.cbranch(builder.icmp_signed(">", k, const(0)), loop, done)
-
-            builder.position_at_end(loop)
-            kk = builder.phi(i64)
-            kk.add_incoming(const(0), entry)
-            acc = []
-            for _ in range(mr * nvec):
-                phi = builder.phi(vec)
-                phi.add_incoming(zero, entry)
-                acc.append(phi)
-            w_row = builder.gep(pw, [builder.mul(kk, ldw)])
-            size = real.get_abi_size(context.target_data)
-            wv = [builder.call(masked_load, [builder.bitcast(builder.gep(w_row, [const(h * vw)]), vec.as_pointer()),
-                                             ir.Constant(i32, size), masks[h], zero])
-                  for h in range(nvec)]
-            new = []
-            for i in range(mr):
-                ai = splat(builder.load(builder.gep(pa, [builder.add(builder.mul(const(i), lda), kk)])), vec)
-                for h in range(nvec):
-                    new.append(builder.call(fma, [ai, wv[h], acc[i * nvec + h]]))
-            kk_next = builder.add(kk, const(1))
-            kk.add_incoming(kk_next, loop)
-            for phi, value in zip(acc, new):
-                phi.add_incoming(value, loop)
-            builder.cbranch(builder.icmp_signed("<", kk_next, k), loop, done)
-
-            builder.position_at_end(done)
-            totals = []
-            for value in new:
-                total = builder.phi(vec)
-                total.add_incoming(zero, entry)
-                total.add_incoming(value, loop)
-                totals.append(total)
-            for i in range(mr):
-                for h in range(nvec):
-                    dest = builder.bitcast(builder.gep(pbuf, [const(i * LDC + h * vw)]), vec.as_pointer())
-                    builder.store(totals[i * nvec + h], dest).align = size
+            buf_v, full_v, a_v, a0, lda, w_v, w0, ldw, k, nvalid = args
+            arrays = [(signature.args[n], v) for n, v in ((0, buf_v), (2, a_v), (5, w_v))]
+            pbuf, pa, pw = (context.make_array(ty)(context, builder, v).data for ty, v in arrays)
+            pa, pw = builder.gep(pa, [a0]), builder.gep(pw, [w0])
+            wide_panel = builder.icmp_unsigned("!=", full_v, ir.Constant(full_v.type, 0))
+            with builder.if_else(wide_panel) as (wide, narrow):
+                with wide:
+                    _emit_tile(context, builder, buf.dtype, mr, NVEC[mr], pbuf, pa, lda, pw, ldw, k, nvalid)
+                with narrow:
+                    _emit_tile(context, builder, buf.dtype, mr, 1, pbuf, pa, lda, pw, ldw, k, nvalid)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -151,47 +86,101 @@ def _tile(mr, nvec):
     return tile
 
 
-# the full tiles (NVEC[mr] vectors) and the one-vector tiles of a narrow last panel
-_F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8 = (_tile(mr, NVEC[mr]) for mr in range(1, MR + 1))
-_N1, _N2, _N3, _N4, _N5, _N6, _N7, _N8 = (_tile(mr, 1) for mr in range(1, MR + 1))
+def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nvalid):
+    # the IR of one tile from the builder's block on; pbuf, pa, pw: pointers to buf, a[a0], w[w0]
+    double = dtype == types.float64
+    vw = 8 if double else 16
+    real = ir.DoubleType() if double else ir.FloatType()
+    name = "v8f64" if double else "v16f32"
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    vec, lanes_i64 = ir.VectorType(real, vw), ir.VectorType(i64, vw)
+    size = real.get_abi_size(context.target_data)
+    module = builder.module
+
+    def declare(fname, fnty):
+        fn = module.globals.get(fname)
+        return fn if fn is not None else ir.Function(module, fnty, name=fname)
+
+    fma = declare(f"llvm.fma.{name}", ir.FunctionType(vec, [vec, vec, vec]))
+    masked_load = declare(f"llvm.masked.load.{name}.p0{name}",
+                          ir.FunctionType(vec, [vec.as_pointer(), i32, ir.VectorType(ir.IntType(1), vw), vec]))
+
+    def splat(value, ty):
+        one = builder.insert_element(ir.Constant(ty, None), value, ir.Constant(i32, 0))
+        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, vw), [0] * vw))
+
+    def const(n):
+        return ir.Constant(i64, n)
+
+    # lane j of vector h is read when h * vw + j < nvalid
+    lanes = ir.Constant(lanes_i64, list(range(vw)))
+    masks = [builder.icmp_signed("<", lanes, splat(builder.sub(nvalid, const(h * vw)), lanes_i64))
+             for h in range(nvec)]
+    zero = ir.Constant(vec, [0.0] * vw)
+    entry = builder.basic_block
+    loop = builder.append_basic_block("tile.loop")
+    done = builder.append_basic_block("tile.done")
+    builder.cbranch(builder.icmp_signed(">", k, const(0)), loop, done)
+
+    # for kk in 0 .. k - 1: load W's row kk once, add a[i, kk] * it into the mr * nvec accumulators
+    builder.position_at_end(loop)
+    kk = builder.phi(i64)
+    kk.add_incoming(const(0), entry)
+    acc = []
+    for _ in range(mr * nvec):
+        phi = builder.phi(vec)
+        phi.add_incoming(zero, entry)
+        acc.append(phi)
+    w_row = builder.gep(pw, [builder.mul(kk, ldw)])
+    wv = [builder.call(masked_load, [builder.bitcast(builder.gep(w_row, [const(h * vw)]), vec.as_pointer()),
+                                     ir.Constant(i32, size), masks[h], zero])
+          for h in range(nvec)]
+    new = []
+    for i in range(mr):
+        ai = splat(builder.load(builder.gep(pa, [builder.add(builder.mul(const(i), lda), kk)])), vec)
+        for h in range(nvec):
+            new.append(builder.call(fma, [ai, wv[h], acc[i * nvec + h]]))
+    kk_next = builder.add(kk, const(1))
+    kk.add_incoming(kk_next, loop)
+    for phi, value in zip(acc, new):
+        phi.add_incoming(value, loop)
+    builder.cbranch(builder.icmp_signed("<", kk_next, k), loop, done)
+
+    # the accumulators (0 when k is 0) to buf, row i at i * LDC
+    builder.position_at_end(done)
+    totals = []
+    for value in new:
+        total = builder.phi(vec)
+        total.add_incoming(zero, entry)
+        total.add_incoming(value, loop)
+        totals.append(total)
+    for i in range(mr):
+        for h in range(nvec):
+            dest = builder.bitcast(builder.gep(pbuf, [const(i * LDC + h * vw)]), vec.as_pointer())
+            builder.store(totals[i * nvec + h], dest).align = size
+
+
+_T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8 = (_tile(mr) for mr in range(1, MR + 1))
 
 
 @njit(inline="always", nogil=True)
 def _run_tile(mr, full, buf, a, a0, lda, w, w0, ldw, k, nvalid):
-    if full:
-        if mr == 8:
-            _F8(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 7:
-            _F7(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 6:
-            _F6(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 5:
-            _F5(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 4:
-            _F4(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 3:
-            _F3(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 2:
-            _F2(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        else:
-            _F1(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+    if mr == 8:
+        _T8(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+    elif mr == 7:
+        _T7(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+    elif mr == 6:
+        _T6(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+    elif mr == 5:
+        _T5(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+    elif mr == 4:
+        _T4(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+    elif mr == 3:
+        _T3(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+    elif mr == 2:
+        _T2(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
     else:
-        if mr == 8:
-            _N8(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 7:
-            _N7(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 6:
-            _N6(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 5:
-            _N5(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 4:
-            _N4(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 3:
-            _N3(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        elif mr == 2:
-            _N2(buf, a, a0, lda, w, w0, ldw, k, nvalid)
-        else:
-            _N1(buf, a, a0, lda, w, w0, ldw, k, nvalid)
+        _T1(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
