@@ -79,7 +79,7 @@ def _block(out, x, params, layout, alphas, final, scratch, lo, hi, tiles, gemm):
             z = out[lo:hi]
         else:
             z = block_span(scratch[l % 2], n, lo, hi, m)
-        if gemm is None:
+        if gemm is None:    # a bare test of a None argument: Numba drops the BLAS branch below
             tile_gemm.dense_rows(z, a, w, b, code, alphas[l], buf)
         elif tiles and rows <= TILE_ROWS:
             tile_gemm.dense_rows(z, a, w, b, code, alphas[l], buf)
