@@ -11,7 +11,6 @@ the device's running sums (a synchronisation on the GPU).
 import csv
 import math
 import os
-import sys
 
 from .validation import check_count, check_real
 

@@ -170,7 +170,7 @@ class GramFirstLayer:
 
     def materialize(self):
         """Write W_t (and its momentum buffer) back into the model's flat buffers."""
-        xp, X = self.xp, self.X
+        X = self.X
         W = self.layer.params[0]
         Xt = X.T.astype(np.float64)
         w = self.a * self.W0 + Xt @ self.C

@@ -10,10 +10,11 @@ without coming back to Python. Any other model, device or BLAS takes the
 layer-by-layer path (Sequential._predict); both give the same probabilities
 to the rounding of the GEMMs.
 
-Threads: a prediction running alone spreads its row blocks over the cores;
-beside other predictions each runs its blocks on its own thread. The blocks
-are the same either way, so are the bits (dense_chain.py). The layer outputs
-live in a scratch buffer per calling thread, sized for the batch.
+Threads: a prediction running alone spreads its column parts or row blocks
+over the cores (from one Python thread at a time: blas.inference_parallel);
+beside other predictions each runs them on its own thread. The arithmetic is
+the same either way, so are the bits (dense_chain.py). The layer outputs live
+in a scratch buffer per calling thread, sized for the batch.
 """
 import threading
 
@@ -110,18 +111,21 @@ class DenseChain:
             n = len(X)
         except TypeError:
             return True
-        return n > 0 and self._row_edges(min(n, batch))[1]
+        return n > 0 and self._plan_rows(min(n, batch))[1]
 
     def blocks(self, n):
-        """How many row blocks a kernel call of n rows has (one: nothing to run in parallel)."""
-        return self._row_edges(n)[0].size - 1
+        """How many threads a kernel call of n rows can keep busy (1: nothing to run in parallel)."""
+        return self._plan_rows(n)[2]
 
-    def _row_edges(self, n):
-        # (the row blocks of an n-row kernel call, whether they call BLAS)
+    def _plan_rows(self, n):
+        # (the row blocks of an n-row kernel call, whether they call BLAS, how many threads it
+        # keeps busy: its row blocks, or its layers' column parts when it calls no BLAS)
         found = self._edges.get(n)
         if found is None:
             edges = self.kernels.row_edges(n, self.threads)
-            found = edges, self.kernels.uses_blas(edges)
+            blas = self.kernels.uses_blas(edges)
+            busy = edges.size - 1 if blas else self.kernels.parallel_parts(n, self.layout, self.threads)
+            found = edges, blas, busy
             if len(self._edges) < 64:     # the usual batch sizes, kept
                 self._edges[n] = found
         return found
@@ -138,7 +142,7 @@ class DenseChain:
         for start in range(0, n, b):
             stop = min(n, start + b)
             xb = X[start:stop] if read is None else read(start, stop)
-            edges, blas = self._row_edges(stop - start)
+            edges, blas, _ = self._plan_rows(stop - start)
             forward(out[start:stop], xb, self.params, self.layout, self.alphas, self.final, scratch, edges,
-                    parallel, blas)
+                    parallel, blas, self.threads)
         return out

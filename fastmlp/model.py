@@ -366,7 +366,7 @@ class Sequential:
             raise ValueError("expected finite values in X, got NaN or Inf")
         self.be.use_numba_thread_gemms(False)   # whose threads run this thread's GEMMs: not Numba's
         batch = batch_size or EVAL_BATCH
-        parallel = (chain.blocks(min(X.shape[0], batch)) > 1 and self.be.inference_alone() and
+        parallel = (chain.blocks(min(X.shape[0], batch)) > 1 and self.be.inference_parallel() and
                     self.be.prediction_threads() > 1)
         return chain.predict(X, batch, parallel, read)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import gram as gram_path
 from . import pooling
-from .batches import BatchBuffers, LazyRows
+from .batches import LazyRows
 from .callbacks import Callback, History, ModelCheckpoint, NonFiniteLossError, TerminateOnNaN, overrides
 from .checkpoint import InterruptGuard, check_checkpoint_args, resume_position
 from .conv import Conv2D, Flatten, MaxPool2D

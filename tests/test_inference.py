@@ -144,7 +144,7 @@ def test_parallel_and_serial_blocks_give_the_same_bits(dtype, widths):
             out = np.empty((257, 10), dtype)
             edges = dense_chain.row_edges(257, 4)
             dense_chain.dense_chain_forward(out, x, chain.params, chain.layout, chain.alphas, chain.final,
-                                            chain._scratch(257), edges, parallel, dense_chain.uses_blas(edges))
+                                            chain._scratch(257), edges, parallel, dense_chain.uses_blas(edges), 4)
             outs.append(out)
     finally:
         blas_threads.release()
@@ -152,6 +152,74 @@ def test_parallel_and_serial_blocks_give_the_same_bits(dtype, widths):
         np.testing.assert_array_equal(out, outs[0])
     np.testing.assert_allclose(outs[0], model._predict(x, None), rtol=1e-5 if dtype == "float32" else 1e-12,
                                atol=1e-6 if dtype == "float32" else 1e-12)
+
+
+def test_column_parts_cover_each_layer_once():
+    for m in (1, 10, 31, 32, 33, 100, 256, 257, 1000):
+        for parts in (1, 2, 3, 4, 8):
+            width, count = dense_chain.column_parts(64, 4096, m, parts)
+            cols = [c for t in range(count) for c in range(t * width, min(m, (t + 1) * width))]
+            assert cols == list(range(m)), (m, parts)             # every column once, in order
+            assert 1 <= count <= parts and (count == 1 or width % dense_chain.COLUMN_STEP == 0)
+            assert all(t * width < m for t in range(count))          # no empty part
+    # a layer under PARALLEL_MACS multiply-adds stays whole: a parallel region costs more
+    assert dense_chain.column_parts(1, 64, 64, 2) == (64, 1)
+    assert dense_chain.column_parts(1, 784, 256, 2) == (128, 2)
+
+
+@needs_chain
+@pytest.mark.skipif(not dense_chain.TILES, reason="the CPU has no AVX-512 (or FASTMLP_TILE_GEMM=0): "
+                    "every prediction calls BLAS")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_column_parts_give_the_bits_of_row_blocks(dtype):
+    # a tiles-only call cuts each layer's columns over the threads (widths not multiples of
+    # COLUMN_STEP included); every part count, parallel or not, gives the bits of the row
+    # blocks on the tiles, and the layer path's values
+    sizes = (300, 100, 37, 10)
+    model = fm.Sequential([fm.Dense(a, b, activation="tanh") for a, b in zip(sizes[:-2], sizes[1:-1])] +
+                          [fm.Dense(sizes[-2], sizes[-1])], loss="softmax_crossentropy", dtype=dtype, seed=5)
+    chain = model._dense_chain
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 8, 33, 100):
+        x = rng.standard_normal((n, 300)).astype(dtype)
+        edges = dense_chain.row_edges(n, 2)
+        assert not dense_chain.uses_blas(edges)
+        rows = np.empty((n, 10), dtype)
+        dense_chain.dense_chain_twins.serial(rows, x, chain.params, chain.layout, chain.alphas, chain.final,
+                                             chain._scratch(n), edges, True,
+                                             dense_chain._GEMM[np.dtype(dtype).char])
+        for parts in (1, 2, 3, 4):
+            for parallel in (False, True):
+                out = np.full((n, 10), np.nan, dtype)
+                scratch = np.full((2, n * chain.widest), np.nan, dtype)   # nothing left from the last call
+                dense_chain.dense_chain_forward(out, x, chain.params, chain.layout, chain.alphas, chain.final,
+                                                scratch, edges, parallel, False, parts)
+                np.testing.assert_array_equal(out, rows, err_msg=f"{n} rows, {parts} parts, parallel {parallel}")
+        np.testing.assert_allclose(rows, model._predict(x, None), rtol=1e-5 if dtype == "float32" else 1e-12,
+                                   atol=1e-6 if dtype == "float32" else 1e-12)
+
+
+def test_one_thread_at_a_time_runs_parallel_predictions(monkeypatch):
+    # the first thread to ask owns Numba's prediction team while it lives; another thread
+    # predicts on its own thread meanwhile, and takes over once the owner has ended
+    import threading
+    from fastmlp.backend.cpu import blas
+    monkeypatch.setattr(blas, "_team_owner", [None])
+    assert blas.inference_parallel()                      # this thread claims it
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(blas.inference_parallel()))
+    other.start()
+    other.join()
+    assert seen == [False]
+    blas._team_owner[0] = other                           # an owner that has ended
+    later = threading.Thread(target=lambda: seen.append((blas.inference_parallel(), blas.inference_parallel())))
+    later.start()
+    later.join()
+    assert seen[1] == (True, True) and blas._team_owner[0] is later
+    assert blas.inference_parallel() and blas._team_owner[0] is threading.current_thread()   # it has ended
+    blas._team_owner[0] = None
+    monkeypatch.setattr(blas, "_concurrent", [2])          # another prediction is running
+    assert not blas.inference_parallel()
 
 
 @needs_chain

@@ -205,6 +205,13 @@ def bias_act_row(z, v, b, code, alpha):
 def dense_rows(z, a, w, b, code, alpha, buf):
     """z (R, M) = act(a (R, D) @ w (D, M) + b (M,)) by tiles; a's rows may be strided, its
     columns contiguous, w C-contiguous; buf (MR * LDC,) of the same dtype, this thread's own."""
+    dense_columns(z, a, w, b, code, alpha, buf, 0, w.shape[1])
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def dense_columns(z, a, w, b, code, alpha, buf, c0, c1):
+    """Columns c0 .. c1 of dense_rows's z, the rest of z untouched: threads that take
+    disjoint column ranges of a layer each read only their own columns of W."""
     rows, d = a.shape
     m = w.shape[1]
     vw = 64 // a.itemsize                        # elements in a 512-bit vector
@@ -212,8 +219,8 @@ def dense_rows(z, a, w, b, code, alpha, buf):
     for i0 in range(0, rows, MR):
         mr = min(MR, rows - i0)
         width = NVEC[mr] * vw
-        for j0 in range(0, m, width):
-            nv = min(width, m - j0)
+        for j0 in range(c0, c1, width):
+            nv = min(width, c1 - j0)
             _run_tile(mr, nv > vw, buf, a, i0 * lda, lda, w, j0, m, d, nv)
             for i in range(mr):
                 bias_act_row(z[i0 + i, j0:j0 + nv], buf[i * LDC:i * LDC + nv], b[j0:j0 + nv], code, alpha)

@@ -151,7 +151,7 @@ def begin_inference(hold_blas=True):
     pass
 
 
-def inference_alone():
+def inference_parallel():
     # no host threads to spread a prediction over
     return True
 
