@@ -44,11 +44,13 @@ ALIGN = openblas.ALIGN    # block edges on multiples of 8 rows (OpenBLAS's row k
 # as the arithmetic; from about 128 rows on, BLAS is faster (bench/README.md).
 TILE_ROWS = 64
 TILES = tile_gemm.available()
-# a tiles-only call cuts each layer's columns into parts on multiples of COLUMN_STEP (whole
-# tiles of 8 rows: 2 vectors of 16 floats) for a layer of at least PARALLEL_MACS multiply-adds
+# a tiles-only call cuts each layer's columns into parts on multiples of COLUMN_STEP (one
+# vector of floats) for a layer of at least PARALLEL_MACS multiply-adds. Not on whole tiles:
+# P2's 256 columns as 144 + 112 (panels of 48 for 8 rows) left one row's 128-column tiles
+# unbalanced; as 128 + 128, 8 rows take three tiles a part either way (48, 48, 32)
 # (P2 at batch 1, alternated runs: its 256x256 layer whole, 17.5-18.3 us; cut at 2 ** 16,
 # 18.8-19.3; its 784x256 layer whole too at 2 ** 18, 18.2-19.2)
-COLUMN_STEP = 32
+COLUMN_STEP = 16
 PARALLEL_MACS = 1 << 17
 
 
