@@ -99,6 +99,30 @@ def test_rows_of_a_wider_array_are_read_with_its_stride():
     np.testing.assert_array_equal(z, z_ref)
 
 
+@njit(nogil=True)
+def _dense_columns(z, a, w, b, code, alpha, c0, c1):
+    buf = np.empty(tile_gemm.MR * tile_gemm.LDC, dtype=z.dtype)
+    tile_gemm.dense_columns(z, a, w, b, code, alpha, buf, c0, c1)
+
+
+@needs_tiles
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("code", [codes.IDENTITY, codes.RELU, codes.TANH])
+def test_a_column_range_writes_those_columns_only(dtype, code):
+    # identity and ReLU store from the registers into z (masked stores), the others through
+    # buf: either way the columns outside c0 .. c1 keep what they held, in every row of a tile
+    a, w, b = _case(13, 40, 100, dtype, seed=3)
+    ref = _reference(a, w, b, code, 0.0)
+    for c0, c1 in ((0, 100), (0, 37), (5, 60), (16, 32), (48, 100), (99, 100)):
+        z = np.full((13, 100), np.nan, dtype)
+        _dense_columns(z, a, w, b, code, 0.0, c0, c1)
+        outside = np.ones(100, bool)
+        outside[c0:c1] = False
+        assert np.isnan(z[:, outside]).all(), (c0, c1)
+        np.testing.assert_allclose(z[:, c0:c1], ref[:, c0:c1], rtol=2e-5 if dtype == "float32" else 1e-12,
+                                   atol=2e-5 if dtype == "float32" else 1e-12)
+
+
 @needs_tiles
 def test_the_last_panel_reads_nothing_past_the_end_of_w():
     # W ends exactly where an unreadable page begins: a load of the lanes past its last column

@@ -8,10 +8,10 @@ read where they are, row by row of W (the layer's (D, M) array, row-major).
 
 The arithmetic is a register tile: ``mr`` rows of a (at most MR = 8) times
 ``nvec`` SIMD vectors of W's columns. For each k the tile loads the vectors of
-W's row k once, broadcasts each of the mr values a[i, k], and adds their
-products into mr * nvec vector accumulators held in registers; at the end the
-tile goes to a small buffer (``buf``) and ``dense_rows`` adds the bias and
-applies the activation on its way into z. A few rows get wider tiles (one row
+W's row k once (and prefetches the row PREFETCH_ROWS ahead), broadcasts each of
+the mr values a[i, k], and adds their products into mr * nvec vector accumulators
+held in registers; at the end the tile goes to a small buffer (``buf``) and
+``dense_rows`` adds the bias and applies the activation on its way into z. A few rows get wider tiles (one row
 reads 8 vectors), so that there are always enough independent accumulators to
 hide the latency of the fused multiply-adds.
 
@@ -45,6 +45,12 @@ LDC = 128            # a tile's row stride in ``buf`` (elements): the widest til
 # product, one core: 8 rows by 3 vectors 126-129 GFLOP/s against 113-115 by 2, 6 rows
 # 112-114 against 99-102)
 NVEC = (0, 8, 4, 3, 3, 3, 3, 3, 3)
+# W's row this many rows ahead is prefetched (interleaved medians, one core, P2's first layer:
+# 8 rows by 3 vectors 138 against 129 GFLOP/s, 4 by 3 102 against 86, 1 by 8 46 against 43)
+PREFETCH_ROWS = 8
+# where a tile's sums go: buf (the caller adds the bias and applies the activation), or
+# act(sums + b) into z for the two activations the tile applies itself
+FUSE_NONE, FUSE_IDENTITY, FUSE_RELU = 0, 1, 2
 
 
 def _host_has_avx512():
@@ -61,28 +67,32 @@ def available():
 
 
 def _tile(mr):
-    """The intrinsic tile(buf, full, a, a0, lda, w, w0, ldw, k, nvalid) of mr rows by nvec
-    vectors, nvec = NVEC[mr] when ``full``, else 1 (a narrow last panel):
-    buf[i * LDC + j] = sum over kk < k of a[a0 + i * lda + kk] * w[w0 + kk * ldw + j] for
+    """The intrinsic tile(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+    of mr rows by nvec vectors, nvec = NVEC[mr] when ``full``, else 1 (a narrow last panel).
+    Its sums t[i, j] = sum over kk < k of a[a0 + i * lda + kk] * w[w0 + kk * ldw + j], for
     i < mr and j < nvec * VW, with W's columns from nvalid on read as 0 (masked loads, never
-    touched). a, w, buf: arrays of one dtype, indexed from their first element (a's and w's
-    columns contiguous, rows lda and ldw elements apart); full a bool, the rest int64."""
+    touched), go (``fuse``) to buf[i * LDC + j] (FUSE_NONE), or as act(t + b[b0 + j]) to
+    z[z0 + i * ldz + j] for j < nvalid (FUSE_IDENTITY, FUSE_RELU: bias_act_row's arithmetic;
+    masked stores, the rest of z untouched). a, w, buf, z, b: arrays of one dtype, indexed
+    from their first element (columns contiguous, rows lda, ldw, ldz elements apart); full
+    a bool, the rest int64."""
 
     @intrinsic
-    def tile(typingctx, buf, full, a, a0, lda, w, w0, ldw, k, nvalid):
-        sig = types.void(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+    def tile(typingctx, buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse):
+        sig = types.void(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
 
         def codegen(context, builder, signature, args):
-            buf_v, full_v, a_v, a0, lda, w_v, w0, ldw, k, nvalid = args
-            arrays = [(signature.args[n], v) for n, v in ((0, buf_v), (2, a_v), (5, w_v))]
-            pbuf, pa, pw = (context.make_array(ty)(context, builder, v).data for ty, v in arrays)
-            pa, pw = builder.gep(pa, [a0]), builder.gep(pw, [w0])
+            buf_v, full_v, a_v, a0, lda, w_v, w0, ldw, k, nvalid, z_v, z0, ldz, b_v, b0, fuse = args
+            arrays = [(signature.args[n], v) for n, v in ((0, buf_v), (2, a_v), (5, w_v), (10, z_v), (13, b_v))]
+            pbuf, pa, pw, pz, pb = (context.make_array(ty)(context, builder, v).data for ty, v in arrays)
+            ptrs = (pbuf, builder.gep(pa, [a0]), lda, builder.gep(pw, [w0]), ldw, k, nvalid,
+                    builder.gep(pz, [z0]), ldz, builder.gep(pb, [b0]), fuse)
             wide_panel = builder.icmp_unsigned("!=", full_v, ir.Constant(full_v.type, 0))
             with builder.if_else(wide_panel) as (wide, narrow):
                 with wide:
-                    _emit_tile(context, builder, buf.dtype, mr, NVEC[mr], pbuf, pa, lda, pw, ldw, k, nvalid)
+                    _emit_tile(context, builder, buf.dtype, mr, NVEC[mr], *ptrs)
                 with narrow:
-                    _emit_tile(context, builder, buf.dtype, mr, 1, pbuf, pa, lda, pw, ldw, k, nvalid)
+                    _emit_tile(context, builder, buf.dtype, mr, 1, *ptrs)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -90,13 +100,14 @@ def _tile(mr):
     return tile
 
 
-def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nvalid):
-    # the IR of one tile from the builder's block on; pbuf, pa, pw: pointers to buf, a[a0], w[w0]
+def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nvalid, pz, ldz, pb, fuse):
+    # the IR of one tile from the builder's block on; pbuf, pa, pw, pz, pb: pointers to buf,
+    # a[a0], w[w0], z[z0], b[b0]
     double = dtype == types.float64
     vw = 8 if double else 16
     real = ir.DoubleType() if double else ir.FloatType()
     name = "v8f64" if double else "v16f32"
-    i32, i64 = ir.IntType(32), ir.IntType(64)
+    i32, i64, i8p = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
     vec, lanes_i64 = ir.VectorType(real, vw), ir.VectorType(i64, vw)
     size = real.get_abi_size(context.target_data)
     module = builder.module
@@ -108,6 +119,9 @@ def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nva
     fma = declare(f"llvm.fma.{name}", ir.FunctionType(vec, [vec, vec, vec]))
     masked_load = declare(f"llvm.masked.load.{name}.p0{name}",
                           ir.FunctionType(vec, [vec.as_pointer(), i32, ir.VectorType(ir.IntType(1), vw), vec]))
+    masked_store = declare(f"llvm.masked.store.{name}.p0{name}",
+                           ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32,
+                                                           ir.VectorType(ir.IntType(1), vw)]))
 
     def splat(value, ty):
         one = builder.insert_element(ir.Constant(ty, None), value, ir.Constant(i32, 0))
@@ -139,6 +153,14 @@ def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nva
     wv = [builder.call(masked_load, [builder.bitcast(builder.gep(w_row, [const(h * vw)]), vec.as_pointer()),
                                      ir.Constant(i32, size), masks[h], zero])
           for h in range(nvec)]
+    # and ask for W's row kk + PREFETCH_ROWS: the rows are ldw apart, so a tile's few vectors of
+    # a row sit on another page every few rows, where the hardware's prefetchers stop. A
+    # prefetch never faults, so the rows past W's end it names cost nothing wrong.
+    prefetch = declare("llvm.prefetch.p0i8", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+    ahead = builder.gep(pw, [builder.mul(builder.add(kk, const(PREFETCH_ROWS)), ldw)])
+    for h in range(nvec):
+        builder.call(prefetch, [builder.bitcast(builder.gep(ahead, [const(h * vw)]), i8p),
+                                ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, L1, data
     new = []
     for i in range(mr):
         ai = splat(builder.load(builder.gep(pa, [builder.add(builder.mul(const(i), lda), kk)])), vec)
@@ -158,33 +180,55 @@ def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nva
         total.add_incoming(zero, entry)
         total.add_incoming(value, loop)
         totals.append(total)
+    to_buf = builder.append_basic_block("tile.buf")
+    to_z = builder.append_basic_block("tile.z")
+    end = builder.append_basic_block("tile.end")
+    builder.cbranch(builder.icmp_signed("==", fuse, const(FUSE_NONE)), to_buf, to_z)
+    builder.position_at_end(to_buf)
     for i in range(mr):
         for h in range(nvec):
             dest = builder.bitcast(builder.gep(pbuf, [const(i * LDC + h * vw)]), vec.as_pointer())
             builder.store(totals[i * nvec + h], dest).align = size
+    builder.branch(end)
+
+    # or act(sums + b) straight into z: x + b, then ReLU as act_value's x if x > 0 else x * 0
+    builder.position_at_end(to_z)
+    relu = builder.icmp_signed("==", fuse, const(FUSE_RELU))
+    bias = [builder.call(masked_load, [builder.bitcast(builder.gep(pb, [const(h * vw)]), vec.as_pointer()),
+                                       ir.Constant(i32, size), masks[h], zero]) for h in range(nvec)]
+    for i in range(mr):
+        row = builder.gep(pz, [builder.mul(const(i), ldz)])
+        for h in range(nvec):
+            x = builder.fadd(totals[i * nvec + h], bias[h])
+            positive = builder.fcmp_ordered(">", x, zero)
+            x = builder.select(relu, builder.select(positive, x, builder.fmul(x, zero)), x)
+            builder.call(masked_store, [x, builder.bitcast(builder.gep(row, [const(h * vw)]), vec.as_pointer()),
+                                        ir.Constant(i32, size), masks[h]])
+    builder.branch(end)
+    builder.position_at_end(end)
 
 
 _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8 = (_tile(mr) for mr in range(1, MR + 1))
 
 
 @njit(inline="always", nogil=True)
-def _run_tile(mr, full, buf, a, a0, lda, w, w0, ldw, k, nvalid):
+def _run_tile(mr, full, buf, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse):
     if mr == 8:
-        _T8(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+        _T8(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 7:
-        _T7(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+        _T7(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 6:
-        _T6(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+        _T6(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 5:
-        _T5(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+        _T5(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 4:
-        _T4(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+        _T4(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 3:
-        _T3(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+        _T3(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 2:
-        _T2(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+        _T2(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     else:
-        _T1(buf, full, a, a0, lda, w, w0, ldw, k, nvalid)
+        _T1(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
@@ -220,14 +264,18 @@ def dense_columns(z, a, w, b, code, alpha, buf, c0, c1):
     m = w.shape[1]
     vw = 64 // a.itemsize                        # elements in a 512-bit vector
     lda = a.strides[0] // a.itemsize
+    ldz = z.strides[0] // z.itemsize
+    # identity and ReLU straight from the registers into z; the others through buf
+    fuse = FUSE_RELU if code == RELU else (FUSE_IDENTITY if code == IDENTITY else FUSE_NONE)
     for i0 in range(0, rows, MR):
         mr = min(MR, rows - i0)
         width = NVEC[mr] * vw
         for j0 in range(c0, c1, width):
             nv = min(width, c1 - j0)
-            _run_tile(mr, nv > vw, buf, a, i0 * lda, lda, w, j0, m, d, nv)
-            for i in range(mr):
-                bias_act_row(z[i0 + i, j0:j0 + nv], buf[i * LDC:i * LDC + nv], b[j0:j0 + nv], code, alpha)
+            _run_tile(mr, nv > vw, buf, a, i0 * lda, lda, w, j0, m, d, nv, z, i0 * ldz + j0, ldz, b, j0, fuse)
+            if fuse == FUSE_NONE:
+                for i in range(mr):
+                    bias_act_row(z[i0 + i, j0:j0 + nv], buf[i * LDC:i * LDC + nv], b[j0:j0 + nv], code, alpha)
 
 
 cover_dependencies(__name__, activation, codes)
