@@ -12,8 +12,11 @@ import sys
 import types
 from collections import namedtuple
 
+import numpy as np
+from llvmlite import ir
 from numba import njit
-from numba.extending import overload
+from numba import types as nbtypes
+from numba.extending import intrinsic, overload
 
 from .blas import numba_thread_gemms
 
@@ -58,6 +61,53 @@ def _cast_like(value, arr):
 
     def impl(value, arr):
         return dt(value)
+    return impl
+
+
+@intrinsic
+def _float_bits(typingctx, x):
+    # the bits of a float32 / float64 as an int32 / int64 (a bitcast)
+    width = 32 if x == nbtypes.float32 else 64
+    sig = (nbtypes.int32 if width == 32 else nbtypes.int64)(x)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(width))
+
+    return sig, codegen
+
+
+def nonfinite_bits(x):
+    """An unsigned integer of x's width whose top bit is set exactly when x is NaN or Inf:
+    x's exponent field plus the exponent's lowest bit (all ones carries into the top bit).
+    The largest over values (``max``, a reduction Numba's prange also takes) is tested with
+    ``any_nonfinite``: integer operations only, so LLVM vectorises them beside a loop's
+    float arithmetic (a test of x - x != x - x there cost the loop its vector width)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(nonfinite_bits, inline="always")
+def _nonfinite_bits(x):
+    if x == nbtypes.float32:
+        def impl(x):
+            return np.uint32(np.uint32(_float_bits(x)) & np.uint32(0x7F800000)) + np.uint32(0x00800000)
+    else:
+        def impl(x):
+            return (np.uint64(np.uint64(_float_bits(x)) & np.uint64(0x7FF0000000000000)) +
+                    np.uint64(0x0010000000000000))
+    return impl
+
+
+def any_nonfinite(acc, arr):
+    """Whether ``acc``, the largest nonfinite_bits of values of ``arr``'s dtype, saw a NaN or Inf."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(any_nonfinite, inline="always")
+def _any_nonfinite(acc, arr):
+    top = np.uint32(0x80000000) if arr.dtype == nbtypes.float32 else np.uint64(0x8000000000000000)
+
+    def impl(acc, arr):
+        return (acc & top) != 0
     return impl
 
 

@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .jit import cast_like, cover_dependencies, pick, twins
+from .jit import any_nonfinite, cast_like, cover_dependencies, nonfinite_bits, pick, twins
 
 
 @njit(inline="always", error_model="numpy")
@@ -37,9 +37,11 @@ def _reg(w, l1, l2x2):
 
 @njit(inline="always", error_model="numpy")
 def _count_nonfinite(w):
-    # how many of w are NaN or Inf (x - x is NaN for exactly those), in a loop of its own: counted
-    # inside an update loop, the count held LLVM to 4-wide vectors (Adam on P2's 269,322
-    # float32 parameters, alone: 500-570 against 350-370 us with the count here)
+    # how many of w are NaN or Inf (x - x is NaN for exactly those): run only when an update
+    # loop's nonfinite_bits saw one. Counted in every update loop this way, the count held
+    # LLVM to 4-wide vectors (Adam on P2's 269,322 float32 parameters, alone: 500-570 against
+    # 350-370 us in a loop of its own); the flag costs the update nothing of its width (SGD
+    # there, alone: 113 against 193 us with the counting loop after it)
     bad = 0
     for i in prange(w.size):
         d = w[i] - w[i]
@@ -48,9 +50,15 @@ def _count_nonfinite(w):
 
 
 @njit(inline="always", error_model="numpy")
-def _sgd_segment(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2):
-    lr, momentum = cast_like(lr, w), cast_like(momentum, w)
-    l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
+def _nonfinite_count(seen, w):
+    # how many of the new parameters w are NaN or Inf (float32 may overflow), given ``seen``:
+    # the largest nonfinite_bits of them, taken in the update loop
+    return _count_nonfinite(w) if any_nonfinite(seen, w) else 0
+
+
+@njit(inline="always", error_model="numpy")
+def _sgd_loop(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2):
+    seen = nonfinite_bits(cast_like(0.0, w))
     for i in prange(w.size):
         wi = w[i]
         gi = g[i] + _reg(wi, l1, l2x2)
@@ -61,8 +69,21 @@ def _sgd_segment(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2):
             buf[i] = b
             step = gi + momentum * b if nesterov else b
         prev[i] = wi
-        w[i] = wi - lr * step
-    return _count_nonfinite(w)   # the stored values: float32 may overflow
+        wn = wi - lr * step
+        w[i] = wn
+        seen = max(seen, nonfinite_bits(wn))
+    return seen
+
+
+@njit(inline="always", error_model="numpy")
+def _sgd_segment(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2):
+    lr, momentum = cast_like(lr, w), cast_like(momentum, w)
+    l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
+    if momentum == 0:   # a constant 0 in the loop: LLVM drops its momentum branch and vectorises
+        seen = _sgd_loop(w, prev, buf, g, lr, cast_like(0.0, w), False, l1, l2x2)
+    else:
+        seen = _sgd_loop(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2)
+    return _nonfinite_count(seen, w)   # the stored values: float32 may overflow
 
 
 def _sgd_update(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
@@ -96,6 +117,7 @@ def _adam_segment(w, prev, m, v, g, beta1, beta2, eps, step_size, sqrt_bc2, l1, 
     beta1, beta2, eps = cast_like(beta1, w), cast_like(beta2, w), cast_like(eps, w)
     step_size, sqrt_bc2 = cast_like(step_size, w), cast_like(sqrt_bc2, w)
     l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
+    seen = nonfinite_bits(cast_like(0.0, w))
     for i in prange(w.size):
         wi = w[i]
         gi = g[i] + _reg(wi, l1, l2x2)
@@ -104,8 +126,10 @@ def _adam_segment(w, prev, m, v, g, beta1, beta2, eps, step_size, sqrt_bc2, l1, 
         m[i] = mi
         v[i] = vi
         prev[i] = wi
-        w[i] = wi - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
-    return _count_nonfinite(w)   # the stored values: float32 may overflow
+        wn = wi - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
+        w[i] = wn
+        seen = max(seen, nonfinite_bits(wn))
+    return _nonfinite_count(seen, w)   # the stored values: float32 may overflow
 
 
 def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
@@ -181,10 +205,8 @@ def _step_grad(gi, wi, l1, l2x2, factor, clipvalue, weight_decay):
 
 
 @njit(inline="always", error_model="numpy")
-def _sgd_step_segment(w, prev, buf, g, l1, l2x2, factor, lr, clipvalue, weight_decay, momentum, nesterov):
-    lr, momentum, factor = cast_like(lr, w), cast_like(momentum, w), cast_like(factor, w)
-    l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
-    clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
+def _sgd_step_loop(w, prev, buf, g, l1, l2x2, factor, lr, clipvalue, weight_decay, momentum, nesterov):
+    seen = nonfinite_bits(cast_like(0.0, w))
     for i in prange(w.size):
         wi = w[i]
         gi = _step_grad(g[i], wi, l1, l2x2, factor, clipvalue, weight_decay)
@@ -195,8 +217,22 @@ def _sgd_step_segment(w, prev, buf, g, l1, l2x2, factor, lr, clipvalue, weight_d
             buf[i] = b
             step = gi + momentum * b if nesterov else b
         prev[i] = wi
-        w[i] = wi - lr * step
-    return _count_nonfinite(w)   # the stored values: float32 may overflow
+        wn = wi - lr * step
+        w[i] = wn
+        seen = max(seen, nonfinite_bits(wn))
+    return seen
+
+
+@njit(inline="always", error_model="numpy")
+def _sgd_step_segment(w, prev, buf, g, l1, l2x2, factor, lr, clipvalue, weight_decay, momentum, nesterov):
+    lr, momentum, factor = cast_like(lr, w), cast_like(momentum, w), cast_like(factor, w)
+    l1, l2x2 = cast_like(l1, w), cast_like(l2x2, w)
+    clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
+    if momentum == 0:   # as _sgd_segment
+        seen = _sgd_step_loop(w, prev, buf, g, l1, l2x2, factor, lr, clipvalue, weight_decay, cast_like(0.0, w), False)
+    else:
+        seen = _sgd_step_loop(w, prev, buf, g, l1, l2x2, factor, lr, clipvalue, weight_decay, momentum, nesterov)
+    return _nonfinite_count(seen, w)   # the stored values: float32 may overflow
 
 
 def _sgd_step(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
@@ -229,6 +265,7 @@ def _adam_step_segment(w, prev, m, v, g, l1, l2x2, factor, clipvalue, weight_dec
     step_size, sqrt_bc2, decay = cast_like(step_size, w), cast_like(sqrt_bc2, w), cast_like(decay, w)
     l1, l2x2, factor = cast_like(l1, w), cast_like(l2x2, w), cast_like(factor, w)
     clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
+    seen = nonfinite_bits(cast_like(0.0, w))
     for i in prange(w.size):
         wi = w[i]
         gi = _step_grad(g[i], wi, l1, l2x2, factor, clipvalue, weight_decay)
@@ -237,8 +274,10 @@ def _adam_step_segment(w, prev, m, v, g, l1, l2x2, factor, clipvalue, weight_dec
         m[i] = mi
         v[i] = vi
         prev[i] = wi
-        w[i] = wi * decay - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
-    return _count_nonfinite(w)   # the stored values: float32 may overflow
+        wn = wi * decay - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
+        w[i] = wn
+        seen = max(seen, nonfinite_bits(wn))
+    return _nonfinite_count(seen, w)   # the stored values: float32 may overflow
 
 
 def _adam_step(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_l2, factor, lr,
@@ -277,6 +316,7 @@ def _rmsprop_step_segment(w, prev, sq, buf, ga, g, l1, l2x2, factor, lr, clipval
     alpha, eps, momentum, lr = cast_like(alpha, w), cast_like(eps, w), cast_like(momentum, w), cast_like(lr, w)
     l1, l2x2, factor = cast_like(l1, w), cast_like(l2x2, w), cast_like(factor, w)
     clipvalue, weight_decay = cast_like(clipvalue, w), cast_like(weight_decay, w)
+    seen = nonfinite_bits(cast_like(0.0, w))
     for i in prange(w.size):
         wi = w[i]
         gi = _step_grad(g[i], wi, l1, l2x2, factor, clipvalue, weight_decay)
@@ -295,8 +335,10 @@ def _rmsprop_step_segment(w, prev, sq, buf, ga, g, l1, l2x2, factor, lr, clipval
         else:
             delta = gi / avg
         prev[i] = wi
-        w[i] = wi - lr * delta
-    return _count_nonfinite(w)   # the stored values: float32 may overflow
+        wn = wi - lr * delta
+        w[i] = wn
+        seen = max(seen, nonfinite_bits(wn))
+    return _nonfinite_count(seen, w)   # the stored values: float32 may overflow
 
 
 def _rmsprop_step(params, prev, square_avg, buf, grad_avg, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
