@@ -21,20 +21,34 @@ def check_dtype(dtype):
     return DTYPES[key]
 
 
+# NaN and Inf are the floats whose exponent field is all ones. The scans below take the
+# largest exponent field of each chunk of 4,096 values (an integer max LLVM vectorises: a
+# 32 x 784 float32 batch in 1.2 against 3.6 us OR-ing the NaN tests of x - x, 21 us testing
+# and returning value by value); no temporary array the size of X, and they stop after the
+# chunk of the first NaN or Inf. The casts keep float32's bits 32-bit (Numba widens uint32 &
+# uint32 to 64 bits: half the lanes, 3.8 us).
 @njit(cache=True, nogil=True)
-def _all_finite(flat):
-    # no temporary boolean array the size of X, and it stops after the chunk of its first NaN.
-    # d = x - x is 0 for a finite x and NaN for NaN or Inf (d != d: NaN); OR-ing those flags
-    # as integers lets LLVM vectorise the loop, where a test-and-return per value doesn't
-    # (a 32 x 784 float32 batch: 7 against 21 us)
-    n = flat.size
+def _all_finite32(bits):
+    n = bits.size
     for lo in range(0, n, 4096):
-        chunk = flat[lo:min(n, lo + 4096)]
-        bad = np.int32(0)
+        chunk = bits[lo:min(n, lo + 4096)]
+        top = np.uint32(0)
         for i in range(chunk.size):
-            d = chunk[i] - chunk[i]
-            bad |= np.int32(d != d)
-        if bad:
+            top = max(top, np.uint32(chunk[i] & np.uint32(0x7F800000)))
+        if top == np.uint32(0x7F800000):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _all_finite64(bits):
+    n = bits.size
+    for lo in range(0, n, 4096):
+        chunk = bits[lo:min(n, lo + 4096)]
+        top = np.uint64(0)
+        for i in range(chunk.size):
+            top = max(top, np.uint64(chunk[i] & np.uint64(0x7FF0000000000000)))
+        if top == np.uint64(0x7FF0000000000000):
             return False
     return True
 
@@ -62,17 +76,19 @@ def check_fits_dtype(X, dtype, what="X"):
     return X
 
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# each float dtype's bits as unsigned integers, and their scan
+_BITS = {np.dtype(np.float32): (np.uint32, _all_finite32), np.dtype(np.float64): (np.uint64, _all_finite64)}
 
 
 def all_finite(X):
-    if X.dtype in _FLOATS and X.flags.c_contiguous:     # the usual case, checked first
-        return _all_finite(X.reshape(-1))
+    found = _BITS.get(X.dtype)
+    if found is not None and X.flags.c_contiguous:     # the usual case, checked first
+        return found[1](X.reshape(-1).view(found[0]))
     if not np.issubdtype(X.dtype, np.floating):
         return True
-    if X.dtype not in (np.float32, np.float64):
+    if found is None:
         return bool(np.all(np.isfinite(X)))
-    return _all_finite(X.reshape(-1) if X.flags.c_contiguous else np.ravel(X, order="K"))
+    return found[1](np.ravel(X, order="K").view(found[0]))
 
 
 def warn_flat_images(shape, input_shape, what="X"):
