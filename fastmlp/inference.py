@@ -131,8 +131,9 @@ class DenseChain:
         return found
 
     def predict(self, X, batch, parallel, read=None):
-        """Probabilities (N, M) of X (validated, C-contiguous, the model's dtype), ``batch``
-        rows a kernel call; ``parallel``: each call's row blocks on Numba's threads.
+        """Probabilities (N, M) of X (C-contiguous, the model's dtype; the kernel checks its
+        values: a ValueError names the batch of rows with a NaN or Inf), ``batch`` rows a
+        kernel call; ``parallel``: each call's blocks or column parts on Numba's threads.
         ``read(start, stop)``: those rows of an X on disk, as such an array."""
         n = X.shape[0]
         out = np.empty((n, self.out_features), dtype=self.dtype)
@@ -143,6 +144,7 @@ class DenseChain:
             stop = min(n, start + b)
             xb = X[start:stop] if read is None else read(start, stop)
             edges, blas, _ = self._plan_rows(stop - start)
-            forward(out[start:stop], xb, self.params, self.layout, self.alphas, self.final, scratch, edges,
-                    parallel, blas, self.threads)
+            if not forward(out[start:stop], xb, self.params, self.layout, self.alphas, self.final, scratch,
+                           edges, parallel, blas, self.threads):
+                raise ValueError(f"expected finite values in X, got NaN or Inf (in rows {start} to {stop - 1})")
         return out

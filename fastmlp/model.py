@@ -30,7 +30,7 @@ from .params import FlatParameters
 from .preprocessing import looks_like_raw_pixels, raw_pixel_warning
 from .sample_weights import check_sample_weight
 from .training import Trainer
-from .validation import all_finite, check_batch_size, check_dtype, check_features, check_fits_dtype
+from .validation import check_batch_size, check_dtype, check_features, check_fits_dtype
 from .backend.workspaces import WorkspacePool
 
 EVAL_BATCH = 1024   # rows per forward pass of evaluate / predict when no batch_size is given
@@ -354,7 +354,8 @@ class Sequential:
                 self._leave(training=False, hold_blas=hold_blas)
 
     def _predict_chain(self, chain, X, batch_size):
-        # every layer in one kernel call per batch (fastmlp/inference.py)
+        # every layer in one kernel call per batch (fastmlp/inference.py); a server's usual
+        # request (chain.takes) goes straight to the kernel, which checks its values
         read = None
         if not chain.takes(X):
             X = self.prepare(X)[0]
@@ -362,8 +363,6 @@ class Sequential:
                 X = np.ascontiguousarray(X)
             else:                     # on disk (LazyRows): read batch by batch
                 read = lambda start, stop: np.ascontiguousarray(rows(self.be, X, start, stop, self.dtype))  # noqa: E731
-        elif not all_finite(X):       # a server's usual request: only the values to check
-            raise ValueError("expected finite values in X, got NaN or Inf")
         self.be.use_numba_thread_gemms(False)   # whose threads run this thread's GEMMs: not Numba's
         batch = batch_size or EVAL_BATCH
         parallel = (chain.blocks(min(X.shape[0], batch)) > 1 and self.be.inference_parallel() and

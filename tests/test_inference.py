@@ -242,6 +242,23 @@ def test_inputs_are_checked_and_converted():
 
 
 @needs_chain
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_the_kernel_refuses_a_non_finite_input_on_either_path(dtype, value):
+    # the kernel checks X itself: the tiles path (a few rows), the row blocks with BLAS
+    # (hundreds of rows), and a later batch of several (its rows named)
+    model = _model("relu", "softmax_crossentropy", dtype)
+    rng = np.random.default_rng(6)
+    for n, where, batch_size, rows in ((1, (0, 0), None, "0 to 0"), (20, (19, 12), None, "0 to 19"),
+                                       (600, (599, 0), None, "0 to 599"), (50, (33, 5), 16, "32 to 47")):
+        x = rng.standard_normal((n, 13)).astype(dtype)
+        assert np.isfinite(model.predict(x, batch_size=batch_size)).all()
+        x[where] = value
+        with pytest.raises(ValueError, match=f"finite values in X, got NaN or Inf \\(in rows {rows}\\)"):
+            model.predict(x, batch_size=batch_size)
+
+
+@needs_chain
 def test_a_model_without_a_loss_predicts_its_raw_outputs_in_one_call():
     model = fm.Sequential([fm.Dense(5, 7, activation="tanh"), fm.Dense(7, 3)], seed=0)
     assert model._dense_chain is not None

@@ -33,7 +33,7 @@ from . import activation, loss, openblas, tile_gemm
 from .. import codes as _codes
 from ..codes import SIGMOID
 from .activation import act_value
-from .jit import cover_dependencies, twins
+from .jit import any_nonfinite, cast_like, cover_dependencies, nonfinite_bits, twins
 from .loss import softmax_row
 from .openblas import NO_TRANS, ROW_MAJOR
 
@@ -72,6 +72,19 @@ def block_span(scratch, n, lo, hi, m):
     same for every layer, so blocks own disjoint spans whatever their layers' widths."""
     w = scratch.size // n
     return scratch[lo * w:lo * w + (hi - lo) * m].reshape((hi - lo, m))
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def _nonfinite(x):
+    # whether x (C-contiguous) holds a NaN or Inf: the largest nonfinite_bits over it, an
+    # integer max LLVM vectorises. Checked here rather than before the call: a second Numba
+    # call per prediction cost P2's predict 3 us at 1 row and 7 at 32 (its code cold after
+    # the kernel's)
+    flat = x.reshape(x.size)
+    seen = nonfinite_bits(cast_like(0.0, flat))
+    for i in range(flat.size):
+        seen = max(seen, nonfinite_bits(flat[i]))
+    return any_nonfinite(seen, flat)
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
@@ -117,9 +130,13 @@ def _block(out, x, params, layout, alphas, final, scratch, lo, hi, tiles, gemm):
 
 
 def _dense_chain(out, x, params, layout, alphas, final, scratch, edges, tiles, gemm):
-    # out (N, M_last) = final(the chain on x (N, D)), block t = rows edges[t] .. edges[t + 1]
+    # out (N, M_last) = final(the chain on x (N, D)), block t = rows edges[t] .. edges[t + 1];
+    # False, and nothing computed, when x holds a NaN or Inf
+    if _nonfinite(x):
+        return False
     for t in prange(edges.size - 1):
         _block(out, x, params, layout, alphas, final, scratch, edges[t], edges[t + 1], tiles, gemm)
+    return True
 
 
 dense_chain_twins = twins(_dense_chain)
@@ -141,7 +158,10 @@ def column_parts(n, d, m, parts):
 def _dense_chain_columns(out, x, params, layout, alphas, final, scratch, parts):
     # out (N, M_last) = final(the chain on x (N, D)) on the tiles, layer after layer, each
     # layer's columns cut into column_parts: all N rows of a layer before the next one (the
-    # end of a parallel region between them); layer l writes buffer l % 2 of scratch as (N, M)
+    # end of a parallel region between them); layer l writes buffer l % 2 of scratch as (N, M).
+    # False, and nothing computed, when x holds a NaN or Inf
+    if _nonfinite(x):
+        return False
     n = x.shape[0]
     a = x
     last = layout.shape[0] - 1
@@ -160,6 +180,7 @@ def _dense_chain_columns(out, x, params, layout, alphas, final, scratch, parts):
             tile_gemm.dense_rows(z, a, w, b, code, alphas[l], buf)
         a = z
     _final_rows(out, final, 0, n)
+    return True
 
 
 dense_chain_columns_twins = twins(_dense_chain_columns)
@@ -195,13 +216,13 @@ def dense_chain_forward(out, x, params, layout, alphas, final, scratch, edges, p
     ``column_parts`` for ``parts`` threads: each thread reads its own columns of W, where row
     blocks on two cores would each read all of W (P2's 32 rows: 89-91 against 97-101 us, on
     the project's Intel Xeon). ``parallel``: the blocks or the column parts on Numba's
-    threads, else one after the other on this one; the same arithmetic either way."""
+    threads, else one after the other on this one; the same arithmetic either way.
+    Returns False, having computed nothing, when x holds a NaN or Inf."""
     if blas:
         kernels = dense_chain_twins.parallel if parallel and edges.size > 2 else dense_chain_twins.serial
-        kernels(out, x, params, layout, alphas, final, scratch, edges, TILES, _GEMM[out.dtype.char])
-    else:
-        kernels = dense_chain_columns_twins.parallel if parallel else dense_chain_columns_twins.serial
-        kernels(out, x, params, layout, alphas, final, scratch, parts)
+        return kernels(out, x, params, layout, alphas, final, scratch, edges, TILES, _GEMM[out.dtype.char])
+    kernels = dense_chain_columns_twins.parallel if parallel else dense_chain_columns_twins.serial
+    return kernels(out, x, params, layout, alphas, final, scratch, parts)
 
 
 cover_dependencies(__name__, activation, loss, openblas, tile_gemm, _codes)
