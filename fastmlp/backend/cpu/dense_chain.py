@@ -41,15 +41,17 @@ OUT_IDENTITY, OUT_SOFTMAX, OUT_SIGMOID = 0, 1, 2   # what the chain's last step 
 ALIGN = openblas.ALIGN    # block edges on multiples of 8 rows (OpenBLAS's row kernels)
 # A block of at most TILE_ROWS rows runs its layers on tile_gemm.py's register tiles, where the
 # CPU has them (TILES): BLAS copies the weights on every call, which costs a few rows as much
-# as the arithmetic; from about 128 rows on, BLAS is faster (bench/README.md).
+# as the arithmetic. BLAS overtook the first tiles between 64 and 128 rows; the present ones
+# keep up with it to 256, but blocks of 128 rows made predictions neither faster nor slower
+# (bench/README.md).
 TILE_ROWS = 64
 TILES = tile_gemm.available()
-# a tiles-only call cuts each layer's columns into parts on multiples of COLUMN_STEP (one
-# vector of floats) for a layer of at least PARALLEL_MACS multiply-adds. Not on whole tiles:
-# P2's 256 columns as 144 + 112 (panels of 48 for 8 rows) left one row's 128-column tiles
-# unbalanced; as 128 + 128, 8 rows take three tiles a part either way (48, 48, 32)
-# (P2 at batch 1, alternated runs: its 256x256 layer whole, 17.5-18.3 us; cut at 2 ** 16,
-# 18.8-19.3; its 784x256 layer whole too at 2 ** 18, 18.2-19.2)
+# A tiles-only call cuts each layer's columns into parts on multiples of COLUMN_STEP (one
+# vector of floats), not on whole tiles: P2's 256 columns cut 144 + 112 (panels of 48 for 8
+# rows) left one row's 128-column tiles unbalanced, where 128 + 128 gives 8 rows three tiles
+# a part either way (48, 48, 32). A layer of fewer than PARALLEL_MACS multiply-adds stays
+# whole (P2 at batch 1, alternated runs: its 256x256 layer whole, 17.5-18.3 us; cut at
+# 2 ** 16, 18.8-19.3; its 784x256 layer whole too at 2 ** 18, 18.2-19.2).
 COLUMN_STEP = 16
 PARALLEL_MACS = 1 << 17
 
@@ -77,9 +79,8 @@ def block_span(scratch, n, lo, hi, m):
 @njit(inline="always", nogil=True, error_model="numpy")
 def _nonfinite(x):
     # whether x (C-contiguous) holds a NaN or Inf: the largest nonfinite_bits over it, an
-    # integer max LLVM vectorises. Checked here rather than before the call: a second Numba
-    # call per prediction cost P2's predict 3 us at 1 row and 7 at 32 (its code cold after
-    # the kernel's)
+    # integer max LLVM vectorises. Checked here rather than before the call: P2's predict
+    # took 3 us less at 1 row and 7 at 32 without that second Numba call (alternated runs)
     flat = x.reshape(x.size)
     seen = nonfinite_bits(cast_like(0.0, flat))
     for i in range(flat.size):
