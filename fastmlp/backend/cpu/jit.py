@@ -89,7 +89,8 @@ def nonfinite_bits(x):
 def _nonfinite_bits(x):
     if x == nbtypes.float32:
         def impl(x):
-            return np.uint32(np.uint32(_float_bits(x)) & np.uint32(0x7F800000)) + np.uint32(0x00800000)
+            # each step cast back: Numba widens uint32 arithmetic to 64 bits (half the lanes)
+            return np.uint32(np.uint32(np.uint32(_float_bits(x)) & np.uint32(0x7F800000)) + np.uint32(0x00800000))
     else:
         def impl(x):
             return (np.uint64(np.uint64(_float_bits(x)) & np.uint64(0x7FF0000000000000)) +
