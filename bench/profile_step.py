@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fastmlp as fm  # noqa: E402
 from fastmlp.backend import cpu  # noqa: E402
 
-OPS = ["matmul", "bias_act_forward", "act_backward_bias_grad", "act_forward", "act_backward",
+OPS = ["matmul", "matmul_pair", "dense_forward", "bias_act_forward", "act_backward_bias_grad", "act_forward", "act_backward",
        "softmax_xent", "bce_logits", "mse", "sgd_update", "adam_update", "gather_rows", "reg_penalty",
        "im2col", "col2im", "conv_bias_forward", "conv_bias_backward", "maxpool_forward",
        "maxpool_backward", "conv_bias_act_pool_forward", "conv_bias_act_pool_backward", "transpose",
@@ -81,6 +81,10 @@ def instrument():
             if _name == "matmul":
                 out, a, b = args[:3]
                 key = f"matmul {a.shape[0]}x{a.shape[1]} @ {b.shape[0]}x{b.shape[1]}"
+            elif _name == "matmul_pair":
+                a, b, a2, b2 = args[1], args[2], args[4], args[5]
+                key = (f"matmul_pair {a.shape[0]}x{a.shape[1]} @ {b.shape[0]}x{b.shape[1]}, "
+                       f"{a2.shape[0]}x{a2.shape[1]} @ {b2.shape[0]}x{b2.shape[1]}")
             times[key] += dt
             calls[key] += 1
 

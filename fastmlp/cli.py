@@ -674,6 +674,8 @@ def cmd_info(args):
         print(f"training threads: {step_threads.policy()}")
     except ValueError as e:
         print(f"training threads: {e}")
+    from fastmlp.backend.cpu import blas_pool
+    print(f"BLAS while training: {blas_pool.describe()}")
     return 0
 
 

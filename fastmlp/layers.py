@@ -213,8 +213,7 @@ class Dense(Layer):
         # x is (N, D); keeps x and the output a (N, M) for backward
         W, b = self.params
         a = self.workspace("a", (x.shape[0], self.out_features))
-        self.be.matmul(a, x, W)
-        self.be.bias_act_forward(a, b, self.act_code, self.alpha)
+        self.be.dense_forward(a, x, W, b, self.act_code, self.alpha)
         self.x, self.a = x, a
         return a
 
@@ -224,11 +223,11 @@ class Dense(Layer):
         dW, db = self.grads
         be = self.be
         be.act_backward_bias_grad(da, db, da, self.a, self.act_code, self.alpha)
-        be.matmul(dW, self.x.T, da)
         if not self.needs_dx:
+            be.matmul(dW, self.x.T, da)
             return None
         dx = self.workspace("dx", self.x.shape)
-        be.matmul(dx, da, W.T)
+        be.matmul_pair(dW, self.x.T, da, dx, da, W.T)
         return dx
 
     def get_config(self):

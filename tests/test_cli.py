@@ -135,6 +135,17 @@ def test_info(capsys):
         assert needle in stdout
 
 
+def test_info_says_which_pool_runs_blas_while_training(capsys, monkeypatch):
+    from fastmlp.backend.cpu import blas_pool
+    rc, stdout, _ = run(capsys, "info")
+    line = [ln for ln in stdout.splitlines() if ln.startswith("BLAS while training: ")][0]
+    assert rc == 0 and ("Numba's threads" in line or blas_pool.reason in line)
+    monkeypatch.setenv(blas_pool.ENV, "0")
+    rc, stdout, _ = run(capsys, "info")
+    line = [ln for ln in stdout.splitlines() if ln.startswith("BLAS while training: ")][0]
+    assert rc == 0 and line.endswith(f"OpenBLAS's own pool (switched off by {blas_pool.ENV}=0)")
+
+
 def test_info_says_why_the_fast_conv_path_is_off(capsys, monkeypatch):
     from fastmlp.backend.cpu import openblas
     monkeypatch.setattr(openblas, "_found", None)

@@ -30,14 +30,14 @@ if "NUMBA_CACHE_DIR" not in os.environ and not _cache_dir_is_writable():
 from . import cores, openblas  # noqa: E402
 from . import thread_count  # noqa: E402
 from .augment import augment_images  # noqa: E402
-from .blas import begin_inference, end_inference, inference_parallel, matmul, numba_thread_gemms, use_numba_thread_gemms  # noqa: E402
+from .blas import begin_inference, end_inference, inference_parallel, matmul, matmul_pair, numba_thread_gemms, use_numba_thread_gemms  # noqa: E402
 from .conv import (col2im, conv_bias_act_pool_backward, conv_bias_act_pool_forward,  # noqa: E402
                    conv_bias_backward, conv_bias_forward, im2col, transpose)
 from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward  # noqa: E402
 from .data import (copy, copy_from_host, empty, gather_rows, random_uniform, synchronize,  # noqa: E402
                    to_device, to_host, zeros)
 from . import dense_chain as _dense_chain  # noqa: E402
-from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward  # noqa: E402
+from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward, dense_forward  # noqa: E402
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
 from .loss import (bce_logits, bce_logits_weighted, mse, mse_weighted, softmax_forward, softmax_xent,  # noqa: E402
                    softmax_xent_weighted)  # noqa: E402

@@ -77,7 +77,7 @@ def hold():
         if _state["count"] is None:
             _state["count"] = start
         if _state["holds"] == 0 and set_threads is not None:
-            _state["before"] = _current()      # what the last release puts back
+            _state["before"] = current()      # what the last release puts back
             set_threads(1)
         _state["holds"] += 1
 
@@ -92,8 +92,8 @@ def release():
             set_threads(_state["before"])
 
 
-def _current():
-    # BLAS's own thread count now, read from the library (the chosen one where it can't be)
+def current():
+    """BLAS's own thread count now, read from the library (the chosen one where it can't be)."""
     get = _found[2] if len(_found) > 2 else None
     return get() if get is not None else _state["count"]
 

@@ -18,15 +18,16 @@ from numba import njit
 from numba import types as nbtypes
 from numba.extending import intrinsic, overload
 
+from . import blas_pool
 from .blas import numba_thread_gemms
 
-# Below this many elements a kernel runs serially. The fused kernels are memory-bound, so a
-# second thread gains little, while a parallel region waits for a core that OpenBLAS's
-# worker threads keep spinning on after a GEMM (bench/README.md, "CPU thresholds").
+# Below this many elements a kernel runs serially: a parallel region waits for a core that
+# OpenBLAS's worker threads keep spinning on after a GEMM (bench/README.md, "CPU thresholds"),
+# unless OpenBLAS's jobs run on Numba's threads (blas_pool.py, while a fit trains).
 PARALLEL_MIN_WORK = int(os.environ.get("FASTMLP_PARALLEL_MIN_WORK", 1 << 24))
-# The threshold while big GEMMs run on Numba's threads (blas.use_numba_thread_gemms): nothing
-# spins on the cores then and Numba's threads are awake. Not the default: between the short
-# kernels of an MLP's step they fall asleep, and waking them costs more than they save.
+# The threshold while big GEMMs run on Numba's threads (OpenBLAS's jobs through blas_pool.py,
+# or blocks of single-threaded calls, blas.use_numba_thread_gemms): nothing spins against
+# Numba's threads then, and they are awake between the GEMMs.
 PARALLEL_MIN_WORK_SHARED = int(os.environ.get("FASTMLP_PARALLEL_MIN_WORK_SHARED", 1 << 16))
 
 Twins = namedtuple("Twins", "serial parallel")
@@ -45,7 +46,7 @@ def twins(fn):
 
 def pick(kernels, work):
     """The twin to run for ``work`` elements: the parallel one from the threshold on."""
-    least = PARALLEL_MIN_WORK_SHARED if numba_thread_gemms() else PARALLEL_MIN_WORK
+    least = PARALLEL_MIN_WORK_SHARED if numba_thread_gemms() or blas_pool.active() else PARALLEL_MIN_WORK
     return kernels.parallel if work >= least else kernels.serial
 
 

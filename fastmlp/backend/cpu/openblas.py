@@ -41,6 +41,7 @@ def _prototype(real):
                             ctypes.c_void_p, _I64, real, ctypes.c_void_p, _I64)
 
 
+_library = []  # [the ctypes library, its symbol prefix] once found
 reason = ""   # why the fast path is off (``fastmlp info`` prints it), "" when it is on
 
 
@@ -76,6 +77,7 @@ def _numpy_openblas():
                 except AttributeError:
                     continue
                 reason = ""
+                _library[:] = [lib, prefix]
                 return found
             reason = f"the 64-bit cblas_?gemm symbols were not found in NumPy's OpenBLAS {path}"
             return None
@@ -96,6 +98,11 @@ if _found is not None:
 def available():
     """Whether big GEMMs run here (NumPy's OpenBLAS was found)."""
     return _found is not None
+
+
+def library():
+    """(NumPy's OpenBLAS as a ctypes library, its symbol prefix), or None where not found."""
+    return tuple(_library) if _found is not None else None
 
 
 def gemm_for(dtype):
@@ -163,6 +170,56 @@ _parallel_fn = types.FunctionType(_gemm_blocks.__code__, globals(), "_gemm_block
 _parallel_fn.__qualname__ = "_gemm_blocks_parallel"
 _gemm_blocks_parallel = njit(parallel=True, nogil=True, cache=True)(_parallel_fn)
 _gemm_blocks_serial = njit(nogil=True, cache=True)(_gemm_blocks)
+
+
+@njit(inline="always")
+def _cblas_layout(x):
+    # (transpose flag, leading dimension) of a 2-D operand in elements; ld 0: BLAS can't take it
+    s0, s1 = x.strides[0] // x.itemsize, x.strides[1] // x.itemsize
+    if s1 == 1 and s0 >= max(1, x.shape[1]):
+        return NO_TRANS, s0
+    if s0 == 1 and s1 >= max(1, x.shape[0]):
+        return TRANS, s1
+    return NO_TRANS, 0
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _gemm_pair(gemm, c1, a1, b1, c2, a2, b2):
+    # c1 = a1 @ b1 on one thread and c2 = a2 @ b2 on another; False (nothing done) where BLAS
+    # can't take an operand, or two transposed ones (see conv_act_pool._transposed). The
+    # layouts are read here: from Python, six addresses and strides cost more than a small GEMM.
+    ta1, lda1 = _cblas_layout(a1)
+    tb1, ldb1 = _cblas_layout(b1)
+    tc1, ldc1 = _cblas_layout(c1)
+    ta2, lda2 = _cblas_layout(a2)
+    tb2, ldb2 = _cblas_layout(b2)
+    tc2, ldc2 = _cblas_layout(c2)
+    if (min(lda1, ldb1, ldc1, lda2, ldb2, ldc2) == 0 or tc1 != NO_TRANS or tc2 != NO_TRANS
+            or (ta1 == TRANS and tb1 == TRANS) or (ta2 == TRANS and tb2 == TRANS)):
+        return False
+    for t in prange(2):
+        if t == 0:
+            gemm(ROW_MAJOR, ta1, tb1, a1.shape[0], b1.shape[1], a1.shape[1], 1.0, a1.ctypes.data, lda1,
+                 b1.ctypes.data, ldb1, 0.0, c1.ctypes.data, ldc1)
+        else:
+            gemm(ROW_MAJOR, ta2, tb2, a2.shape[0], b2.shape[1], a2.shape[1], 1.0, a2.ctypes.data, lda2,
+                 b2.ctypes.data, ldb2, 0.0, c2.ctypes.data, ldc2)
+    return True
+
+
+def pair(out1, a1, b1, out2, a2, b2):
+    """out1 = a1 @ b1 and out2 = a2 @ b2 side by side: one single-threaded OpenBLAS call
+    each, on two of Numba's threads (the caller's Numba team has two or more). False
+    (nothing done) where BLAS can't take an operand (as ``matmul``): all six of one dtype,
+    float32 or float64."""
+    gemm = gemm_for(out1.dtype) if _found is not None else None
+    if gemm is None or not (a1.dtype == b1.dtype == out2.dtype == a2.dtype == b2.dtype == out1.dtype):
+        return False
+    blas_threads.hold()
+    try:
+        return _gemm_pair(gemm, out1, a1, b1, out2, a2, b2)
+    finally:
+        blas_threads.release()
 
 
 def matmul(out, a, b, threads, parallel=True):

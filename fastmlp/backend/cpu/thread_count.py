@@ -30,7 +30,7 @@ import time
 
 import numba
 
-from . import blas
+from . import blas, blas_pool
 from .cores import most
 
 ENV = "FASTMLP_THREADS"
@@ -158,6 +158,7 @@ class StepThreads:
         self.used = {}                 # count -> steps run on it
         self.samples = []
         self.before = None
+        self.pool = False              # whether start() installed blas_pool's callback
         self.next_sample = 0.0
 
     def start(self):
@@ -172,6 +173,7 @@ class StepThreads:
             recent = _last[0] is not None and time.monotonic() - _last[1] < RECENT_S
             self.current = min(_last[0], self.top) if recent else free_cores(seen, self.top)
         _set(self.current)
+        self.pool = blas_pool.install()    # OpenBLAS's jobs on Numba's threads while the fit runs
 
     def end(self):
         self.used[self.current] = self.used.get(self.current, 0) + 1
@@ -194,6 +196,9 @@ class StepThreads:
         global last_choice
         if self.before is None:
             return
+        if self.pool:
+            blas_pool.uninstall()
+            self.pool = False
         numba.set_num_threads(self.before[0])
         blas.set_blas_threads(self.before[1])
         self.before = None

@@ -26,13 +26,13 @@ if _NO_CUPY is not None:
 else:
     from . import graph
     from .augment import augment_images
-    from .blas import begin_inference, end_inference, inference_parallel, matmul, numba_thread_gemms, use_numba_thread_gemms
+    from .blas import begin_inference, end_inference, inference_parallel, matmul, matmul_pair, numba_thread_gemms, use_numba_thread_gemms
     from .conv import (col2im, conv_bias_act_pool_backward, conv_bias_act_pool_forward, conv_bias_backward,
                        conv_bias_forward, im2col, transpose)
     from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward
     from .data import (copy, copy_from_host, empty, gather_rows, random_uniform, synchronize, to_device,
                        to_host, zeros)
-    from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward
+    from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward, dense_forward
     from .dropout import dropout_backward, dropout_forward
     from .loss import (bce_logits, bce_logits_weighted, mse, mse_weighted, softmax_forward, softmax_xent,
                        softmax_xent_weighted)

@@ -135,6 +135,12 @@ def matmul(out, a, b):
         cupy.matmul(a, b, out=out)
 
 
+def matmul_pair(out1, a1, b1, out2, a2, b2):
+    # two independent products, one after the other on the stream (the CPU runs them side by side)
+    matmul(out1, a1, b1)
+    matmul(out2, a2, b2)
+
+
 def use_numba_thread_gemms(flag):
     # nothing to choose on the GPU: the CPU backend picks the threads of its GEMMs
     pass
