@@ -56,35 +56,6 @@ def _nonfinite_count(seen, w):
     return _count_nonfinite(w) if any_nonfinite(seen, w) else 0
 
 
-# The update kernels share the flat buffer out in pieces of at most PIECE elements of one
-# segment each: one parallel region for the whole buffer (the loops inside a piece run
-# serially in it), instead of one a segment (P2: 6 regions, 138 against ... us). A piece is
-# a slice, so its loop vectorises as a segment's did, and every element is computed as before.
-PIECE = 1 << 14
-
-
-@njit(inline="always")
-def _pieces(seg_start, seg_stop):
-    # how many pieces the segments make
-    n = 0
-    for s in range(seg_start.size):
-        n += (seg_stop[s] - seg_start[s] + PIECE - 1) // PIECE
-    return n
-
-
-@njit(inline="always")
-def _piece(p, seg_start, seg_stop):
-    # (segment, lo, hi) of piece p
-    first = 0   # the first piece of segment s
-    for s in range(seg_start.size):
-        k = (seg_stop[s] - seg_start[s] + PIECE - 1) // PIECE
-        if p < first + k:
-            lo = seg_start[s] + (p - first) * PIECE
-            return s, lo, min(lo + PIECE, seg_stop[s])
-        first += k
-    return -1, 0, 0   # p past the last piece: never asked
-
-
 @njit(inline="always", error_model="numpy")
 def _sgd_loop(w, prev, buf, g, lr, momentum, nesterov, l1, l2x2):
     seen = nonfinite_bits(cast_like(0.0, w))
@@ -120,8 +91,8 @@ def _sgd_update(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_
     # params, prev, buf, grads (NP,); segment s is [seg_start[s], seg_stop[s]) with its
     # L1/L2 coefficients seg_l1[s], seg_l2[s]; bad (1,) += the non-finite new parameters
     nbad = 0
-    for p in prange(_pieces(seg_start, seg_stop)):
-        s, lo, hi = _piece(p, seg_start, seg_stop)
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_stop[s]
         mbuf = buf[lo:hi] if momentum != 0 else prev[lo:hi]   # unused without momentum
         nbad += _sgd_segment(params[lo:hi], prev[lo:hi], mbuf, grads[lo:hi], lr, momentum,
                              nesterov, seg_l1[s], 2.0 * seg_l2[s])
@@ -169,8 +140,8 @@ def _adam_update(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, se
     step_size = lr / (1.0 - beta1 ** step)
     sqrt_bc2 = math.sqrt(1.0 - beta2 ** step)
     nbad = 0
-    for p in prange(_pieces(seg_start, seg_stop)):
-        s, lo, hi = _piece(p, seg_start, seg_stop)
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_stop[s]
         nbad += _adam_segment(params[lo:hi], prev[lo:hi], m[lo:hi], v[lo:hi], grads[lo:hi],
                               beta1, beta2, eps, step_size, sqrt_bc2, seg_l1[s], 2.0 * seg_l2[s])
     bad[0] += nbad
@@ -268,8 +239,8 @@ def _sgd_step(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2
               clipvalue, weight_decay, momentum, nesterov):
     # as _sgd_update, with the rate lr[0], factor (NS,) and weight decay
     nbad = 0
-    for p in prange(_pieces(seg_start, seg_stop)):
-        s, lo, hi = _piece(p, seg_start, seg_stop)
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_stop[s]
         mbuf = buf[lo:hi] if momentum != 0 else prev[lo:hi]
         nbad += _sgd_step_segment(params[lo:hi], prev[lo:hi], mbuf, grads[lo:hi], seg_l1[s], 2.0 * seg_l2[s],
                                   factor[s], lr[0], clipvalue, weight_decay, momentum, nesterov)
@@ -320,8 +291,8 @@ def _adam_step(params, prev, m, v, bad, grads, seg_start, seg_stop, seg_l1, seg_
     decay = 1.0 - rate * weight_decay if decoupled else 1.0
     coupled = 0.0 if decoupled else weight_decay
     nbad = 0
-    for p in prange(_pieces(seg_start, seg_stop)):
-        s, lo, hi = _piece(p, seg_start, seg_stop)
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_stop[s]
         nbad += _adam_step_segment(params[lo:hi], prev[lo:hi], m[lo:hi], v[lo:hi], grads[lo:hi],
                                    seg_l1[s], 2.0 * seg_l2[s], factor[s], clipvalue, coupled, decay,
                                    beta1, beta2, eps, step_size, sqrt_bc2)
@@ -374,8 +345,8 @@ def _rmsprop_step(params, prev, square_avg, buf, grad_avg, bad, grads, seg_start
                   factor, lr, clipvalue, weight_decay, alpha, eps, momentum, centered):
     # torch.optim.RMSprop over the segments; buf / grad_avg only touched with momentum / centered
     nbad = 0
-    for p in prange(_pieces(seg_start, seg_stop)):
-        s, lo, hi = _piece(p, seg_start, seg_stop)
+    for s in range(seg_l1.size):
+        lo, hi = seg_start[s], seg_stop[s]
         nbad += _rmsprop_step_segment(params[lo:hi], prev[lo:hi], square_avg[lo:hi], buf[lo:hi], grad_avg[lo:hi],
                                       grads[lo:hi], seg_l1[s], 2.0 * seg_l2[s], factor[s], lr[0], clipvalue,
                                       weight_decay, alpha, eps, momentum, centered)
