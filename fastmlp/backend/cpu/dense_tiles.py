@@ -52,7 +52,9 @@ def forward(a, x, W, b, code, alpha):
             and a.flags.c_contiguous and x.flags.c_contiguous and W.flags.c_contiguous):
         return False
     parts = blas_threads.count()
-    (dense_tiles_twins.parallel if parts > 1 else dense_tiles_twins.serial)(a, x, W, b, code, alpha, parts)
+    n, d = x.shape
+    whole = n * d * W.shape[1] < dense_chain.PARALLEL_MACS     # one part: no parallel region
+    (dense_tiles_twins.serial if parts < 2 or whole else dense_tiles_twins.parallel)(a, x, W, b, code, alpha, parts)
     return True
 
 
