@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fastmlp as fm  # noqa: E402
 from fastmlp.backend import cpu  # noqa: E402
 
-OPS = ["matmul", "matmul_pair", "dense_forward", "bias_act_forward", "act_backward_bias_grad", "act_forward", "act_backward",
+OPS = ["matmul", "matmul_pair", "bias_act_forward", "act_backward_bias_grad", "act_forward", "act_backward",
        "softmax_xent", "bce_logits", "mse", "sgd_update", "adam_update", "gather_rows", "reg_penalty",
        "im2col", "col2im", "conv_bias_forward", "conv_bias_backward", "maxpool_forward",
        "maxpool_backward", "conv_bias_act_pool_forward", "conv_bias_act_pool_backward", "transpose",

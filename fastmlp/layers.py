@@ -213,7 +213,8 @@ class Dense(Layer):
         # x is (N, D); keeps x and the output a (N, M) for backward
         W, b = self.params
         a = self.workspace("a", (x.shape[0], self.out_features))
-        self.be.dense_forward(a, x, W, b, self.act_code, self.alpha)
+        self.be.matmul(a, x, W)
+        self.be.bias_act_forward(a, b, self.act_code, self.alpha)
         self.x, self.a = x, a
         return a
 

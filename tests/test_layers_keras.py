@@ -79,9 +79,8 @@ def test_dense_activation_calls_no_separate_activation_kernel(monkeypatch, rng):
     model = fm.Sequential([fm.Dense(4, 3, activation="tanh"), fm.Dense(3, 2)], loss="mse", dtype="float64",
                           seed=0, input_shape=(4,))
     codes = []
-    original = cpu.dense_forward
-    monkeypatch.setattr(cpu, "dense_forward",
-                        lambda a, x, W, b, code, alpha: (codes.append(code), original(a, x, W, b, code, alpha)))
+    original = cpu.bias_act_forward
+    monkeypatch.setattr(cpu, "bias_act_forward", lambda z, b, code, alpha: (codes.append(code), original(z, b, code, alpha)))
     monkeypatch.setattr(cpu, "act_forward", lambda *a: pytest.fail("a separate activation kernel ran"))
     model.loss_and_grads(rng.standard_normal((5, 4)), rng.standard_normal((5, 2)))
     assert codes == [TANH, IDENTITY]

@@ -37,7 +37,7 @@ from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward  # noqa
 from .data import (copy, copy_from_host, empty, gather_rows, random_uniform, synchronize,  # noqa: E402
                    to_device, to_host, zeros)
 from . import dense_chain as _dense_chain  # noqa: E402
-from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward, dense_forward  # noqa: E402
+from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward  # noqa: E402
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
 from .loss import (bce_logits, bce_logits_weighted, mse, mse_weighted, softmax_forward, softmax_xent,  # noqa: E402
                    softmax_xent_weighted)  # noqa: E402

@@ -2,14 +2,10 @@
 
 Must match reference.bias_act_forward, act_backward_bias_grad, act_forward and
 act_backward. Each op runs the serial or the parallel twin of its kernel (jit.pick).
-``dense_forward``, the whole forward of a Dense layer, runs on dense_tiles.py's
-register tiles where they take it (a fit's small batches), else as a product then
-bias_act_forward.
 """
 from numba import prange
 
-from . import activation, dense_tiles, reduce
-from .blas import matmul
+from . import activation, reduce
 from .activation import act_grad, act_value
 from .jit import cast_like, cover_dependencies, pick, twins
 from .reduce import partial_sums
@@ -29,13 +25,6 @@ bias_act_forward_twins = twins(_bias_act_forward)
 def bias_act_forward(z, b, code, alpha):
     # z (N, M) in place; b (M,)
     pick(bias_act_forward_twins, z.size)(z, b, code, alpha)
-
-
-def dense_forward(a, x, W, b, code, alpha):
-    # a (N, M) = act(x (N, D) @ W (D, M) + b (M,)), the activation by its code and alpha
-    if not dense_tiles.forward(a, x, W, b, code, alpha):
-        matmul(a, x, W)
-        bias_act_forward(a, b, code, alpha)
 
 
 def _act_backward_bias_grad(dz, db, partial, da, a, code, alpha):

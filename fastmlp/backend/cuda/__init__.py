@@ -32,7 +32,7 @@ else:
     from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward
     from .data import (copy, copy_from_host, empty, gather_rows, random_uniform, synchronize, to_device,
                        to_host, zeros)
-    from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward, dense_forward
+    from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward
     from .dropout import dropout_backward, dropout_forward
     from .loss import (bce_logits, bce_logits_weighted, mse, mse_weighted, softmax_forward, softmax_xent,
                        softmax_xent_weighted)

@@ -1,12 +1,10 @@
 """The Dense layer epilogues on the GPU: the launchers of kernels/dense.cu.
 
 Must match reference.bias_act_forward, act_backward_bias_grad, act_forward and
-act_backward; the same names and arguments as the CPU twins in cpu/dense.py
-(dense_forward: cpu/dense_tiles.py).
+act_backward; the same names and arguments as the CPU twins in cpu/dense.py.
 """
 import numpy as np
 
-from .blas import matmul
 from .launch import THREADS, blocks, cdiv, ftype, kernel, same_shape, workspace
 from .source import expr
 
@@ -21,13 +19,6 @@ def bias_act_forward(z, b, code, alpha):
     kernel("dense", expr("bias_act_forward", t))(
         (blocks(z.size),), (THREADS,),
         (z, b, np.int64(n), np.int64(m), np.int32(code), np.float64(alpha)))
-
-
-def dense_forward(a, x, W, b, code, alpha):
-    # a (N, M) = act(x (N, D) @ W (D, M) + b (M,)): cuBLAS's product, then the epilogue
-    # (the CPU runs small batches on its register tiles in one kernel)
-    matmul(a, x, W)
-    bias_act_forward(a, b, code, alpha)
 
 
 def act_backward_bias_grad(dz, db, da, a, code, alpha):
