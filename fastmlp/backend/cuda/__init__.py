@@ -39,7 +39,6 @@ else:
     from .norm import batchnorm_backward, batchnorm_forward
     from .optim import (adam_step, adam_update, add_reg_grad, grad_clip_factors, reg_penalty, rmsprop_step,
                         sgd_step, sgd_update)
-    from .pool import maxpool_backward, maxpool_forward
     from .pool import (avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward,
                        global_maxpool_backward, global_maxpool_forward, maxpool_backward, maxpool_forward)
 
