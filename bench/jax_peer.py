@@ -38,7 +38,11 @@ def load_jax():
 def _loss(jnp, jax, kind, z, t):
     # z (B, M_last) logits; t (B, 1) of 0/1 for "bce", (B,) integer labels otherwise
     if kind == "bce":
-        return jnp.mean(jnp.maximum(z, 0) - z * t + jnp.log1p(jnp.exp(-jnp.abs(z))))
+        # softplus(z) - z t, as optax writes it: spelled max(z, 0) + log1p(exp(-|z|)), each
+        # piece has a kink at z = 0 and JAX differentiates max there as 0, not 1/2: P1's rows
+        # whose ReLUs are all dead have z = b = 0 exactly at the start, and the last bias's
+        # gradient came out 0.069 instead of 0.164 (its one-step check failed)
+        return jnp.mean(jax.nn.softplus(z) - z * t)
     picked = jnp.take_along_axis(z, t[:, None], axis=1)[:, 0]
     return jnp.mean(jax.nn.logsumexp(z, axis=1) - picked)
 
