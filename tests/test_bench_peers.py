@@ -92,6 +92,27 @@ def test_jax_step_matches_the_numpy_float64_step():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_jax_bce_step_matches_numpy_where_the_logits_are_exactly_zero():
+    # rows whose ReLUs are all dead give z = b = 0 exactly (P1 at the start): the gradient of
+    # the binary cross-entropy there is sigmoid(0) - t, which max(z, 0) + log1p(exp(-|z|))
+    # got wrong under JAX's derivative of max at a tie
+    jax = pytest.importorskip("jax", reason="the JAX peer needs jax (the peers extra)")
+    from jax_peer import JaxMLP
+    rng = np.random.default_rng(0)
+    weights = peer_runner.init_weights([6, 4, 1])
+    weights[0][...] = -1.0                           # every hidden ReLU dead on X >= 0
+    X = rng.random((10, 6), dtype=np.float32)
+    y = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0], np.float32).reshape(-1, 1)   # mean 0.2
+    ref = NumpyMLP(weights, "bce", 0.5, np.float64)
+    ref.step(X.astype(np.float64), y.astype(np.float64))
+    peer = JaxMLP(jax, weights, "bce", 0.5, "float64")
+    with peer._precision():
+        peer.step(*peer.to_device(X, y))
+    got_b, want_b = peer.get_weights()[-1], ref.get_weights()[-1]
+    assert abs(float(want_b[0])) > 0.05                # the step moved the last bias
+    np.testing.assert_allclose(got_b, want_b, rtol=1e-12)
+
+
 def test_cuda_graph_peer_is_skipped_with_a_reason_without_a_gpu():
     torch = pytest.importorskip("torch", reason="the PyTorch peers need torch")
     if torch.cuda.is_available():
