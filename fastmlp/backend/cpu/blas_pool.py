@@ -219,7 +219,7 @@ def _run_jobs(sync, dojob, numjobs, elsize, jobdata, data):
 reason = "not tried yet"      # why the callback is not used ("" when it can be)
 _lock = threading.Lock()
 _local = threading.local()    # .depth: this thread's installs not yet undone
-_state = {"installs": 0, "setter": None, "slot": None}
+_state = {"installs": 0, "setter": None, "slot": None, "missing": ""}
 _QUERY = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_size_t,
                           ctypes.c_void_p, ctypes.c_int32)
 
@@ -284,8 +284,12 @@ def install():
     with _lock:
         if _state["installs"] == 0:
             if _state["setter"] is None:
+                if _state["missing"]:          # looked for once: the reason stands
+                    reason = _state["missing"]
+                    return False
                 found = _find()
                 if found is None:
+                    _state["missing"] = reason
                     return False
                 _state["setter"], _state["slot"] = found
             if not _fits():
