@@ -139,8 +139,9 @@ def matmul(out, a, b):
 
 # Two independent products of a backward pass (a Dense layer's dW and dx) run side by side,
 # each on one core, while OpenBLAS's jobs run on Numba's threads (blas_pool.py, during a fit):
-# P2's 256x256 layer at batch 128, both products, 175-179 against 235-246 us one after the
-# other on two threads each (the 2-core Intel Xeon). Smaller ones one after the other.
+# P2's 256x256 layer at batch 128, both products, 155-180 against 198-236 us one after the
+# other on two threads each (the 2-core Intel Xeon; bench/README.md). Smaller ones one after
+# the other.
 PAIR_MACS = BLAS_SINGLE_MACS
 
 
