@@ -227,3 +227,58 @@ def test_two_products_run_one_after_the_other_outside_a_fit(rng):
     assert not blas_pool.active()
     cpu.matmul_pair(out1, a, b, out2, c, d)
     assert np.array_equal(out1, a @ b) and np.array_equal(out2, c @ d)
+
+
+@pytest.fixture
+def fit_threads():
+    # what StepThreads.start does on two threads: Numba's and OpenBLAS's counts, then the callback
+    before = (numba.get_num_threads(), blas_threads.current())
+    numba.set_num_threads(2)
+    blas_threads.set_count(2)
+    assert blas_pool.install()
+    yield
+    blas_pool.uninstall()
+    numba.set_num_threads(before[0])
+    blas_threads.set_count(before[1])
+
+
+def _spy_pair(monkeypatch):
+    from fastmlp.backend.cpu import openblas
+    taken = []
+    real = openblas.pair
+    monkeypatch.setattr(openblas, "pair", lambda *a: taken.append(real(*a)) or taken[-1])
+    return taken
+
+
+@needs_pool
+@needs_two
+def test_matmul_pair_matches_the_reference_on_both_paths(rng, monkeypatch, fit_threads):
+    from fastmlp.backend import cpu, reference
+    taken = _spy_pair(monkeypatch)
+    x, dz, W = rng.standard_normal((96, 80)), rng.standard_normal((96, 70)), rng.standard_normal((80, 70))
+    want1, want2 = np.empty((80, 70)), np.empty((96, 80))
+    reference.matmul_pair(want1, x.T, dz, want2, dz, W.T)
+    for big in (True, False):      # side by side (each product over PAIR_MACS), then one after the other
+        if not big:
+            monkeypatch.setattr(cpu.blas, "PAIR_MACS", 10 ** 9)
+        got1, got2 = np.full((80, 70), np.nan), np.full((96, 80), np.nan)
+        cpu.matmul_pair(got1, x.T, dz, got2, dz, W.T)
+        np.testing.assert_allclose(got1, want1, rtol=1e-12, atol=1e-12 * np.abs(want1).max())
+        np.testing.assert_allclose(got2, want2, rtol=1e-12, atol=1e-12 * np.abs(want2).max())
+    assert taken == [True]           # the first call went side by side, the second did not ask
+
+
+@needs_pool
+@needs_two
+def test_dense_gradients_hold_with_dw_and_dx_side_by_side(rng, monkeypatch, fit_threads):
+    from fastmlp.backend import cpu
+    from fastmlp.gradcheck import gradcheck_layer
+    taken = _spy_pair(monkeypatch)
+    layer = fm.Dense(64, 64, activation="tanh")    # 64 x 64 x 64 multiply-adds a product: PAIR_MACS
+    layer.build((64,), cpu, np.float64)
+    params = [rng.standard_normal(s.shape) * 0.3 for s in layer.param_specs()]
+    layer.bind(params, [np.zeros_like(p) for p in params])
+    layer.needs_dx = True
+    err = gradcheck_layer(layer, rng.standard_normal((64, 64)), rng.standard_normal((64, 64)))
+    assert taken and all(taken)      # the backward ran its products side by side
+    assert err <= 1e-6

@@ -487,6 +487,12 @@ def conv_act_pool_backward(dx, dwt, db, cols, dzt, x, w2, dy, y, argmax, edges, 
             col2im(dx[i0:i1], w.T @ d.T, kh, kw, stride, pad)
 
 
+def matmul_pair(out1, a1, b1, out2, a2, b2):
+    # two products that don't depend on each other (a Dense layer's dW and dx)
+    out1[...] = np.asarray(a1, np.float64) @ np.asarray(b1, np.float64)
+    out2[...] = np.asarray(a2, np.float64) @ np.asarray(b2, np.float64)
+
+
 def transpose(out, a):
     # out = a.T, a 2-D: a weight gradient computed transposed, put in its layout
     out[...] = np.asarray(a, np.float64).T

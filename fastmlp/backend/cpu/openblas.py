@@ -120,14 +120,6 @@ def single_threaded(fn, *args):
         blas_threads.release()
 
 
-def _layout(x):
-    """(transpose flag, leading dimension) of a 2-D operand, or None if BLAS can't take it."""
-    s0, s1 = (s // x.itemsize for s in x.strides)
-    if s1 == 1 and s0 >= max(1, x.shape[1]):
-        return NO_TRANS, s0
-    if s0 == 1 and s1 >= max(1, x.shape[0]):
-        return TRANS, s1
-    return None
 
 
 def blocks(m, k, n, threads):
@@ -181,6 +173,12 @@ def _cblas_layout(x):
     if s0 == 1 and s1 >= max(1, x.shape[0]):
         return TRANS, s1
     return NO_TRANS, 0
+
+
+def _layout(x):
+    """(transpose flag, leading dimension) of a 2-D operand, or None if BLAS can't take it."""
+    flag, ld = _cblas_layout.py_func(x)
+    return (flag, ld) if ld else None
 
 
 @njit(parallel=True, nogil=True, cache=True)
