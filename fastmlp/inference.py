@@ -45,6 +45,7 @@ class DenseChain:
     def __init__(self, model, dense, final):
         be = model.be
         self.kernels = be.dense_chain_kernels()
+        self.empty = be.empty        # its scratch on a cache line (backend/cpu/data.py)
         self.flat, self.loss = model.flat, model.loss
         self.dense = dense
         self.final = final
@@ -99,10 +100,14 @@ class DenseChain:
         return (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 and
                 X.shape[1] == self.in_features and X.shape[0] > 0 and X.flags.c_contiguous)
 
+    def request(self, X, most):
+        """Whether X is a request for one kernel call: ``takes`` it, at most ``most`` rows."""
+        return self.takes(X) and X.shape[0] <= most
+
     def _scratch(self, rows):
         buf = getattr(self._local, "scratch", None)
         if buf is None or buf.shape[1] < rows * self.widest:
-            buf = self._local.scratch = np.empty((2, rows * self.widest), dtype=self.dtype)
+            buf = self._local.scratch = self.empty((2, rows * self.widest), self.dtype)
         return buf
 
     def uses_blas(self, X, batch):
@@ -111,15 +116,15 @@ class DenseChain:
             n = len(X)
         except TypeError:
             return True
-        return n > 0 and self._plan_rows(min(n, batch))[1]
+        return n > 0 and self.plan_rows(min(n, batch))[1]
 
     def blocks(self, n):
         """How many threads a kernel call of n rows can keep busy (1: nothing to run in parallel)."""
-        return self._plan_rows(n)[2]
+        return self.plan_rows(n)[2]
 
-    def _plan_rows(self, n):
-        # (the row blocks of an n-row kernel call, whether they call BLAS, how many threads it
-        # keeps busy: its row blocks, or its layers' column parts when it calls no BLAS)
+    def plan_rows(self, n):
+        """(the row blocks of an n-row kernel call, whether they call BLAS, how many threads it
+        keeps busy: its row blocks, or its layers' column parts when it calls no BLAS)."""
         found = self._edges.get(n)
         if found is None:
             edges = self.kernels.row_edges(n, self.threads)
@@ -129,6 +134,16 @@ class DenseChain:
             if len(self._edges) < 64:     # the usual batch sizes, kept
                 self._edges[n] = found
         return found
+
+    def run(self, X, edges, blas, parallel):
+        """Probabilities of X (a ``request``) in one kernel call: ``predict`` of one batch,
+        with its plan_rows (edges, blas) and ``parallel`` given."""
+        n = X.shape[0]
+        out = np.empty((n, self.out_features), dtype=self.dtype)
+        if not self.kernels.dense_chain_forward(out, X, self.params, self.layout, self.alphas, self.final,
+                                                self._scratch(n), edges, parallel, blas, self.threads):
+            raise ValueError(f"expected finite values in X, got NaN or Inf (in rows 0 to {n - 1})")
+        return out
 
     def predict(self, X, batch, parallel, read=None):
         """Probabilities (N, M) of X (C-contiguous, the model's dtype; the kernel checks its
@@ -143,7 +158,7 @@ class DenseChain:
         for start in range(0, n, b):
             stop = min(n, start + b)
             xb = X[start:stop] if read is None else read(start, stop)
-            edges, blas, _ = self._plan_rows(stop - start)
+            edges, blas, _ = self.plan_rows(stop - start)
             if not forward(out[start:stop], xb, self.params, self.layout, self.alphas, self.final, scratch,
                            edges, parallel, blas, self.threads):
                 raise ValueError(f"expected finite values in X, got NaN or Inf (in rows {start} to {stop - 1})")

@@ -338,8 +338,10 @@ class Sequential:
         """Probabilities (sigmoid / softmax; raw outputs for MSE and for a model without a
         loss) as a host NumPy array.
         Safe to call from several threads at once: each gets what the call gets alone."""
-        batch_size = check_batch_size(batch_size)
         chain = self._dense_chain
+        if batch_size is None and chain is not None and chain.current(self) and chain.request(X, EVAL_BATCH):
+            return self._predict_request(chain, X)
+        batch_size = check_batch_size(batch_size)
         if chain is not None and not chain.current(self):
             chain = self._dense_chain = DenseChain.plan(self)
         # BLAS held at one thread for the prediction, unless it doesn't call BLAS
@@ -352,6 +354,18 @@ class Sequential:
         finally:
             if entered:
                 self._leave(training=False, hold_blas=hold_blas)
+
+    def _predict_request(self, chain, X):
+        # a server's usual request (chain.request): one kernel call, nothing else on the way
+        # (P2 at one row, in one process: 21-23 against 25 us through _predict_chain)
+        edges, blas, busy = chain.plan_rows(X.shape[0])
+        entered = self._enter(training=False, hold_blas=blas)
+        try:
+            parallel = busy > 1 and self.be.inference_parallel() and self.be.prediction_threads() > 1
+            return chain.run(X, edges, blas, parallel)
+        finally:
+            if entered:
+                self._leave(training=False, hold_blas=blas)
 
     def _predict_chain(self, chain, X, batch_size):
         # every layer in one kernel call per batch (fastmlp/inference.py); a server's usual

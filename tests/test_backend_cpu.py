@@ -661,3 +661,22 @@ def test_numba_thread_gemms_flag():
     finally:
         cpu.use_numba_thread_gemms(False)
     assert not cpu.numba_thread_gemms()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8])
+def test_arrays_start_on_a_cache_line(dtype):
+    # data.empty / zeros: C-contiguous, the shape asked for, and (where there is data) on a
+    # multiple of 64 bytes, where NumPy starts a large array 16 bytes past a page
+    for shape in [5, (3, 4), 1_000_000, (2, 300_000), (0,), (2, 0, 3)]:
+        for make in (data.empty, data.zeros):
+            a = make(shape, dtype)
+            assert a.shape == ((shape,) if isinstance(shape, int) else shape) and a.dtype == dtype
+            assert a.flags.c_contiguous and a.flags.writeable
+            assert a.size == 0 or a.ctypes.data % data.ALIGN_BYTES == 0, (shape, make)
+            if make is data.zeros:
+                assert not a.any()
+    # the flat parameter buffer of a model, whose W rows the prediction tiles read as vectors
+    import fastmlp as fm
+    model = fm.Sequential([fm.Dense(784, 256), fm.ReLU(), fm.Dense(256, 10)], loss="softmax_crossentropy")
+    assert model.flat.params.ctypes.data % data.ALIGN_BYTES == 0
+    assert model.flat.grads.ctypes.data % data.ALIGN_BYTES == 0

@@ -1,6 +1,6 @@
 """The register-tile GEMM of predictions (backend/cpu/tile_gemm.py): act(a @ w + b) against
 the NumPy float64 reference for every tile shape, a narrow last panel, every activation and
-both dtypes; a row's bits the same in any batch; no read past the end of W; and which
+both dtypes; a row's bits the same in any batch, a column's whatever the width of its tile; no read past the end of W; and which
 predictions hold BLAS at one thread (those that call it)."""
 import subprocess
 import sys
@@ -121,6 +121,25 @@ def test_a_column_range_writes_those_columns_only(dtype, code):
         assert np.isnan(z[:, outside]).all(), (c0, c1)
         np.testing.assert_allclose(z[:, c0:c1], ref[:, c0:c1], rtol=2e-5 if dtype == "float32" else 1e-12,
                                    atol=2e-5 if dtype == "float32" else 1e-12)
+
+
+@needs_tiles
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_column_has_the_same_bits_whatever_the_width_of_its_tile(dtype):
+    # a last panel takes the fewest vectors that hold it (1 .. NVEC[rows]): the columns of a
+    # range come out of tiles of other widths than in the whole layer, with the same bits
+    vw = 64 // np.dtype(dtype).itemsize
+    for rows in (1, 2, 8):
+        widest = tile_gemm.NVEC[rows] * vw
+        a, w, b = _case(rows, 70, 2 * widest, dtype, seed=rows)
+        whole = np.empty((rows, 2 * widest), dtype)
+        _dense_columns(whole, a, w, b, codes.RELU, 0.0, 0, 2 * widest)
+        for nvec in range(1, tile_gemm.NVEC[rows] + 1):
+            for c1 in (widest + (nvec - 1) * vw + 1, widest + nvec * vw):    # a panel of nvec vectors
+                z = np.full((rows, 2 * widest), np.nan, dtype)
+                _dense_columns(z, a, w, b, codes.RELU, 0.0, 0, c1)
+                np.testing.assert_array_equal(z[:, :c1], whole[:, :c1], err_msg=f"rows={rows} c1={c1}")
+                assert np.isnan(z[:, c1:]).all()
 
 
 @needs_tiles

@@ -17,7 +17,11 @@ hide the latency of the fused multiply-adds.
 
 Numba has no SIMD types, so each tile shape is an ``intrinsic`` that writes
 the loop in LLVM IR: ``<16 x float>`` (or ``<8 x double>``) loads, broadcasts
-and ``llvm.fma``, and masked loads for a last panel narrower than the tile.
+and ``llvm.fma``, and masked loads for a last panel narrower than the tile. A
+last panel takes the fewest vectors that hold it: P2's 128-column part of a
+layer is 48 + 48 + 32 columns for 8 rows, and its 32 went through a masked
+3-vector tile, a third of its multiply-adds on zeros (two threads on 32 rows:
+102.5-104 against 107-110 us for the whole prediction kernel).
 LLVM turns a 512-bit vector into one AVX-512 register; ``available()`` is
 True only on a CPU with AVX-512 (elsewhere dense_chain.py calls BLAS).
 
@@ -67,32 +71,39 @@ def available():
 
 
 def _tile(mr):
-    """The intrinsic tile(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
-    of mr rows by nvec vectors, nvec = NVEC[mr] when ``full``, else 1 (a narrow last panel).
+    """The intrinsic tile(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+    of mr rows by nvec vectors (1 .. NVEC[mr]: a last panel narrower than the widest tile
+    takes the fewest vectors that hold it, not the widest tile masked).
     Its sums t[i, j] = sum over kk < k of a[a0 + i * lda + kk] * w[w0 + kk * ldw + j], for
     i < mr and j < nvec * VW, with W's columns from nvalid on read as 0 (masked loads, never
     touched), go (``fuse``) to buf[i * LDC + j] (FUSE_NONE), or as act(t + b[b0 + j]) to
     z[z0 + i * ldz + j] for j < nvalid (FUSE_IDENTITY, FUSE_RELU: bias_act_row's arithmetic;
     masked stores, the rest of z untouched). a, w, buf, z, b: arrays of one dtype, indexed
-    from their first element (columns contiguous, rows lda, ldw, ldz elements apart); full
-    a bool, the rest int64."""
+    from their first element (columns contiguous, rows lda, ldw, ldz elements apart); the
+    rest int64."""
 
     @intrinsic
-    def tile(typingctx, buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse):
-        sig = types.void(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+    def tile(typingctx, buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse):
+        sig = types.void(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
 
         def codegen(context, builder, signature, args):
-            buf_v, full_v, a_v, a0, lda, w_v, w0, ldw, k, nvalid, z_v, z0, ldz, b_v, b0, fuse = args
+            buf_v, nvec_v, a_v, a0, lda, w_v, w0, ldw, k, nvalid, z_v, z0, ldz, b_v, b0, fuse = args
             arrays = [(signature.args[n], v) for n, v in ((0, buf_v), (2, a_v), (5, w_v), (10, z_v), (13, b_v))]
             pbuf, pa, pw, pz, pb = (context.make_array(ty)(context, builder, v).data for ty, v in arrays)
             ptrs = (pbuf, builder.gep(pa, [a0]), lda, builder.gep(pw, [w0]), ldw, k, nvalid,
                     builder.gep(pz, [z0]), ldz, builder.gep(pb, [b0]), fuse)
-            wide_panel = builder.icmp_unsigned("!=", full_v, ir.Constant(full_v.type, 0))
-            with builder.if_else(wide_panel) as (wide, narrow):
-                with wide:
-                    _emit_tile(context, builder, buf.dtype, mr, NVEC[mr], *ptrs)
-                with narrow:
-                    _emit_tile(context, builder, buf.dtype, mr, 1, *ptrs)
+            # one body per width, the widest also for any nvec out of 1 .. NVEC[mr]
+            merge = builder.append_basic_block("tile.merge")
+            widest = builder.append_basic_block(f"tile.v{NVEC[mr]}")
+            switch = builder.switch(nvec_v, widest)
+            for n in range(1, NVEC[mr] + 1):
+                body = widest if n == NVEC[mr] else builder.append_basic_block(f"tile.v{n}")
+                if n < NVEC[mr]:
+                    switch.add_case(ir.Constant(nvec_v.type, n), body)
+                builder.position_at_end(body)
+                _emit_tile(context, builder, buf.dtype, mr, n, *ptrs)
+                builder.branch(merge)
+            builder.position_at_end(merge)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -212,23 +223,23 @@ _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8 = (_tile(mr) for mr in range(1, MR + 1))
 
 
 @njit(inline="always", nogil=True)
-def _run_tile(mr, full, buf, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse):
+def _run_tile(mr, nvec, buf, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse):
     if mr == 8:
-        _T8(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+        _T8(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 7:
-        _T7(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+        _T7(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 6:
-        _T6(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+        _T6(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 5:
-        _T5(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+        _T5(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 4:
-        _T4(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+        _T4(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 3:
-        _T3(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+        _T3(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     elif mr == 2:
-        _T2(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+        _T2(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
     else:
-        _T1(buf, full, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
+        _T1(buf, nvec, a, a0, lda, w, w0, ldw, k, nvalid, z, z0, ldz, b, b0, fuse)
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
@@ -272,7 +283,7 @@ def dense_columns(z, a, w, b, code, alpha, buf, c0, c1):
         width = NVEC[mr] * vw
         for j0 in range(c0, c1, width):
             nv = min(width, c1 - j0)
-            _run_tile(mr, nv > vw, buf, a, i0 * lda, lda, w, j0, m, d, nv, z, i0 * ldz + j0, ldz, b, j0, fuse)
+            _run_tile(mr, -(-nv // vw), buf, a, i0 * lda, lda, w, j0, m, d, nv, z, i0 * ldz + j0, ldz, b, j0, fuse)
             if fuse == FUSE_NONE:
                 for i in range(mr):
                     bias_act_row(z[i0 + i, j0:j0 + nv], buf[i * LDC:i * LDC + nv], b[j0:j0 + nv], code, alpha)
