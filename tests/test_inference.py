@@ -265,3 +265,26 @@ def test_a_model_without_a_loss_predicts_its_raw_outputs_in_one_call():
     x = np.random.default_rng(5).standard_normal((9, 5)).astype(np.float32)
     w = model.get_weights()
     np.testing.assert_allclose(model.predict(x), np.tanh(x @ w[0] + w[1]) @ w[2] + w[3], rtol=1e-5, atol=1e-6)
+
+
+@needs_chain
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_request_goes_straight_to_one_kernel_call_with_the_same_bits(dtype, monkeypatch):
+    # predict(X) of a C-contiguous array of the model's dtype, at most EVAL_BATCH rows, skips
+    # _predict_chain (Sequential._predict_request); anything else goes through it; the same
+    # bits either way
+    from fastmlp.model import EVAL_BATCH
+    model = _model("relu", "softmax_crossentropy", dtype)
+    rng = np.random.default_rng(8)
+    inputs = {n: rng.standard_normal((n, 13)).astype(dtype) for n in (1, 7, 32, 100, EVAL_BATCH, EVAL_BATCH + 1)}
+    general = {n: model.predict(x, batch_size=EVAL_BATCH) for n, x in inputs.items()}
+    through = []
+    real = model._predict_chain
+    monkeypatch.setattr(model, "_predict_chain", lambda *a: through.append(a[1].shape[0]) or real(*a))
+    for n, x in inputs.items():
+        np.testing.assert_array_equal(model.predict(x), general[n], err_msg=f"{n} rows")
+    assert through == [EVAL_BATCH + 1]                       # the only one that isn't a request
+    model.predict(inputs[7].astype(np.float64 if dtype == "float32" else np.float32))
+    model.predict(np.asfortranarray(inputs[7]))
+    model.predict(inputs[7], batch_size=4)
+    assert through == [EVAL_BATCH + 1, 7, 7, 7]
