@@ -15,7 +15,9 @@ diverging step can be undone.
 """
 import numpy as np
 
-ALIGN = 16  # elements: every parameter array starts on a 64-byte boundary (float32)
+# elements: every parameter array starts on a 64-byte boundary (float32), the buffers
+# themselves starting on one (the CPU backend's zeros, backend/cpu/data.py; CuPy's at 256)
+ALIGN = 16
 
 
 class FlatParameters:
