@@ -140,10 +140,15 @@ class DenseChain:
         with its plan_rows (edges, blas) and ``parallel`` given."""
         n = X.shape[0]
         out = np.empty((n, self.out_features), dtype=self.dtype)
-        if not self.kernels.dense_chain_forward(out, X, self.params, self.layout, self.alphas, self.final,
-                                                self._scratch(n), edges, parallel, blas, self.threads):
-            raise ValueError(f"expected finite values in X, got NaN or Inf (in rows 0 to {n - 1})")
+        self._forward(out, X, self._scratch(n), edges, blas, parallel, 0)
         return out
+
+    def _forward(self, out, xb, scratch, edges, blas, parallel, start):
+        # out = the chain on xb (rows start .. of the caller's X) in one kernel call
+        if not self.kernels.dense_chain_forward(out, xb, self.params, self.layout, self.alphas, self.final,
+                                                scratch, edges, parallel, blas, self.threads):
+            raise ValueError(f"expected finite values in X, got NaN or Inf (in rows {start} to "
+                             f"{start + xb.shape[0] - 1})")
 
     def predict(self, X, batch, parallel, read=None):
         """Probabilities (N, M) of X (C-contiguous, the model's dtype; the kernel checks its
@@ -154,12 +159,9 @@ class DenseChain:
         out = np.empty((n, self.out_features), dtype=self.dtype)
         b = min(n, batch)
         scratch = self._scratch(b)
-        forward = self.kernels.dense_chain_forward
         for start in range(0, n, b):
             stop = min(n, start + b)
             xb = X[start:stop] if read is None else read(start, stop)
             edges, blas, _ = self.plan_rows(stop - start)
-            if not forward(out[start:stop], xb, self.params, self.layout, self.alphas, self.final, scratch,
-                           edges, parallel, blas, self.threads):
-                raise ValueError(f"expected finite values in X, got NaN or Inf (in rows {start} to {stop - 1})")
+            self._forward(out[start:stop], xb, scratch, edges, blas, parallel, start)
         return out

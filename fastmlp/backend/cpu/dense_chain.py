@@ -49,8 +49,8 @@ TILES = tile_gemm.available()
 # A tiles-only call cuts each layer's columns into parts on multiples of COLUMN_STEP (one
 # vector of floats), not on whole tiles: P2's 256 columns cut 144 + 112 (panels of 48 for 8
 # rows) left one row's 128-column tiles unbalanced, where 128 + 128 gives 8 rows three tiles
-# a part either way (48, 48, and 32 on a 2-vector tile). A layer of fewer than PARALLEL_MACS multiply-adds stays
-# whole (P2 at batch 1, alternated runs: its 256x256 layer whole, 17.5-18.3 us; cut at
+# a part either way (48, 48, and 32 on a 2-vector tile). A layer of fewer than PARALLEL_MACS
+# multiply-adds stays whole (P2 at batch 1, alternated runs: its 256x256 layer whole, 17.5-18.3 us; cut at
 # 2 ** 16, 18.8-19.3; its 784x256 layer whole too at 2 ** 18, 18.2-19.2).
 COLUMN_STEP = 16
 PARALLEL_MACS = 1 << 17

@@ -92,14 +92,12 @@ def _tile(mr):
             pbuf, pa, pw, pz, pb = (context.make_array(ty)(context, builder, v).data for ty, v in arrays)
             ptrs = (pbuf, builder.gep(pa, [a0]), lda, builder.gep(pw, [w0]), ldw, k, nvalid,
                     builder.gep(pz, [z0]), ldz, builder.gep(pb, [b0]), fuse)
-            # one body per width, the widest also for any nvec out of 1 .. NVEC[mr]
+            # one body per width; an nvec out of 1 .. NVEC[mr] takes the widest
             merge = builder.append_basic_block("tile.merge")
-            widest = builder.append_basic_block(f"tile.v{NVEC[mr]}")
-            switch = builder.switch(nvec_v, widest)
-            for n in range(1, NVEC[mr] + 1):
-                body = widest if n == NVEC[mr] else builder.append_basic_block(f"tile.v{n}")
-                if n < NVEC[mr]:
-                    switch.add_case(ir.Constant(nvec_v.type, n), body)
+            bodies = [builder.append_basic_block(f"tile.v{n}") for n in range(1, NVEC[mr] + 1)]
+            switch = builder.switch(nvec_v, bodies[-1])
+            for n, body in enumerate(bodies, 1):
+                switch.add_case(ir.Constant(nvec_v.type, n), body)
                 builder.position_at_end(body)
                 _emit_tile(context, builder, buf.dtype, mr, n, *ptrs)
                 builder.branch(merge)
