@@ -166,18 +166,47 @@ def onnx_session(model, folder):
 
 # ---------------------------------------------------------------------- timing
 
+# OpenBLAS's worker threads spin on a core for about 0.1 s after each multi-threaded product
+# (the reference check's, the NumPy implementation's), and the other libraries' pools spin a
+# while too: the timed calls start this long after the warm-up, and a round this long after
+# another implementation's round, on a machine where no other implementation's threads spin.
+# What OpenBLAS's spinning does to each is measured on its own (after_numpy).
+QUIET_S = 0.25
+AFTER_CALLS = 300
+
+
 def latency(impls, x, calls, rounds):
     """{name: (median us, p99 us)} of one call at a time, rounds interleaved."""
     times = {name: [] for name in impls}
     per_round = max(1, calls // rounds)
     for _ in range(rounds):
         for name, impl in impls.items():
+            if len(impls) > 1:
+                time.sleep(QUIET_S)
             t = times[name]
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 impl.predict(x)
                 t.append(time.perf_counter() - t0)
     return {name: (1e6 * float(np.median(t)), 1e6 * float(np.percentile(t, 99))) for name, t in times.items()}
+
+
+def after_numpy(impl, x, calls, rounds, rng):
+    """(median us, p99 us, mean us) of the ``calls`` calls right after a multi-threaded NumPy
+    product (a 256x784 @ 784x256 float32 GEMM, as a server's own preprocessing might run),
+    ``rounds`` times: while OpenBLAS's worker spins on one of the cores."""
+    a = rng.random((256, 784), dtype=np.float32)
+    b = rng.random((784, 256), dtype=np.float32)
+    t = []
+    for _ in range(rounds):
+        time.sleep(QUIET_S)
+        a @ b
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            impl.predict(x)
+            t.append(time.perf_counter() - t0)
+    us = 1e6 * np.array(t)
+    return float(np.median(us)), float(np.percentile(us, 99)), float(us.mean())
 
 
 def throughput(impl, x, threads, seconds):
@@ -243,6 +272,7 @@ def run_network(network, args, out, kv):
         for name, impl in impls.items():        # warm-up: JIT, workspaces, thread pools
             for b in BATCHES:
                 impl.predict(x[:b] if b <= len(x) else rng.random((b,) + shape, dtype=np.float32))
+        time.sleep(QUIET_S)
         out(f"\n{network}: latency of one call, microseconds (median / p99), one thread at a time")
         out("  " + f"{'batch':>6s}" + "".join(f"{name:>22s}" for name in impls) + "   fastmlp vs each")
         for b in BATCHES:
@@ -258,10 +288,23 @@ def run_network(network, args, out, kv):
                 kv[f"{network}_{n}_b{b}_p99_us"] = round(lat[n][1], 1)
                 if n != "fastmlp" and "fastmlp" in lat:
                     kv[f"{network}_b{b}_vs_{n}"] = round(lat[n][0] / lat["fastmlp"][0], 2)
+        out(f"\n{network}: the {AFTER_CALLS} calls right after a NumPy product (OpenBLAS's worker spinning "
+            f"on a core), {args.rounds} times, microseconds (median / p99 / mean)")
+        for b in (1, 32):
+            xb = rng.random((b,) + shape, dtype=np.float32)
+            cells = []
+            for n, impl in impls.items():
+                med, p99, mean = after_numpy(impl, xb, AFTER_CALLS, args.rounds, rng)
+                cells.append(f"{n} {med:.1f} / {p99:.1f} / {mean:.1f}")
+                kv[f"{network}_{n}_b{b}_after_numpy_us"] = round(med, 1)
+                kv[f"{network}_{n}_b{b}_after_numpy_p99_us"] = round(p99, 1)
+                kv[f"{network}_{n}_b{b}_after_numpy_mean_us"] = round(mean, 1)
+            out(f"  {b:>6d}   " + "   ".join(cells))
         out(f"\n{network}: throughput at batch 32, calls a second, {args.seconds:g} s per run, one shared "
             "model / session")
         xb = rng.random((32,) + shape, dtype=np.float32)
         for name, impl in impls.items():
+            time.sleep(QUIET_S)
             one = throughput(impl, xb, 1, args.seconds)
             two = throughput(impl, xb, 2, args.seconds)
             out(f"  {name:12s} 1 thread {one:>9,.0f}   2 threads {two:>9,.0f}   scaling {two / one:.2f}x")

@@ -17,12 +17,23 @@ the same either way, so are the bits (dense_chain.py). The layer outputs live
 in a scratch buffer per calling thread, sized for the batch.
 """
 import threading
+import time
 
 import numpy as np
 
 from .layers import Activation, Dense
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .normalization import Dropout
+
+# A parallel kernel call counts as stalled when it takes more than STALL_FACTOR times what it
+# should, plus STALL_S: a thread that lost its core holds a call up for a whole time slice,
+# 3-15 ms on the project's VM, where calls on a quiet machine stayed under 2 ms (P2, 62,000
+# calls of 1, 32 and 256 rows: none above 2 ms). What it should take: the fastest call of its
+# row count so far, and at most its multiply-adds at STALL_MACS_S a second (a lower bound for
+# the rate of one core: the first calls of a row count may have stalled themselves)
+STALL_FACTOR = 2.0
+STALL_S = 2e-3
+STALL_MACS_S = 5e9
 
 # what each loss's predict returns, as the chain's last step (dense_chain.OUT_*)
 _FINAL = {SoftmaxCrossEntropy: 1, BinaryCrossEntropy: 2, MeanSquaredError: 0}
@@ -62,6 +73,9 @@ class DenseChain:
         # runs them: the same blocks, so the same bits, alone or beside other predictions
         self.threads = be.threads()
         self._edges = {}
+        self._fastest = {}               # rows -> the fastest parallel kernel call so far, s
+        self._macs = sum(d.in_features * d.out_features for d in dense)   # a row's multiply-adds
+        self._stalled = be.prediction_stalled
         self._local = threading.local()
 
     @classmethod
@@ -145,10 +159,27 @@ class DenseChain:
 
     def _forward(self, out, xb, scratch, edges, blas, parallel, start):
         # out = the chain on xb (rows start .. of the caller's X) in one kernel call
+        if parallel:
+            t = time.perf_counter()
         if not self.kernels.dense_chain_forward(out, xb, self.params, self.layout, self.alphas, self.final,
                                                 scratch, edges, parallel, blas, self.threads):
             raise ValueError(f"expected finite values in X, got NaN or Inf (in rows {start} to "
                              f"{start + xb.shape[0] - 1})")
+        if parallel:
+            self.timed(xb.shape[0], time.perf_counter() - t)
+
+    def timed(self, n, seconds):
+        """A parallel kernel call of n rows took ``seconds``: far longer than it should (STALL_*),
+        it stalled, and the next predictions run on one thread for a while
+        (backend/cpu/thread_count.py, prediction_stalled); else it may be the fastest so far."""
+        fastest = self._fastest.get(n)
+        should = n * self._macs / STALL_MACS_S
+        if fastest is not None and fastest < should:
+            should = fastest
+        if seconds > STALL_FACTOR * should + STALL_S:
+            self._stalled()
+        elif fastest is None and len(self._fastest) < 64 or fastest is not None and seconds < fastest:
+            self._fastest[n] = seconds     # the usual row counts, as plan_rows keeps them
 
     def predict(self, X, batch, parallel, read=None):
         """Probabilities (N, M) of X (C-contiguous, the model's dtype; the kernel checks its

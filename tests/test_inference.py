@@ -288,3 +288,90 @@ def test_a_request_goes_straight_to_one_kernel_call_with_the_same_bits(dtype, mo
     model.predict(np.asfortranarray(inputs[7]))
     model.predict(inputs[7], batch_size=4)
     assert through == [EVAL_BATCH + 1, 7, 7, 7]
+
+
+@needs_chain
+def test_a_stalled_parallel_call_is_told_apart_from_a_slow_one():
+    # stalled: over STALL_FACTOR times what the call should take (the fastest of its row count
+    # so far, at most its multiply-adds at STALL_MACS_S) plus STALL_S; a stalled call is not
+    # taken as the fastest, a call in time may be
+    from fastmlp import inference
+    model = _model("relu", "softmax_crossentropy", "float32")
+    model.predict(np.zeros((1, 13), np.float32))
+    chain = model._dense_chain
+    told = []
+    chain._stalled = lambda: told.append(True)
+    macs = 13 * 24 + 24 * 9 + 9 * 4
+    bound = 32 * macs / inference.STALL_MACS_S
+    limit = inference.STALL_FACTOR * bound + inference.STALL_S
+    chain._fastest.clear()
+    chain.timed(32, limit * 1.01)             # no call seen yet: against the bound
+    assert told == [True] and 32 not in chain._fastest
+    chain.timed(32, limit * 0.99)
+    assert told == [True] and chain._fastest[32] == limit * 0.99
+    fast = bound / 2                          # faster than the bound: the fastest rules
+    chain.timed(32, fast)
+    assert chain._fastest[32] == fast
+    chain.timed(32, fast * inference.STALL_FACTOR + inference.STALL_S * 0.99)
+    assert told == [True] and chain._fastest[32] == fast
+    chain.timed(32, fast * inference.STALL_FACTOR + inference.STALL_S * 1.01)
+    assert told == [True, True] and chain._fastest[32] == fast
+
+
+@needs_chain
+def test_a_parallel_call_is_timed_and_a_serial_one_is_not(monkeypatch):
+    model = _model("relu", "softmax_crossentropy", "float32")
+    x = np.random.default_rng(3).standard_normal((32, 13)).astype(np.float32)
+    model.predict(x)
+    chain = model._dense_chain
+    seen = []
+    monkeypatch.setattr(chain, "timed", lambda n, s: seen.append((n, s)))
+    edges, blas, _ = chain.plan_rows(32)
+    for parallel in (True, False):
+        chain.run(x, edges, blas, parallel)
+    assert len(seen) == 1 and seen[0][0] == 32 and 0 < seen[0][1] < 1
+
+
+def _burn(seconds):
+    # a thread of this process keeping a core busy (as OpenBLAS's spinning worker does)
+    import time
+    stop = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < stop:
+        n += 1
+    return n
+
+
+def test_after_a_stall_predictions_run_on_one_thread_while_a_thread_of_ours_is_busy(monkeypatch):
+    import threading
+    import time
+    from fastmlp.backend.cpu import thread_count
+    monkeypatch.setenv(thread_count.ENV, "auto")
+    monkeypatch.setattr(thread_count, "_predict_look", [-1.0, 1])
+    monkeypatch.setattr(thread_count, "_stall", [None, 0.0])
+    busy = threading.Thread(target=_burn, args=(0.3,))
+    busy.start()
+    try:
+        thread_count.prediction_stalled()
+        assert thread_count.prediction_threads() == 1
+        for _ in range(3):                  # looked at every STALL_LOOK_S: still busy
+            time.sleep(2 * thread_count.STALL_LOOK_S)
+            assert thread_count.prediction_threads() == 1 and thread_count._stall[0] is not None
+    finally:
+        busy.join()
+    thread_count.prediction_threads()       # a look over a busy while, the last
+    time.sleep(3 * thread_count.STALL_LOOK_S)
+    thread_count.prediction_threads()       # a look over a quiet while: the stall is over
+    assert thread_count._stall[0] is None
+    assert thread_count._predict_look[0] > time.monotonic()   # and the machine was looked at afresh
+
+
+def test_a_stall_leaves_a_fixed_thread_count(monkeypatch):
+    from fastmlp.backend.cpu import thread_count
+    monkeypatch.setenv(thread_count.ENV, "2")
+    monkeypatch.setattr(thread_count, "_predict_look", [-1.0, 1])
+    monkeypatch.setattr(thread_count, "_stall", [None, 0.0])
+    assert thread_count.prediction_threads() == min(2, thread_count.numba.config.NUMBA_NUM_THREADS)
+    thread_count.prediction_stalled()
+    assert thread_count._stall[0] is None
+    assert thread_count.prediction_threads() == min(2, thread_count.numba.config.NUMBA_NUM_THREADS)

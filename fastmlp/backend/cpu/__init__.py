@@ -83,6 +83,11 @@ def prediction_threads():
     return thread_count.prediction_threads()
 
 
+def prediction_stalled():
+    # a parallel prediction stalled: the next ones run on one thread for a while (thread_count.py)
+    thread_count.prediction_stalled()
+
+
 def step_threads():
     # the thread count of one fit's steps, measured as it trains (thread_count.py)
     return thread_count.StepThreads()

@@ -116,12 +116,34 @@ def free_cores(others, cores):
 PREDICT_LOOK_S = 0.1
 _predict_look = [-1.0, 1]   # when the last look goes stale (time.monotonic), the threads it found
 
+# After a stalled parallel prediction (prediction_stalled), the predictions run on one thread
+# while this process's other threads keep a core busy, looked at every STALL_LOOK_S seconds:
+# the CPU time they took (the process's less the calling thread's) over the time that passed,
+# above STALL_BUSY cores. A worker that finished the stalled call spins a little longer, a
+# millisecond or so of the look's ten.
+STALL_LOOK_S = 0.01
+STALL_BUSY = 0.5
+_stall = [None, 0.0]   # while stalled: [when the look began (monotonic), the others' CPU time then]
+
+
+def _others_cpu():
+    # CPU seconds this process's threads other than the calling one have used
+    return time.process_time() - time.thread_time()
+
 
 def prediction_threads():
     """Threads a prediction running alone may use: FASTMLP_THREADS when set, else the cores
-    the other processes' threads left free, both as found at the last look."""
+    the other processes' threads left free, both as found at the last look; 1 after a stall
+    while this process's other threads keep a core busy (prediction_stalled)."""
     now = time.monotonic()
     if now >= _predict_look[0]:
+        if _stall[0] is not None:
+            busy = (_others_cpu() - _stall[1]) / max(now - _stall[0], 1e-9)
+            if busy > STALL_BUSY:          # still in the way: another look later
+                _stall[:] = [now, _others_cpu()]
+                _predict_look[0] = now + STALL_LOOK_S
+                return 1
+            _stall[0] = None
         n = fixed()
         if n is None:
             others = others_running()
@@ -129,6 +151,23 @@ def prediction_threads():
         _predict_look[1] = n
         _predict_look[0] = now + PREDICT_LOOK_S
     return _predict_look[1]
+
+
+def prediction_stalled():
+    """A parallel prediction waited far longer than its kind usually takes (inference.py):
+    a thread it needed lost its core. Often the thread in the way is one of this process's
+    own, which /proc's count of other processes' threads does not see: OpenBLAS's worker
+    spins on a core for about 0.1 s after each multi-threaded NumPy product (2^28 cycles,
+    then it sleeps). Beside it, P2's predictions right after one NumPy product took 4-7 ms
+    each, call after call, against 12 (1 row) and 70 us (32 rows) on a quiet machine, and
+    16 and 106 us on one thread. So the predictions run on one thread until a look finds
+    this process's other threads idle again (STALL_LOOK_S, STALL_BUSY), then the machine is
+    looked at afresh. A count fixed by FASTMLP_THREADS is kept."""
+    if fixed() is None:
+        now = time.monotonic()
+        _stall[:] = [now, _others_cpu()]
+        _predict_look[1] = 1
+        _predict_look[0] = now + STALL_LOOK_S
 
 
 def policy():

@@ -66,6 +66,10 @@ else:
         # one host thread launches a prediction's kernels
         return 1
 
+    def prediction_stalled():
+        # nothing to fall back from: predictions launch from one host thread
+        return None
+
     def step_threads():
         # the host thread only launches: no thread count to choose
         return None
