@@ -11,7 +11,8 @@ same initial weights), in one process:
 
 First it checks that the two agree: one epoch without shuffling on a digits
 subset gives the same weights (scikit-learn's update rule, float64). Then it
-warms both up (fastmlp compiles its kernels once per process) and times ``fit``.
+warms both up (fastmlp compiles its kernels once per process) and times ``fit``,
+each fit QUIET_S after the work before it.
 
     python bench/sklearn_peer.py [--data DIR] [--seeds 5] [--quick]
 
@@ -51,9 +52,17 @@ def check_same_updates(X, y):
                                                              theirs.coefs_ + theirs.intercepts_))
 
 
+# OpenBLAS's worker threads spin on a core for about 0.1 s after each multi-threaded product
+# (scikit-learn's fits and fastmlp's checks alike): a timed fit starts this long after the
+# work before it, on a machine where the other library's threads no longer spin. Beside
+# the spinning worker fastmlp's MNIST fit took 1.26-1.35 s against 1.11-1.22 after a pause.
+QUIET_S = 0.3
+
+
 def timed_fit(cls, params, Xtr, ytr, Xte, yte):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        time.sleep(QUIET_S)
         t0 = time.perf_counter()
         est = cls(**params).fit(Xtr, ytr)
         seconds = time.perf_counter() - t0
