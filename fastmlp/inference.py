@@ -176,8 +176,8 @@ class DenseChain:
         should = n * self._macs / STALL_MACS_S
         if fastest is not None and fastest < should:
             should = fastest
-        if seconds > STALL_FACTOR * should + STALL_S:
-            self._stalled()
+        if seconds > STALL_FACTOR * should + STALL_S and self._fastest:
+            self._stalled()     # (not the chain's first parallel call: Numba's team may be starting)
         elif fastest is None and len(self._fastest) < 64 or fastest is not None and seconds < fastest:
             self._fastest[n] = seconds     # the usual row counts, as plan_rows keeps them
 

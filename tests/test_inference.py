@@ -305,7 +305,9 @@ def test_a_stalled_parallel_call_is_told_apart_from_a_slow_one():
     bound = 32 * macs / inference.STALL_MACS_S
     limit = inference.STALL_FACTOR * bound + inference.STALL_S
     chain._fastest.clear()
-    chain.timed(32, limit * 1.01)             # no call seen yet: against the bound
+    chain.timed(7, 1.0)                       # the chain's first parallel call: never a stall
+    assert told == [] and chain._fastest == {7: 1.0}
+    chain.timed(32, limit * 1.01)             # no call of 32 rows seen yet: against the bound
     assert told == [True] and 32 not in chain._fastest
     chain.timed(32, limit * 0.99)
     assert told == [True] and chain._fastest[32] == limit * 0.99
@@ -364,6 +366,22 @@ def test_after_a_stall_predictions_run_on_one_thread_while_a_thread_of_ours_is_b
     thread_count.prediction_threads()       # a look over a quiet while: the stall is over
     assert thread_count._stall[0] is None
     assert thread_count._predict_look[0] > time.monotonic()   # and the machine was looked at afresh
+
+
+def test_a_look_that_finds_a_core_taken_looks_again_soon(monkeypatch):
+    import time
+    from fastmlp.backend.cpu import thread_count
+    if thread_count.most() < 2:
+        pytest.skip("one core: nothing to take")
+    monkeypatch.setenv(thread_count.ENV, "auto")
+    monkeypatch.setattr(thread_count, "_stall", [None, 0.0])
+    for others, threads, again in ((1, thread_count.most() - 1, thread_count.STALL_LOOK_S),
+                                   (0, thread_count.most(), thread_count.PREDICT_LOOK_S)):
+        monkeypatch.setattr(thread_count, "_predict_look", [-1.0, 1])
+        monkeypatch.setattr(thread_count, "others_running", lambda: others)
+        before = time.monotonic()
+        assert thread_count.prediction_threads() == threads
+        assert before + again <= thread_count._predict_look[0] <= time.monotonic() + again
 
 
 def test_a_stall_leaves_a_fixed_thread_count(monkeypatch):

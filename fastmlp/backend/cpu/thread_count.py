@@ -110,7 +110,8 @@ def free_cores(others, cores):
 
 # A prediction running alone spreads its rows over the cores that are free (model.predict,
 # inference.py). It looks at the machine at most every PREDICT_LOOK_S seconds (a look costs
-# about 0.1 ms, a prediction can take 0.03), and uses what the last look left free.
+# about 0.1 ms, a prediction can take 0.03), every STALL_LOOK_S while a core is taken, and
+# uses what the last look left free.
 # FASTMLP_THREADS is read at each look too (reading the environment costs a prediction of one
 # row about a tenth of its time).
 PREDICT_LOOK_S = 0.1
@@ -144,12 +145,17 @@ def prediction_threads():
                 _predict_look[0] = now + STALL_LOOK_S
                 return 1
             _stall[0] = None
-        n = fixed()
+        n, again = fixed(), PREDICT_LOOK_S
         if n is None:
             others = others_running()
             n = most() if others is None else free_cores(others, most())
+            if n < most():
+                # a core taken: look again soon. One runnable thread of another process at
+                # the moment of the look (a daemon waking up) held P2's predictions at one
+                # thread for 0.1 s, now and then, on a quiet machine
+                again = STALL_LOOK_S
         _predict_look[1] = n
-        _predict_look[0] = now + PREDICT_LOOK_S
+        _predict_look[0] = now + again
     return _predict_look[1]
 
 
