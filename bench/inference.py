@@ -18,8 +18,9 @@ are interleaved (a round of each in turn) so that the drifts of a shared machine
 
 Latency: one call at a time, median and 99th percentile in microseconds. Throughput: 1 and 2
 Python threads calling predict on one shared model (one session, one module) at batch 32 for
-a fixed time, calls a second; the ratio is the scaling. The last line printed is
-machine-readable key=value pairs.
+a fixed time, calls a second; the ratio is the scaling. Then fastmlp's latency from a request
+thread after the main thread predicted, as it is and after ``fm.release_prediction_threads()``.
+The last line printed is machine-readable key=value pairs.
 """
 import argparse
 import os
@@ -209,6 +210,31 @@ def after_numpy(impl, x, calls, rounds, rng):
     return float(np.median(us)), float(np.percentile(us, 99)), float(us.mean())
 
 
+def request_thread(model, x, calls):
+    """(median us of ``calls`` predictions from a new thread while the main thread owns the
+    parallel predictions, the same after the main thread hands them over)."""
+    def timed():
+        for _ in range(100):
+            model.predict(x)
+        t = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            model.predict(x)
+            t.append(time.perf_counter() - t0)
+        return 1e6 * float(np.median(t))
+
+    medians = []
+    for release in (False, True):
+        model.predict(x)                   # the main thread predicts: it owns the cores
+        if release:
+            fm.release_prediction_threads()
+        time.sleep(QUIET_S)
+        worker = threading.Thread(target=lambda: medians.append(timed()))
+        worker.start()
+        worker.join()
+    return medians[0], medians[1]
+
+
 def throughput(impl, x, threads, seconds):
     """Calls a second of ``threads`` threads calling impl.predict(x) for ``seconds``."""
     counts = [0] * threads
@@ -311,6 +337,12 @@ def run_network(network, args, out, kv):
             kv[f"{network}_{name}_1t_calls_s"] = round(one)
             kv[f"{network}_{name}_2t_calls_s"] = round(two)
             kv[f"{network}_{name}_2t_scaling"] = round(two / one, 2)
+        if "fastmlp" in impls:
+            alone, handed = request_thread(impls["fastmlp"], xb, args.calls)
+            out(f"\n{network}: fastmlp at batch 32 from a request thread after the warm-up in the main "
+                f"thread, median us: {alone:.1f} as it is, {handed:.1f} after fm.release_prediction_threads()")
+            kv[f"{network}_fastmlp_b32_request_thread_us"] = round(alone, 1)
+            kv[f"{network}_fastmlp_b32_request_thread_released_us"] = round(handed, 1)
 
 
 def main(argv=None):

@@ -12,6 +12,7 @@ from .compare import compare  # the function; its helpers: from fastmlp.compare 
 from .conv import Conv2D, Flatten, MaxPool2D
 from .export_onnx import export_onnx  # the function; per-layer exporters: from fastmlp.export_onnx import exporter
 from .gradcheck import gradcheck, gradcheck_layer
+from .inference import release_prediction_threads
 from .layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh, activation
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential, load_model
@@ -31,5 +32,5 @@ __all__ = [
     "schedules", "History", "Callback", "EarlyStopping", "TerminateOnNaN", "NonFiniteLossError",
     "ModelCheckpoint", "ReduceLROnPlateau", "CSVLogger", "LearningRateScheduler", "LambdaCallback",
     "gradcheck", "gradcheck_layer", "export_onnx", "devices", "Augment", "load_model", "compare", "sweep",
-    "distributed", "scale_to_unit", "__version__",
+    "distributed", "scale_to_unit", "release_prediction_threads", "__version__",
 ]

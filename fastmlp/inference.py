@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from .backend import get_backend
 from .layers import Activation, Dense
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .normalization import Dropout
@@ -34,6 +35,19 @@ from .normalization import Dropout
 STALL_FACTOR = 2.0
 STALL_S = 2e-3
 STALL_MACS_S = 5e9
+
+def release_prediction_threads():
+    """The calling thread hands the cores over to the next thread that predicts alone.
+
+    Parallel predictions on the CPU run from one Python thread at a time: the first to
+    predict alone, while it lives (a second thread starting Numba's parallel regions would
+    get an OpenMP team of its own, and two teams on the same cores wake their threads
+    through the OS on every region). A server that warms its model up in the main thread
+    and then serves from request threads calls this in the main thread after the warm-up:
+    its team of worker threads is freed, and the first request thread takes the cores.
+    Returns True if the calling thread had them (False: nothing to hand over, as on a GPU)."""
+    return get_backend("cpu").release_team()
+
 
 # what each loss's predict returns, as the chain's last step (dense_chain.OUT_*)
 _FINAL = {SoftmaxCrossEntropy: 1, BinaryCrossEntropy: 2, MeanSquaredError: 0}

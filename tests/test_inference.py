@@ -393,3 +393,41 @@ def test_a_stall_leaves_a_fixed_thread_count(monkeypatch):
     thread_count.prediction_stalled()
     assert thread_count._stall[0] is None
     assert thread_count.prediction_threads() == min(2, thread_count.numba.config.NUMBA_NUM_THREADS)
+
+
+@needs_chain
+def test_the_owner_of_parallel_predictions_hands_them_over(monkeypatch):
+    # release_prediction_threads: the thread that runs parallel predictions frees its team
+    # and the next thread to predict alone takes them, with the same bits; from any other
+    # thread it hands over nothing
+    import threading
+    from fastmlp.backend.cpu import blas
+    monkeypatch.setattr(blas, "_team_owner", [None])
+    model = fm.Sequential([fm.Dense(256, 512, activation="relu"), fm.Dense(512, 10)],
+                          loss="softmax_crossentropy", seed=4)        # big enough to run in parallel
+    x = np.random.default_rng(4).standard_normal((64, 256)).astype(np.float32)
+    before = model.predict(x)
+    assert blas.inference_parallel() and blas._team_owner[0] is threading.current_thread()
+    seen = []
+
+    def other(release):
+        seen.append((fm.release_prediction_threads() if release else None, model.predict(x),
+                     blas.inference_parallel()))
+
+    worker = threading.Thread(target=other, args=(True,))
+    worker.start()
+    worker.join()
+    assert seen[0][0] is False and seen[0][2] is False           # not its to hand over
+    np.testing.assert_array_equal(seen[0][1], before)
+    assert fm.release_prediction_threads() is True
+    assert blas._team_owner[0] is None
+    np.testing.assert_array_equal(model.predict(x), before)        # a new team for this thread
+    assert fm.release_prediction_threads() is True
+    assert fm.release_prediction_threads() is False                # nothing left to hand over
+    worker = threading.Thread(target=other, args=(False,))
+    worker.start()
+    worker.join()
+    assert seen[1][2] is True and blas._team_owner[0] is worker    # the next thread took them
+    np.testing.assert_array_equal(seen[1][1], before)
+    np.testing.assert_array_equal(model.predict(x), before)
+    assert blas.inference_parallel() and blas._team_owner[0] is threading.current_thread()   # it ended

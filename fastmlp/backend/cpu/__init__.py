@@ -30,7 +30,8 @@ if "NUMBA_CACHE_DIR" not in os.environ and not _cache_dir_is_writable():
 from . import cores, openblas  # noqa: E402
 from . import thread_count  # noqa: E402
 from .augment import augment_images  # noqa: E402
-from .blas import begin_inference, end_inference, inference_parallel, matmul, matmul_pair, numba_thread_gemms, use_numba_thread_gemms  # noqa: E402
+from .blas import (begin_inference, end_inference, inference_parallel, matmul, matmul_pair,  # noqa: E402
+                   numba_thread_gemms, release_team, use_numba_thread_gemms)
 from .conv import (col2im, conv_bias_act_pool_backward, conv_bias_act_pool_forward,  # noqa: E402
                    conv_bias_backward, conv_bias_forward, im2col, transpose)
 from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward  # noqa: E402

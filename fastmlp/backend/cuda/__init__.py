@@ -26,7 +26,8 @@ if _NO_CUPY is not None:
 else:
     from . import graph
     from .augment import augment_images
-    from .blas import begin_inference, end_inference, inference_parallel, matmul, matmul_pair, numba_thread_gemms, use_numba_thread_gemms
+    from .blas import (begin_inference, end_inference, inference_parallel, matmul, matmul_pair,
+                       numba_thread_gemms, release_team, use_numba_thread_gemms)
     from .conv import (col2im, conv_bias_act_pool_backward, conv_bias_act_pool_forward, conv_bias_backward,
                        conv_bias_forward, im2col, transpose)
     from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward

@@ -162,5 +162,10 @@ def inference_parallel():
     return True
 
 
+def release_team():
+    # no team of host threads to free: predictions launch from any thread
+    return False
+
+
 def end_inference(hold_blas=True):
     pass
