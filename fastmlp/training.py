@@ -148,7 +148,9 @@ class Trainer:
             self.threads = _NoThreads()
         # Ctrl-C waits for the end of the step (data-parallel: of the same step on every rank)
         guard = self.guard = InterruptGuard() if self.dist is None else self.dist.guard()
-        self.threads.start()
+        # what a step is, for the threads' yardstick of a stalled step (thread_count.py)
+        self.threads.start((type(model.optimizer).__name__, str(model.dtype), model.flat.size,
+                            tuple(type(layer).__name__ for layer in model.layers)))
         try:
             with guard:
                 for epoch in range(self.initial_epoch, self.epochs):
@@ -222,6 +224,7 @@ class Trainer:
             if self.graphs is not None and not skip:
                 self._graph_step(("full",), lambda: model.train_step(X, T, stats, weights=W))
             elif not skip:
+                self.threads.begin(n)
                 self._checked_step(X, T, epoch, 0, W)
                 self.threads.end()
             pos["step"] = 1
@@ -254,6 +257,7 @@ class Trainer:
                         be.gather_rows(wb, W, idx)
                     if self.augment is not None:
                         self.augment.apply(be, xb, model.rng)
+                    self.threads.begin(idx.shape[0])
                     self._checked_step(xb, tb, epoch, step, wb)
                     self.threads.end()
                 pos["step"] = step + 1
@@ -414,10 +418,16 @@ class Trainer:
 class _NoThreads:
     """No thread count to choose (the GPU, or steps replayed as CUDA graphs)."""
 
-    def start(self):
+    def start(self, kind=None):
         pass
 
-    end = stop = start
+    def begin(self, rows):
+        pass
+
+    def end(self):
+        pass
+
+    stop = end
 
 
 def log_keys(validation, test):

@@ -35,7 +35,7 @@ def test_auto_follows_the_load_and_puts_the_counts_back(monkeypatch):
     load = [0]
     clock = Clock()
     before = numba.get_num_threads(), blas.blas_threads()
-    st = StepThreads(look=lambda: load[0], clock=clock)
+    st = StepThreads(look=lambda: load[0], clock=clock, foreign=set)
     st.start()
     assert st.current == 2 and numba.get_num_threads() == 2
     seen = []
@@ -55,7 +55,7 @@ def test_auto_follows_the_load_and_puts_the_counts_back(monkeypatch):
 def test_no_proc_means_all_the_cores(monkeypatch):
     monkeypatch.delenv("FASTMLP_THREADS", raising=False)
     clock = Clock()
-    st = StepThreads(look=lambda: None, clock=clock)
+    st = StepThreads(look=lambda: None, clock=clock, foreign=set)
     st.start()
     for _ in range(20):
         clock.t += 1
@@ -102,3 +102,115 @@ def test_chunked_conv_kernels_give_the_same_bits_on_any_count(monkeypatch, rng):
         runs.append(model.get_weights())
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+def _stepping(monkeypatch, cores=2):
+    monkeypatch.delenv("FASTMLP_THREADS", raising=False)
+    monkeypatch.setattr(thread_count, "most", lambda: cores)
+    monkeypatch.setattr(thread_count, "_fastest", {})
+    clock, cpu = Clock(), [0.0]
+    st = StepThreads(look=lambda: 0, clock=clock, cpu=lambda: cpu[0], foreign=set)
+    return st, clock, cpu
+
+
+def _step(st, clock, cpu, seconds, rows=128, others=0.0):
+    # one step of ``seconds`` while this process's other threads take ``others`` cores
+    st.begin(rows)
+    clock.t += seconds
+    cpu[0] += others * seconds
+    st.end()
+    return st.running()
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one thread: nothing to fall back from")
+def test_a_stalled_step_sends_the_steps_to_one_thread_while_another_thread_of_ours_is_busy(monkeypatch):
+    st, clock, cpu = _stepping(monkeypatch)
+    before = numba.get_num_threads(), blas.blas_threads()
+    st.start()
+    try:
+        assert [_step(st, clock, cpu, 0.001) for _ in range(5)] == [2] * 5       # steady: no stall
+        limit = thread_count.STEP_STALL_FACTOR * 0.001 + thread_count.STEP_STALL_S
+        assert _step(st, clock, cpu, limit * 0.99) == 2                          # slow, not stalled
+        assert _step(st, clock, cpu, 0.0004, rows=16) == 2     # a smaller batch: a size of its own
+        assert _step(st, clock, cpu, limit * 1.01, others=1.0) == 1              # stalled
+        assert numba.get_num_threads() == 1 and blas.blas_threads() == 1
+        # a spinning thread of ours keeps a core: one thread, looked at every STALL_LOOK_S
+        assert [_step(st, clock, cpu, 0.002, others=1.0) for _ in range(20)] == [1] * 20
+        # idle again: the next look brings the count back
+        states = [_step(st, clock, cpu, 0.002) for _ in range(12)]
+        assert states[-1] == 2 and 1 in states and numba.get_num_threads() == 2
+        assert st.stalls == 1 and st.used[1] > 20
+        assert "1 stall(s)" in st.describe()
+    finally:
+        st.stop()
+    assert (numba.get_num_threads(), blas.blas_threads()) == before
+
+
+def test_a_fixed_count_has_no_stalls(monkeypatch):
+    st, clock, cpu = _stepping(monkeypatch)
+    monkeypatch.setenv("FASTMLP_THREADS", "2")
+    st = StepThreads(look=lambda: 0, clock=clock, cpu=lambda: cpu[0], foreign=set)
+    st.start()
+    try:
+        _step(st, clock, cpu, 0.001)
+        assert _step(st, clock, cpu, 1.0, others=1.0) == st.current and st.stalls == 0
+    finally:
+        st.stop()
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one thread: nothing to fall back from")
+def test_the_fastest_steps_carry_over_to_the_next_fit_of_the_same_kind(monkeypatch):
+    # a fit that stalls from its first step is measured against the last fit's steps of its kind
+    st, clock, cpu = _stepping(monkeypatch)
+    st.start(kind="p2")
+    try:
+        for _ in range(3):
+            _step(st, clock, cpu, 0.001)
+    finally:
+        st.stop()
+    for kind, stalled in (("p2", True), ("another model", False)):
+        st = StepThreads(look=lambda: 0, clock=clock, cpu=lambda: cpu[0], foreign=set)
+        st.start(kind=kind)
+        try:
+            assert (_step(st, clock, cpu, 0.01, others=1.0) == 1) is stalled
+        finally:
+            st.stop()
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one thread: nothing to fall back from")
+def test_a_fit_that_starts_beside_a_busy_thread_of_ours_starts_on_one_thread(monkeypatch):
+    monkeypatch.delenv("FASTMLP_THREADS", raising=False)
+    monkeypatch.setattr(thread_count, "most", lambda: 2)
+    monkeypatch.setattr(thread_count, "_last", [None, -1e9])
+    clock, cpu = Clock(), [0.0]
+    for busy, first in ((set(), 2), ({"4242"}, 1)):
+        st = StepThreads(look=lambda: 0, clock=clock, cpu=lambda: cpu[0], foreign=lambda: busy)
+        st.start()
+        try:
+            assert st.running() == first and numba.get_num_threads() == first
+        finally:
+            st.stop()
+
+
+def test_a_busy_thread_of_ours_is_told_from_the_team():
+    # foreign_running: this process's running threads but the caller and its Numba team
+    import threading
+    import time
+    team = thread_count.team_threads()
+    assert str(threading.get_native_id()) in team and len(team) <= numba.get_num_threads()
+    stop = [False]
+
+    def spin():
+        while not stop[0]:
+            pass
+
+    busy = threading.Thread(target=spin)
+    busy.start()
+    try:
+        time.sleep(0.05)
+        seen = thread_count.foreign_running()
+        assert seen is None or str(busy.native_id) in seen
+        assert seen is None or not (seen & team)
+    finally:
+        stop[0] = True
+        busy.join()

@@ -26,9 +26,14 @@ repeatable runs whatever the load. ``History.threads`` records the counts a fit
 used; ``fastmlp info`` prints the policy and the last fit's choice.
 """
 import os
+import threading
 import time
 
 import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from . import blas, blas_pool
 from .cores import most
@@ -66,6 +71,50 @@ def _parse(raw):
     if n < 1:
         raise ValueError(f"{ENV}: expected 'auto' or a whole number of threads >= 1, got {raw!r}")
     return min(n, numba.config.NUMBA_NUM_THREADS)
+
+
+@intrinsic
+def _gettid(typingctx):
+    # the calling thread's id in /proc/self/task (Linux's gettid, from the C library)
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        fn = builder.module.globals.get("gettid") or ir.Function(builder.module, fnty, name="gettid")
+        return builder.sext(builder.call(fn, []), ir.IntType(64))
+    return types.int64(), codegen
+
+
+@njit(parallel=True, cache=True)
+def _team_ids(out):
+    # out[t] = the thread id of Numba's thread t of the calling thread's team
+    for t in prange(out.size):
+        out[numba.get_thread_id()] = _gettid()
+
+
+_teams = {}   # (Python thread's native id, team size) -> the ids of that team's threads
+
+
+def team_threads():
+    """The /proc/self/task ids (str) of the calling thread's team of Numba threads, itself
+    included, at its present size (Linux; an empty set elsewhere)."""
+    key = (threading.get_native_id(), numba.get_num_threads())
+    found = _teams.get(key)
+    if found is None:
+        if not os.path.isdir("/proc/self/task"):
+            return set()
+        ids = np.zeros(key[1], dtype=np.int64)
+        _team_ids(ids)
+        found = _teams[key] = {str(i) for i in ids.tolist() if i > 0} | {str(key[0])}
+    return found
+
+
+def foreign_running():
+    """The ids of this process's threads running or waiting for a core now, other than the
+    calling thread and its team of Numba threads: OpenBLAS's worker spinning after a NumPy
+    product, a busy thread of the program's own. None where /proc can't tell."""
+    try:
+        return _my_running() - team_threads()
+    except OSError:
+        return None
 
 
 def _my_running():
@@ -134,8 +183,9 @@ def _others_cpu():
 
 def prediction_threads():
     """Threads a prediction running alone may use: FASTMLP_THREADS when set, else the cores
-    the other processes' threads left free, both as found at the last look; 1 after a stall
-    while this process's other threads keep a core busy (prediction_stalled)."""
+    that the other processes' threads and this process's busy threads outside the calling
+    thread's team (foreign_running) left free, both as found at the last look; 1 after a
+    stall while this process's other threads keep a core busy (prediction_stalled)."""
     now = time.monotonic()
     if now >= _predict_look[0]:
         if _stall[0] is not None:
@@ -148,6 +198,8 @@ def prediction_threads():
         n, again = fixed(), PREDICT_LOOK_S
         if n is None:
             others = others_running()
+            if others is not None:          # and this process's busy threads beside the team
+                others += len(foreign_running() or ())
             n = most() if others is None else free_cores(others, most())
             if n < most():
                 # a core taken: look again soon. One runnable thread of another process at
@@ -190,13 +242,29 @@ def _set(n):
     blas.set_blas_threads(n)            # NumPy's BLAS (one setting for the process)
 
 
-class StepThreads:
-    """The thread count of one fit's steps. ``start()`` before the first step, ``end()`` after
-    each, ``stop()`` after the last: the counts found at ``start`` are put back.
-    ``look`` (others_running) and ``clock`` can be replaced (tests)."""
+# A step that takes more than STEP_STALL_FACTOR times the fastest step of its size at the same
+# count, plus STEP_STALL_S, stalled: a thread of the step lost its core for a time slice. Most
+# often to a thread of this process that /proc's count of other processes' threads does not
+# see: OpenBLAS's worker spins on a core for about 0.1 s after each multi-threaded NumPy
+# product, and P2's steps right after one took 5.4 against 1.4 ms every third step (a fit of
+# 20 steps 58-264 ms against 31 quiet, 41 on one thread). The steps then run on one thread
+# until a look (every STALL_LOOK_S) finds this process's other threads idle again
+# (STALL_BUSY, as for predictions), then on the chosen count again.
+STEP_STALL_FACTOR = 2.0
+STEP_STALL_S = 2e-3
+# the fastest steps seen, (kind, rows, count) -> s, kept from fit to fit: a fit that starts
+# beside the spinning worker stalls from its first steps, which then can't be its yardstick
+_fastest = {}
 
-    def __init__(self, look=others_running, clock=time.monotonic):
-        self.look, self.clock = look, clock
+
+class StepThreads:
+    """The thread count of one fit's steps. ``start()`` before the first step, ``begin(rows)``
+    and ``end()`` around each, ``stop()`` after the last: the counts found at ``start`` are put
+    back. ``look`` (others_running), ``clock``, ``cpu`` (_others_cpu) and ``foreign``
+    (foreign_running) can be replaced (tests)."""
+
+    def __init__(self, look=others_running, clock=time.monotonic, cpu=_others_cpu, foreign=foreign_running):
+        self.look, self.clock, self.cpu, self.foreign = look, clock, cpu, foreign
         self.fixed = fixed()
         self.top = most() if self.fixed is None else self.fixed
         self.current = self.top
@@ -205,8 +273,14 @@ class StepThreads:
         self.before = None
         self.pool = False              # whether start() installed blas_pool's callback
         self.next_sample = 0.0
+        self.kind = None               # what a step of this fit is (start)
+        self.began = None              # (when, rows) of the step running now (begin)
+        self.stalled = None            # [since, others' CPU time then] while a stall holds one thread
+        self.stalls = 0
 
-    def start(self):
+    def start(self, kind=None):
+        """``kind``: what a step is (the model's shape), the key of the fastest steps seen."""
+        self.kind = kind
         self.before = (numba.get_num_threads(), blas.blas_threads())
         self.current = self.top
         now = self.clock()
@@ -218,11 +292,29 @@ class StepThreads:
             recent = _last[0] is not None and time.monotonic() - _last[1] < RECENT_S
             self.current = min(_last[0], self.top) if recent else free_cores(seen, self.top)
         _set(self.current)
+        if seen is not None and self.current > 1 and self.foreign():
+            # a thread of this process is busy beside the team (OpenBLAS's worker spinning
+            # after a NumPy product): the first steps on one thread, as after a stall
+            self.stalls += 1
+            self.stalled = [now, self.cpu()]
+            _set(1)
         self.pool = blas_pool.install()    # OpenBLAS's jobs on Numba's threads while the fit runs
 
+    def begin(self, rows):
+        """A step of ``rows`` rows starts."""
+        self.began = (self.clock(), rows)
+
+    def running(self):
+        """The thread count the steps run on now (1 while a stall holds them)."""
+        return 1 if self.stalled is not None else self.current
+
     def end(self):
-        self.used[self.current] = self.used.get(self.current, 0) + 1
+        running = self.running()
+        self.used[running] = self.used.get(running, 0) + 1
         now = self.clock()
+        if self.began is not None:
+            self._watch(now, now - self.began[0], self.began[1])
+            self.began = None
         if now < self.next_sample:
             return
         self.next_sample = now + SAMPLE_S
@@ -235,7 +327,32 @@ class StepThreads:
             self.samples = []
             if n != self.current:
                 self.current = n
-                _set(n)
+                if self.stalled is None:
+                    _set(n)
+
+    def _watch(self, now, step, rows):
+        # a stalled step sends the next ones to one thread; while they run there, a look every
+        # STALL_LOOK_S at this process's other threads' CPU time brings the count back
+        if self.stalled is not None:
+            since, cpu = self.stalled
+            if now - since >= STALL_LOOK_S:
+                cpu_now = self.cpu()
+                if (cpu_now - cpu) / (now - since) > STALL_BUSY:
+                    self.stalled = [now, cpu_now]
+                else:
+                    self.stalled = None
+                    _set(self.current)
+            return
+        if self.current < 2 or self.fixed is not None:
+            return
+        key = (self.kind, rows, self.current)
+        fastest = _fastest.get(key)
+        if fastest is not None and step > STEP_STALL_FACTOR * fastest + STEP_STALL_S:
+            self.stalls += 1
+            self.stalled = [now, self.cpu()]
+            _set(1)
+        elif fastest is None and len(_fastest) < 256 or fastest is not None and step < fastest:
+            _fastest[key] = step
 
     def stop(self):
         global last_choice
@@ -254,4 +371,5 @@ class StepThreads:
     def describe(self):
         how = f"fixed by {ENV}" if self.fixed is not None else "auto"
         steps = ", ".join(f"{n} thread(s) for {k} step(s)" for n, k in sorted(self.used.items(), reverse=True))
-        return f"{steps or 'no steps'} ({how})"
+        stalls = f", {self.stalls} stall(s) sent steps to one thread" if self.stalls else ""
+        return f"{steps or 'no steps'} ({how}{stalls})"
