@@ -198,11 +198,12 @@ def test_a_busy_thread_of_ours_is_told_from_the_team():
     import time
     team = thread_count.team_threads()
     assert str(threading.get_native_id()) in team and len(team) <= numba.get_num_threads()
-    stop = [False]
+    import hashlib
+    stop, data = [False], bytes(1 << 20)
 
-    def spin():
+    def spin():   # in C without the GIL most of the time: running when /proc is read
         while not stop[0]:
-            pass
+            hashlib.sha256(data).digest()
 
     busy = threading.Thread(target=spin)
     busy.start()
