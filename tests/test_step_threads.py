@@ -197,6 +197,8 @@ def test_a_busy_thread_of_ours_is_told_from_the_team():
     import threading
     import time
     team = thread_count.team_threads()
+    if team is None:
+        pytest.skip("no /proc/self/task or no gettid here: the threads can't be told apart")
     assert str(threading.get_native_id()) in team and len(team) <= numba.get_num_threads()
     import hashlib
     stop, data = [False], bytes(1 << 20)

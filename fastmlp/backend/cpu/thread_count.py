@@ -91,16 +91,29 @@ def _team_ids(out):
 
 
 _teams = {}   # (Python thread's native id, team size) -> the ids of that team's threads
+_tells = []   # [whether the threads can be told apart here], found once
+
+
+def _can_tell():
+    # /proc/self/task to read, and gettid in the C library (glibc 2.30 and later)
+    if not _tells:
+        import ctypes
+        try:
+            libc = ctypes.CDLL(None)
+        except OSError:
+            libc = None
+        _tells.append(os.path.isdir("/proc/self/task") and hasattr(libc, "gettid"))
+    return _tells[0]
 
 
 def team_threads():
     """The /proc/self/task ids (str) of the calling thread's team of Numba threads, itself
-    included, at its present size (Linux; an empty set elsewhere)."""
+    included, at its present size; None where they can't be told (no /proc, no gettid)."""
     key = (threading.get_native_id(), numba.get_num_threads())
     found = _teams.get(key)
     if found is None:
-        if not os.path.isdir("/proc/self/task"):
-            return set()
+        if not _can_tell():
+            return None
         ids = np.zeros(key[1], dtype=np.int64)
         _team_ids(ids)
         found = _teams[key] = {str(i) for i in ids.tolist() if i > 0} | {str(key[0])}
@@ -110,9 +123,12 @@ def team_threads():
 def foreign_running():
     """The ids of this process's threads running or waiting for a core now, other than the
     calling thread and its team of Numba threads: OpenBLAS's worker spinning after a NumPy
-    product, a busy thread of the program's own. None where /proc can't tell."""
+    product, a busy thread of the program's own. None where that can't be told."""
+    team = team_threads()
+    if team is None:
+        return None
     try:
-        return _my_running() - team_threads()
+        return _my_running() - team
     except OSError:
         return None
 
