@@ -36,6 +36,7 @@ STALL_FACTOR = 2.0
 STALL_S = 2e-3
 STALL_MACS_S = 5e9
 
+
 def release_prediction_threads():
     """The calling thread hands the cores over to the next thread that predicts alone.
 

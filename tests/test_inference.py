@@ -350,7 +350,7 @@ def test_after_a_stall_predictions_run_on_one_thread_while_a_thread_of_ours_is_b
     from fastmlp.backend.cpu import thread_count
     monkeypatch.setenv(thread_count.ENV, "auto")
     monkeypatch.setattr(thread_count, "_predict_look", [-1.0, 1])
-    monkeypatch.setattr(thread_count, "_stall", [None, 0.0])
+    monkeypatch.setattr(thread_count, "_stall", [None])
     busy = threading.Thread(target=_burn, args=(0.3,))
     busy.start()
     try:
@@ -379,7 +379,7 @@ def test_a_look_that_finds_a_core_taken_looks_again_soon(monkeypatch):
     if thread_count.most() < 2:
         pytest.skip("one core: nothing to take")
     monkeypatch.setenv(thread_count.ENV, "auto")
-    monkeypatch.setattr(thread_count, "_stall", [None, 0.0])
+    monkeypatch.setattr(thread_count, "_stall", [None])
     for others, threads, again in ((1, thread_count.most() - 1, thread_count.STALL_LOOK_S),
                                    (0, thread_count.most(), thread_count.PREDICT_LOOK_S)):
         monkeypatch.setattr(thread_count, "_predict_look", [-1.0, 1])
@@ -393,7 +393,7 @@ def test_a_stall_leaves_a_fixed_thread_count(monkeypatch):
     from fastmlp.backend.cpu import thread_count
     monkeypatch.setenv(thread_count.ENV, "2")
     monkeypatch.setattr(thread_count, "_predict_look", [-1.0, 1])
-    monkeypatch.setattr(thread_count, "_stall", [None, 0.0])
+    monkeypatch.setattr(thread_count, "_stall", [None])
     assert thread_count.prediction_threads() == min(2, thread_count.numba.config.NUMBA_NUM_THREADS)
     thread_count.prediction_stalled()
     assert thread_count._stall[0] is None

@@ -16,9 +16,11 @@ OpenBLAS's threads keep spinning after each GEMM and would take the cores
 the next Numba kernel needs; in an MLP, whose steps are GEMMs and short
 kernels, OpenBLAS's own threading is the faster.
 """
+import ctypes
 import os
 import threading
 
+import numba
 import numpy as np
 
 from . import blas_pool
@@ -122,11 +124,9 @@ def _pause_team():
     # frees the calling thread's pool of threads (the next parallel region makes a new one).
     # Nothing to free under the other layers (tbb, workqueue), or before any parallel region
     try:
-        import numba
         if numba.threading_layer() != "omp":
             return
-        import ctypes
-        from numba.np.ufunc import omppool
+        from numba.np.ufunc import omppool   # present only where Numba built its OpenMP layer
         pause = getattr(ctypes.CDLL(omppool.__file__), "omp_pause_resource_all", None)
     except (ValueError, ImportError, OSError):   # no parallel region yet, no omp pool
         return

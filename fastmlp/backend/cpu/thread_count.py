@@ -25,6 +25,7 @@ threads), so runs that met different loads can differ in the last bits;
 repeatable runs whatever the load. ``History.threads`` records the counts a fit
 used; ``fastmlp info`` prints the policy and the last fit's choice.
 """
+import ctypes
 import os
 import threading
 import time
@@ -97,7 +98,6 @@ _tells = []   # [whether the threads can be told apart here], found once
 def _can_tell():
     # /proc/self/task to read, and gettid in the C library (glibc 2.30 and later)
     if not _tells:
-        import ctypes
         try:
             libc = ctypes.CDLL(None)
         except OSError:
@@ -189,12 +189,33 @@ _predict_look = [-1.0, 1]   # when the last look goes stale (time.monotonic), th
 # millisecond or so of the look's ten.
 STALL_LOOK_S = 0.01
 STALL_BUSY = 0.5
-_stall = [None, 0.0]   # while stalled: [when the look began (monotonic), the others' CPU time then]
 
 
 def _others_cpu():
     # CPU seconds this process's threads other than the calling one have used
     return time.process_time() - time.thread_time()
+
+
+class Stall:
+    """One thread after a stalled prediction or step, while this process's other threads keep
+    a core busy: over once a look, at most every STALL_LOOK_S, finds the CPU time they took
+    since the last look (``cpu``: _others_cpu) under STALL_BUSY cores."""
+
+    def __init__(self, now, cpu=_others_cpu):
+        self.cpu = cpu
+        self.since, self.then = now, cpu()
+
+    def over(self, now):
+        """Whether the look at ``now`` ends it (no look before STALL_LOOK_S has passed)."""
+        if now - self.since < STALL_LOOK_S:
+            return False
+        cpu = self.cpu()
+        busy = (cpu - self.then) / (now - self.since)
+        self.since, self.then = now, cpu
+        return busy <= STALL_BUSY
+
+
+_stall = [None]   # the Stall holding predictions at one thread, or None
 
 
 def prediction_threads():
@@ -205,9 +226,7 @@ def prediction_threads():
     now = time.monotonic()
     if now >= _predict_look[0]:
         if _stall[0] is not None:
-            busy = (_others_cpu() - _stall[1]) / max(now - _stall[0], 1e-9)
-            if busy > STALL_BUSY:          # still in the way: another look later
-                _stall[:] = [now, _others_cpu()]
+            if not _stall[0].over(now):    # still in the way: another look later
                 _predict_look[0] = now + STALL_LOOK_S
                 return 1
             _stall[0] = None
@@ -239,7 +258,7 @@ def prediction_stalled():
     looked at afresh. A count fixed by FASTMLP_THREADS is kept."""
     if fixed() is None:
         now = time.monotonic()
-        _stall[:] = [now, _others_cpu()]
+        _stall[0] = Stall(now)
         _predict_look[1] = 1
         _predict_look[0] = now + STALL_LOOK_S
 
@@ -291,7 +310,7 @@ class StepThreads:
         self.next_sample = 0.0
         self.kind = None               # what a step of this fit is (start)
         self.began = None              # (when, rows) of the step running now (begin)
-        self.stalled = None            # [since, others' CPU time then] while a stall holds one thread
+        self.stalled = None            # the Stall holding the steps at one thread, or None
         self.stalls = 0
 
     def start(self, kind=None):
@@ -312,7 +331,7 @@ class StepThreads:
             # a thread of this process is busy beside the team (OpenBLAS's worker spinning
             # after a NumPy product): the first steps on one thread, as after a stall
             self.stalls += 1
-            self.stalled = [now, self.cpu()]
+            self.stalled = Stall(now, self.cpu)
             _set(1)
         self.pool = blas_pool.install()    # OpenBLAS's jobs on Numba's threads while the fit runs
 
@@ -347,17 +366,11 @@ class StepThreads:
                     _set(n)
 
     def _watch(self, now, step, rows):
-        # a stalled step sends the next ones to one thread; while they run there, a look every
-        # STALL_LOOK_S at this process's other threads' CPU time brings the count back
+        # a stalled step sends the next ones to one thread until its Stall is over
         if self.stalled is not None:
-            since, cpu = self.stalled
-            if now - since >= STALL_LOOK_S:
-                cpu_now = self.cpu()
-                if (cpu_now - cpu) / (now - since) > STALL_BUSY:
-                    self.stalled = [now, cpu_now]
-                else:
-                    self.stalled = None
-                    _set(self.current)
+            if self.stalled.over(now):
+                self.stalled = None
+                _set(self.current)
             return
         if self.current < 2 or self.fixed is not None:
             return
@@ -365,7 +378,7 @@ class StepThreads:
         fastest = _fastest.get(key)
         if fastest is not None and step > STEP_STALL_FACTOR * fastest + STEP_STALL_S:
             self.stalls += 1
-            self.stalled = [now, self.cpu()]
+            self.stalled = Stall(now, self.cpu)
             _set(1)
         elif fastest is None and len(_fastest) < 256 or fastest is not None and step < fastest:
             _fastest[key] = step
