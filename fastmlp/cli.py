@@ -998,7 +998,8 @@ def main(argv=None):
             print(f"fastmlp {args.command}: error{rank}: {e}", file=sys.stderr)
         if world is not None:   # the other ranks may wait in a collective: end them all
             sys.stderr.flush()
-            world.abort(1)
+            from .distributed.faults import end_world
+            end_world(world, 1)   # after a pause: the launcher forwards the message first
         return 1
     except KeyboardInterrupt:   # Ctrl-C outside training (train handles its own)
         print(f"fastmlp {args.command}: interrupted", file=sys.stderr)

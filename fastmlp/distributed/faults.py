@@ -42,13 +42,18 @@ def report(comm, exc):
             pass
 
 
-def abort_on_error(comm, exc, code=1):
-    """Print ``exc`` as this rank's failure and end the whole world (MPI_Abort)."""
-    report(comm, exc)
+def end_world(comm, code=1):
+    """End the whole world (MPI_Abort) once what this rank printed had time to get out."""
     # the launcher forwards this rank's output through a pipe; MPI_Abort at once can end
     # the forwarding before the message is through (seen under load: an empty stderr)
     time.sleep(FORWARD_S)
     comm.abort(code)
+
+
+def abort_on_error(comm, exc, code=1):
+    """Print ``exc`` as this rank's failure and end the whole world (MPI_Abort)."""
+    report(comm, exc)
+    end_world(comm, code)
 
 
 def install(comm):
