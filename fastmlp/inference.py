@@ -22,18 +22,15 @@ import time
 import numpy as np
 
 from .backend import get_backend
+from .backend.cpu.thread_count import is_stall
 from .layers import Activation, Dense
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .normalization import Dropout
 
-# A parallel kernel call counts as stalled when it takes more than STALL_FACTOR times what it
-# should, plus STALL_S: a thread that lost its core holds a call up for a whole time slice,
-# 3-15 ms on the project's VM, where calls on a quiet machine stayed under 2 ms (P2, 62,000
-# calls of 1, 32 and 256 rows: none above 2 ms). What it should take: the fastest call of its
-# row count so far, and at most its multiply-adds at STALL_MACS_S a second (a lower bound for
-# the rate of one core: the first calls of a row count may have stalled themselves)
-STALL_FACTOR = 2.0
-STALL_S = 2e-3
+# A parallel kernel call stalled by thread_count.is_stall's rule. What it should take: the
+# fastest call of its row count so far, and at most its multiply-adds at STALL_MACS_S a second
+# (a lower bound for the rate of one core: the first calls of a row count may have stalled
+# themselves)
 STALL_MACS_S = 5e9
 
 
@@ -184,14 +181,14 @@ class DenseChain:
             self.timed(xb.shape[0], time.perf_counter() - t)
 
     def timed(self, n, seconds):
-        """A parallel kernel call of n rows took ``seconds``: far longer than it should (STALL_*),
+        """A parallel kernel call of n rows took ``seconds``: far longer than it should (is_stall),
         it stalled, and the next predictions run on one thread for a while
         (backend/cpu/thread_count.py, prediction_stalled); else it may be the fastest so far."""
         fastest = self._fastest.get(n)
         should = n * self._macs / STALL_MACS_S
         if fastest is not None and fastest < should:
             should = fastest
-        if seconds > STALL_FACTOR * should + STALL_S and self._fastest:
+        if is_stall(seconds, should) and self._fastest:
             self._stalled()     # (not the chain's first parallel call: Numba's team may be starting)
         elif fastest is None and len(self._fastest) < 64 or fastest is not None and seconds < fastest:
             self._fastest[n] = seconds     # the usual row counts, as plan_rows keeps them

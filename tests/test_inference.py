@@ -6,7 +6,7 @@ import pytest
 
 import fastmlp as fm
 from fastmlp.backend import cpu
-from fastmlp.backend.cpu import dense_chain
+from fastmlp.backend.cpu import dense_chain, thread_count
 from fastmlp.inference import DenseChain
 
 needs_chain = pytest.mark.skipif(cpu.dense_chain_kernels() is None, reason="NumPy's OpenBLAS symbols were not found: "
@@ -292,7 +292,7 @@ def test_a_request_goes_straight_to_one_kernel_call_with_the_same_bits(dtype, mo
 
 @needs_chain
 def test_a_stalled_parallel_call_is_told_apart_from_a_slow_one():
-    # stalled: over STALL_FACTOR times what the call should take (the fastest of its row count
+    # stalled: over thread_count.STALL_FACTOR times what the call should take (the fastest of its row count
     # so far, at most its multiply-adds at STALL_MACS_S) plus STALL_S; a stalled call is not
     # taken as the fastest, a call in time may be
     from fastmlp import inference
@@ -303,7 +303,7 @@ def test_a_stalled_parallel_call_is_told_apart_from_a_slow_one():
     chain._stalled = lambda: told.append(True)
     macs = 13 * 24 + 24 * 9 + 9 * 4
     bound = 32 * macs / inference.STALL_MACS_S
-    limit = inference.STALL_FACTOR * bound + inference.STALL_S
+    limit = thread_count.STALL_FACTOR * bound + thread_count.STALL_S
     chain._fastest.clear()
     chain.timed(7, 1.0)                       # the chain's first parallel call: never a stall
     assert told == [] and chain._fastest == {7: 1.0}
@@ -314,9 +314,9 @@ def test_a_stalled_parallel_call_is_told_apart_from_a_slow_one():
     fast = bound / 2                          # faster than the bound: the fastest rules
     chain.timed(32, fast)
     assert chain._fastest[32] == fast
-    chain.timed(32, fast * inference.STALL_FACTOR + inference.STALL_S * 0.99)
+    chain.timed(32, fast * thread_count.STALL_FACTOR + thread_count.STALL_S * 0.99)
     assert told == [True] and chain._fastest[32] == fast
-    chain.timed(32, fast * inference.STALL_FACTOR + inference.STALL_S * 1.01)
+    chain.timed(32, fast * thread_count.STALL_FACTOR + thread_count.STALL_S * 1.01)
     assert told == [True, True] and chain._fastest[32] == fast
 
 
@@ -347,7 +347,6 @@ def _burn(seconds):
 def test_after_a_stall_predictions_run_on_one_thread_while_a_thread_of_ours_is_busy(monkeypatch):
     import threading
     import time
-    from fastmlp.backend.cpu import thread_count
     monkeypatch.setenv(thread_count.ENV, "auto")
     monkeypatch.setattr(thread_count, "_predict_look", [-1.0, 1])
     monkeypatch.setattr(thread_count, "_stall", [None])
@@ -375,7 +374,6 @@ def test_after_a_stall_predictions_run_on_one_thread_while_a_thread_of_ours_is_b
 
 def test_a_look_that_finds_a_core_taken_looks_again_soon(monkeypatch):
     import time
-    from fastmlp.backend.cpu import thread_count
     if thread_count.most() < 2:
         pytest.skip("one core: nothing to take")
     monkeypatch.setenv(thread_count.ENV, "auto")
@@ -390,7 +388,6 @@ def test_a_look_that_finds_a_core_taken_looks_again_soon(monkeypatch):
 
 
 def test_a_stall_leaves_a_fixed_thread_count(monkeypatch):
-    from fastmlp.backend.cpu import thread_count
     monkeypatch.setenv(thread_count.ENV, "2")
     monkeypatch.setattr(thread_count, "_predict_look", [-1.0, 1])
     monkeypatch.setattr(thread_count, "_stall", [None])

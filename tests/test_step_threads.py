@@ -129,7 +129,7 @@ def test_a_stalled_step_sends_the_steps_to_one_thread_while_another_thread_of_ou
     st.start()
     try:
         assert [_step(st, clock, cpu, 0.001) for _ in range(5)] == [2] * 5       # steady: no stall
-        limit = thread_count.STEP_STALL_FACTOR * 0.001 + thread_count.STEP_STALL_S
+        limit = thread_count.STALL_FACTOR * 0.001 + thread_count.STALL_S
         assert _step(st, clock, cpu, limit * 0.99) == 2                          # slow, not stalled
         assert _step(st, clock, cpu, 0.0004, rows=16) == 2     # a smaller batch: a size of its own
         assert _step(st, clock, cpu, limit * 1.01, others=1.0) == 1              # stalled

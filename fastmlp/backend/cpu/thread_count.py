@@ -190,6 +190,18 @@ _predict_look = [-1.0, 1]   # when the last look goes stale (time.monotonic), th
 STALL_LOOK_S = 0.01
 STALL_BUSY = 0.5
 
+# A parallel call (a prediction's kernel call, a training step) stalled when it took more than
+# STALL_FACTOR times what it should, plus STALL_S: a thread that lost its core holds a call up
+# for a whole time slice, 3-15 ms on the project's VM, where calls on a quiet machine stayed
+# under 2 ms (P2's predictions, 62,000 calls of 1, 32 and 256 rows: none above 2 ms).
+STALL_FACTOR = 2.0
+STALL_S = 2e-3
+
+
+def is_stall(seconds, should):
+    """Whether a parallel call that took ``seconds``, where it should take ``should``, stalled."""
+    return seconds > STALL_FACTOR * should + STALL_S
+
 
 def _others_cpu():
     # CPU seconds this process's threads other than the calling one have used
@@ -277,16 +289,14 @@ def _set(n):
     blas.set_blas_threads(n)            # NumPy's BLAS (one setting for the process)
 
 
-# A step that takes more than STEP_STALL_FACTOR times the fastest step of its size at the same
-# count, plus STEP_STALL_S, stalled: a thread of the step lost its core for a time slice. Most
+# A step stalled (is_stall) when it takes more than STALL_FACTOR times the fastest step of its
+# size at the same count, plus STALL_S: a thread of the step lost its core for a time slice. Most
 # often to a thread of this process that /proc's count of other processes' threads does not
 # see: OpenBLAS's worker spins on a core for about 0.1 s after each multi-threaded NumPy
 # product, and P2's steps right after one took 5.4 against 1.4 ms every third step (a fit of
 # 20 steps 58-264 ms against 31 quiet, 41 on one thread). The steps then run on one thread
 # until a look (every STALL_LOOK_S) finds this process's other threads idle again
 # (STALL_BUSY, as for predictions), then on the chosen count again.
-STEP_STALL_FACTOR = 2.0
-STEP_STALL_S = 2e-3
 # the fastest steps seen, (kind, rows, count) -> s, kept from fit to fit: a fit that starts
 # beside the spinning worker stalls from its first steps, which then can't be its yardstick
 _fastest = {}
@@ -376,7 +386,7 @@ class StepThreads:
             return
         key = (self.kind, rows, self.current)
         fastest = _fastest.get(key)
-        if fastest is not None and step > STEP_STALL_FACTOR * fastest + STEP_STALL_S:
+        if fastest is not None and is_stall(step, fastest):
             self.stalls += 1
             self.stalled = Stall(now, self.cpu)
             _set(1)
