@@ -182,7 +182,7 @@ def main(argv=None):
         if args.optimizer == "sgd":
             step = step_ms(batch, args.repeats)
             print(f"  fastmlp's step {step:.3f} ms = {step / floor:.2f}x the floor: {step - least:.3f} ms over the "
-                  "least step (cache misses between the kernels, hand-offs of the cores, Python)")
+                  "least step (the kernels run slower in the step than alone: docs/benchmarks.md)")
         if args.steps:
             print(f"  {args.steps} steps: at least {least * args.steps / 1e3:.3f} s")
         print(f"batch={batch} floor_ms={floor:.4f} between_ms={between:.4f} update_ms={engine:.4f} "
