@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gemm_floor import GemmFloor, blas_threads  # noqa: E402
 
+import fastmlp as fm  # noqa: E402
 from fastmlp.backend.codes import IDENTITY, RELU  # noqa: E402
 from fastmlp.backend.cpu import data, dense, loss, optim  # noqa: E402
 from fastmlp.backend.cpu.reduce import partial_sums  # noqa: E402
@@ -139,7 +140,6 @@ def bound(batch, optimizer, threads, repeats, n_data=8000):
 
 def step_ms(batch, repeats, n_data=8000):
     """fastmlp's own P2 step (SGD 0.1, the default threads), ms a step over whole epochs."""
-    import fastmlp as fm
     rng = np.random.default_rng(0)
     X = rng.random((n_data, SIZES[0]), dtype=np.float32)
     y = rng.integers(0, SIZES[-1], n_data)
@@ -161,8 +161,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=400, help="timed calls of each part")
     ap.add_argument("--steps", type=int, default=0, help="also print the bound for this many steps (a fit)")
     args = ap.parse_args(argv)
-    import fastmlp
-    print(f"fastmlp {fastmlp.__version__}, P2 {SIZES}, float32, {args.optimizer}; each part alone, in cache, "
+    print(f"fastmlp {fm.__version__}, P2 {SIZES}, float32, {args.optimizer}; each part alone, in cache, "
           f"median of {args.repeats} calls (ms)")
     for batch in (int(b) for b in args.batch.split(",")):
         parts, engine, bare = bound(batch, args.optimizer, args.threads, args.repeats)

@@ -292,9 +292,9 @@ def test_a_request_goes_straight_to_one_kernel_call_with_the_same_bits(dtype, mo
 
 @needs_chain
 def test_a_stalled_parallel_call_is_told_apart_from_a_slow_one():
-    # stalled: over thread_count.STALL_FACTOR times what the call should take (the fastest of its row count
-    # so far, at most its multiply-adds at STALL_MACS_S) plus STALL_S; a stalled call is not
-    # taken as the fastest, a call in time may be
+    # stalled: over thread_count.STALL_FACTOR times what the call should take (the fastest of
+    # its row count so far, at most its multiply-adds at STALL_MACS_S) plus STALL_S; a stalled
+    # call is not taken as the fastest, a call in time may be
     from fastmlp import inference
     model = _model("relu", "softmax_crossentropy", "float32")
     model.predict(np.zeros((1, 13), np.float32))
