@@ -18,7 +18,8 @@ are interleaved (a round of each in turn) so that the drifts of a shared machine
 
 Latency: one call at a time, median and 99th percentile in microseconds. Throughput: 1 and 2
 Python threads calling predict on one shared model (one session, one module) at batch 32 for
-a fixed time, calls a second; the ratio is the scaling. Then fastmlp's latency from a request
+a fixed time, calls a second; the ratio is the scaling. Then calls far apart (10 and 100 ms
+between calls: the thread pools have gone to sleep), and fastmlp's latency from a request
 thread after the main thread predicted, as it is and after ``fm.release_prediction_threads()``.
 The last line printed is machine-readable key=value pairs.
 """
@@ -210,6 +211,24 @@ def after_numpy(impl, x, calls, rounds, rng):
     return float(np.median(us)), float(np.percentile(us, 99)), float(us.mean())
 
 
+# Requests far apart, a server's usual traffic: each call this long after the last. Thread
+# pools asleep by then wake for the call (fastmlp's own rule: backend/cpu/team_wake.py).
+PAUSES_S = (0.01, 0.1)
+
+
+def far_apart(impls, x, pause, calls):
+    """{name: (median us, largest us)} of ``calls`` calls, each ``pause`` s after the last
+    one of any implementation (a call of each in turn)."""
+    times = {name: [] for name in impls}
+    for _ in range(calls):
+        for name, impl in impls.items():
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            impl.predict(x)
+            times[name].append(time.perf_counter() - t0)
+    return {name: (1e6 * float(np.median(t)), 1e6 * float(np.max(t))) for name, t in times.items()}
+
+
 def request_thread(model, x, calls):
     """(median us of ``calls`` predictions from a new thread while the main thread owns the
     parallel predictions, the same after the main thread hands them over)."""
@@ -326,6 +345,18 @@ def run_network(network, args, out, kv):
                 kv[f"{network}_{n}_b{b}_after_numpy_p99_us"] = round(p99, 1)
                 kv[f"{network}_{n}_b{b}_after_numpy_mean_us"] = round(mean, 1)
             out(f"  {b:>6d}   " + "   ".join(cells))
+        far = max(5, args.calls // 50)
+        out(f"\n{network}: {far} calls far apart (a pause before each), microseconds (median / largest)")
+        for b in (1, 32):
+            xb = rng.random((b,) + shape, dtype=np.float32)
+            for pause in PAUSES_S:
+                lat = far_apart(impls, xb, pause, far)
+                cells = "   ".join(f"{n} {lat[n][0]:.1f} / {lat[n][1]:.1f}" for n in impls)
+                out(f"  {b:>6d}  {pause * 1e3:>4.0f} ms   {cells}")
+                for n in impls:
+                    key = f"{network}_{n}_b{b}_apart{pause * 1e3:.0f}ms"
+                    kv[key + "_us"] = round(lat[n][0], 1)
+                    kv[key + "_max_us"] = round(lat[n][1], 1)
         out(f"\n{network}: throughput at batch 32, calls a second, {args.seconds:g} s per run, one shared "
             "model / session")
         xb = rng.random((32,) + shape, dtype=np.float32)

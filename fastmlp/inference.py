@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from .backend import get_backend
+from .backend.cpu.team_wake import PARALLEL, SERIAL, WAKE, pinned_away, prediction_team
 from .backend.cpu.thread_count import is_stall
 from .layers import Activation, Dense
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
@@ -88,6 +89,7 @@ class DenseChain:
         self._fastest = {}               # rows -> the fastest parallel kernel call so far, s
         self._macs = sum(d.in_features * d.out_features for d in dense)   # a row's multiply-adds
         self._stalled = be.prediction_stalled
+        self._threads_free = be.prediction_threads
         self._local = threading.local()
 
     @classmethod
@@ -170,15 +172,34 @@ class DenseChain:
         return out
 
     def _forward(self, out, xb, scratch, edges, blas, parallel, start):
-        # out = the chain on xb (rows start .. of the caller's X) in one kernel call
+        # out = the chain on xb (rows start .. of the caller's X) in one kernel call.
+        # ``parallel``: the call may run on the caller's team of Numba threads; it does when
+        # the team is awake or worth waking (backend/cpu/team_wake.py) and the cores are free
+        # (prediction_threads, looked at only then)
+        mode = SERIAL
         if parallel:
+            team = prediction_team()
             t = time.perf_counter()
-        if not self.kernels.dense_chain_forward(out, xb, self.params, self.layout, self.alphas, self.final,
-                                                scratch, edges, parallel, blas, self.threads):
+            mode = team.plan(t)
+            if mode != SERIAL and self._threads_free() <= 1:
+                mode = SERIAL
+        if mode == WAKE:
+            with pinned_away():
+                ok = self._kernel(out, xb, scratch, edges, True, blas)
+        else:
+            ok = self._kernel(out, xb, scratch, edges, mode == PARALLEL, blas)
+        if parallel:
+            end = time.perf_counter()
+            team.done(mode, t, end)
+            if mode == PARALLEL:        # a wake is no yardstick, nor a stall
+                self.timed(xb.shape[0], end - t)
+        if not ok:
             raise ValueError(f"expected finite values in X, got NaN or Inf (in rows {start} to "
                              f"{start + xb.shape[0] - 1})")
-        if parallel:
-            self.timed(xb.shape[0], time.perf_counter() - t)
+
+    def _kernel(self, out, xb, scratch, edges, parallel, blas):
+        return self.kernels.dense_chain_forward(out, xb, self.params, self.layout, self.alphas, self.final,
+                                                scratch, edges, parallel, blas, self.threads)
 
     def timed(self, n, seconds):
         """A parallel kernel call of n rows took ``seconds``: far longer than it should (is_stall),

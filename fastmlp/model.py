@@ -361,8 +361,8 @@ class Sequential:
         edges, blas, busy = chain.plan_rows(X.shape[0])
         entered = self._enter(training=False, hold_blas=blas)
         try:
-            parallel = busy > 1 and self.be.inference_parallel() and self.be.prediction_threads() > 1
-            return chain.run(X, edges, blas, parallel)
+            # on the cores when it may (the chain asks for them only if it would use them)
+            return chain.run(X, edges, blas, busy > 1 and self.be.inference_parallel())
         finally:
             if entered:
                 self._leave(training=False, hold_blas=blas)
@@ -379,8 +379,7 @@ class Sequential:
                 read = lambda start, stop: np.ascontiguousarray(rows(self.be, X, start, stop, self.dtype))  # noqa: E731
         self.be.use_numba_thread_gemms(False)   # whose threads run this thread's GEMMs: not Numba's
         batch = batch_size or EVAL_BATCH
-        parallel = (chain.blocks(min(X.shape[0], batch)) > 1 and self.be.inference_parallel() and
-                    self.be.prediction_threads() > 1)
+        parallel = chain.blocks(min(X.shape[0], batch)) > 1 and self.be.inference_parallel()
         return chain.predict(X, batch, parallel, read)
 
     def _predict(self, X, batch_size):

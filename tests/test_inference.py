@@ -6,7 +6,7 @@ import pytest
 
 import fastmlp as fm
 from fastmlp.backend import cpu
-from fastmlp.backend.cpu import dense_chain, thread_count
+from fastmlp.backend.cpu import dense_chain, team_wake, thread_count
 from fastmlp.inference import DenseChain
 
 needs_chain = pytest.mark.skipif(cpu.dense_chain_kernels() is None, reason="NumPy's OpenBLAS symbols were not found: "
@@ -329,9 +329,16 @@ def test_a_parallel_call_is_timed_and_a_serial_one_is_not(monkeypatch):
     seen = []
     monkeypatch.setattr(chain, "timed", lambda n, s: seen.append((n, s)))
     edges, blas, _ = chain.plan_rows(32)
+    # the team awake (team_wake.py decides whether it is: tested below): the parallel call only
+    monkeypatch.setattr(team_wake.TeamWake, "plan", lambda self, now: team_wake.PARALLEL)
     for parallel in (True, False):
         chain.run(x, edges, blas, parallel)
     assert len(seen) == 1 and seen[0][0] == 32 and 0 < seen[0][1] < 1
+    # a call that wakes the team is no yardstick, nor one the team's state sends to this thread
+    for mode in (team_wake.WAKE, team_wake.SERIAL):
+        monkeypatch.setattr(team_wake.TeamWake, "plan", lambda self, now, mode=mode: mode)
+        chain.run(x, edges, blas, True)
+    assert len(seen) == 1
 
 
 def _burn(seconds):

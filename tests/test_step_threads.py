@@ -217,3 +217,20 @@ def test_a_busy_thread_of_ours_is_told_from_the_team():
     finally:
         stop[0] = True
         busy.join()
+
+
+def test_the_team_is_read_again_once_it_was_freed_and_made_anew():
+    # release_prediction_threads frees the caller's OpenMP team (blas._pause_team); the next
+    # parallel region makes a new one, and team_threads names the new team's threads, never
+    # ids of threads that have ended
+    import os
+    from fastmlp.backend.cpu import blas
+    team = thread_count.team_threads()
+    if team is None or numba.get_num_threads() < 2:
+        pytest.skip("needs /proc/self/task, gettid and two Numba threads")
+    blas._pause_team()
+    fresh = np.zeros(numba.get_num_threads(), dtype=np.int64)
+    thread_count._team_ids(fresh)      # a parallel region: a team again
+    alive = set(os.listdir("/proc/self/task"))
+    now = thread_count.team_threads()
+    assert now <= alive and {str(i) for i in fresh.tolist() if i > 0} <= now

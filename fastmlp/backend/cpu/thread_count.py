@@ -111,6 +111,8 @@ def team_threads():
     included, at its present size; None where they can't be told (no /proc, no gettid)."""
     key = (threading.get_native_id(), numba.get_num_threads())
     found = _teams.get(key)
+    if found is not None and not found <= set(os.listdir("/proc/self/task")):
+        found = None    # the team was freed (release_prediction_threads) and made anew
     if found is None:
         if not _can_tell():
             return None
