@@ -350,7 +350,8 @@ class Sequential:
         try:
             if chain is not None:
                 return self._predict_chain(chain, X, batch_size)
-            return self._predict(X, batch_size)
+            with self.be.prediction_call():    # on the cores if they're awake (team_wake.py)
+                return self._predict(X, batch_size)
         finally:
             if entered:
                 self._leave(training=False, hold_blas=hold_blas)

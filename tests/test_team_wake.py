@@ -127,3 +127,25 @@ def test_predictions_run_on_this_thread_while_the_team_sleeps_and_wake_it_in_a_b
     assert seen == [False, False, False, True, True, True]
     for out in outs:
         np.testing.assert_array_equal(out, alone)
+
+
+def test_a_layer_by_layer_prediction_keeps_to_this_thread_while_the_team_sleeps(monkeypatch):
+    # a CNN predicts layer by layer (no one-call chain): cold, its kernels run with this
+    # thread's Numba count at 1 (no team started); awake, on the team; the same bits
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread: nothing runs in parallel")
+    model = fm.Sequential([fm.Conv2D(1, 4, 3, padding=1), fm.ReLU(), fm.MaxPool2D(2), fm.Flatten(),
+                           fm.Dense(4 * 4 * 4, 3)], loss="softmax_crossentropy", seed=0, input_shape=(1, 8, 8))
+    x = np.random.default_rng(1).random((16, 1, 8, 8), dtype=np.float32)
+    counts = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a: counts.append(numba.get_num_threads()) or real(*a))
+    clock = [50.0]
+    monkeypatch.setattr(team_wake, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(team_wake, "_owner", threading.local())   # never ran: asleep
+    cold = model.predict(x)
+    team = team_wake.prediction_team()
+    team.done(PARALLEL, clock[0], clock[0])                        # a parallel call just ended
+    warm = model.predict(x)
+    assert counts == [1, numba.get_num_threads()]
+    np.testing.assert_array_equal(cold, warm)

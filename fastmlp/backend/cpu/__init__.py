@@ -10,6 +10,7 @@ threads). jit.py compiles the kernels and picks a twin; activation.py and
 reduce.py hold what several families share.
 """
 import os
+from contextlib import nullcontext
 
 import numba
 import numpy as np
@@ -28,7 +29,7 @@ if "NUMBA_CACHE_DIR" not in os.environ and not _cache_dir_is_writable():
     numba.config.reload_config()
 
 from . import cores, openblas  # noqa: E402
-from . import thread_count  # noqa: E402
+from . import team_wake, thread_count  # noqa: E402
 from .augment import augment_images  # noqa: E402
 from .blas import (begin_inference, end_inference, inference_parallel, matmul, matmul_pair,  # noqa: E402
                    numba_thread_gemms, release_team, use_numba_thread_gemms)
@@ -82,6 +83,12 @@ def dense_chain_kernels():
 def prediction_threads():
     # how many cores a prediction running alone may spread its rows over (thread_count.py)
     return thread_count.prediction_threads()
+
+
+def prediction_call():
+    # a layer-by-layer prediction of the thread that runs parallel ones: on Numba's threads
+    # while they are awake, else on this thread (team_wake.py); any other thread: as it is
+    return team_wake.prediction_team().call() if inference_parallel() else nullcontext()
 
 
 def prediction_stalled():

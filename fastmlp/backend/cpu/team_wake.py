@@ -23,6 +23,10 @@ are what a wake costs: a rent-or-buy rule, never more than twice the best.
 import ctypes
 import os
 import threading
+import time
+from contextlib import contextmanager, nullcontext
+
+import numba
 
 from . import thread_count
 
@@ -59,6 +63,26 @@ class TeamWake:
         else:
             self.parallel_end = end
             self.serial_s = 0.0
+
+
+    @contextmanager
+    def call(self):
+        """``with team.call():`` a prediction of Numba kernels (a CNN's, layer by layer) runs
+        as ``plan`` says: on the team, waking it (``pinned_away``), or with this thread's
+        Numba count at 1, which starts no team (the kernels' chunks are planned for the most
+        threads whatever the count: the same bits)."""
+        start = time.perf_counter()
+        mode = self.plan(start)
+        count = numba.get_num_threads()
+        if mode == SERIAL and count > 1:
+            numba.set_num_threads(1)
+        try:
+            with pinned_away() if mode == WAKE else nullcontext():
+                yield mode
+        finally:
+            if mode == SERIAL and count > 1:
+                numba.set_num_threads(count)
+            self.done(mode, start, time.perf_counter())
 
 
 _owner = threading.local()

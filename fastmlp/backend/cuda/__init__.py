@@ -11,6 +11,8 @@ there.
 Without CuPy only source.py is importable (CI and the packaging checks read the
 kernels through it); any op then raises an AttributeError that names the extra.
 """
+from contextlib import nullcontext
+
 from .. import _CUDA_EXTRA
 
 try:
@@ -66,6 +68,10 @@ else:
     def prediction_threads():
         # one host thread launches a prediction's kernels
         return 1
+
+    def prediction_call():
+        # no team of host threads to wake: the host thread launches the kernels
+        return nullcontext()
 
     def prediction_stalled():
         # nothing to fall back from: predictions launch from one host thread
