@@ -193,6 +193,12 @@ class Dense(Layer):
         self.l2 = _check_coef("l2", l2, "Dense")
         self.activation = activation_spec(activation, "Dense")
         self.act_code, self.alpha = self.activation.code, self.activation.alpha
+        self.zeros, self.skipping = False, False
+
+    def build(self, input_shape, be, dtype):
+        # the backend's zero_skip, asked for once the layer trains first (False: not yet)
+        self.zeros, self.skipping = False, False
+        return super().build(input_shape, be, dtype)
 
     def compute_output_shape(self, input_shape):
         if input_shape != (self.in_features,):
@@ -213,10 +219,23 @@ class Dense(Layer):
         # x is (N, D); keeps x and the output a (N, M) for backward
         W, b = self.params
         a = self.workspace("a", (x.shape[0], self.out_features))
-        self.be.matmul(a, x, W)
+        self.skipping = training and not self.needs_dx and self._zeros_to_skip(x)
+        if self.skipping:           # the first layer, on a batch of many zeros
+            self.zeros.forward(a, x, W)
+        else:
+            self.be.matmul(a, x, W)
         self.be.bias_act_forward(a, b, self.act_code, self.alpha)
         self.x, self.a = x, a
         return a
+
+    def _zeros_to_skip(self, x):
+        # whether the first layer's products in training skip x's zeros (backend zero_skip:
+        # the CPU's register tiles; most of an image's pixels are 0)
+        zeros = self.zeros
+        if zeros is False:
+            zeros = self.zeros = self.be.zero_skip()
+        return (zeros is not None and type(x) is np.ndarray and x.ndim == 2 and x.flags.c_contiguous
+                and x.dtype in (np.float32, np.float64) and x.dtype == self.params[0].dtype and zeros.plan(x))
 
     def backward(self, da):
         # da is (N, M), overwritten with dz; returns dx (N, D) or None
@@ -225,7 +244,10 @@ class Dense(Layer):
         be = self.be
         be.act_backward_bias_grad(da, db, da, self.a, self.act_code, self.alpha)
         if not self.needs_dx:
-            be.matmul(dW, self.x.T, da)
+            if self.skipping:
+                self.zeros.weight_grad(dW, self.x, da)
+            else:
+                be.matmul(dW, self.x.T, da)
             return None
         dx = self.workspace("dx", self.x.shape)
         be.matmul_pair(dW, self.x.T, da, dx, da, W.T)

@@ -52,3 +52,26 @@ def test_full_batch_fit_uses_x_in_place(rng):
     grew = _traced_peak(lambda: model.fit(X, y, epochs=40, batch_size=None))
     print(f"peak traced growth over a 40-epoch full-batch fit: {grew} bytes (X is {X.nbytes})")
     assert grew < X.nbytes // 4
+
+
+def test_a_step_that_skips_the_batchs_zeros_allocates_nothing(rng):
+    # the first layer's products without the zeros (backend/cpu/zero_tiles.py): its lists are
+    # grown once, then reused
+    from fastmlp.backend.cpu import zero_tiles
+    if not zero_tiles.available():
+        pytest.skip("the register tiles need AVX-512: the first layer multiplies the whole batch")
+    live = rng.random(300) < 0.3               # image-like: zeros outside a third of the columns
+    X = np.where(live & (rng.random((256, 300)) < 0.5), rng.random((256, 300)), 0).astype(np.float32)
+    y = rng.integers(0, 10, 256)
+    model = _model(fm.Adam(1e-3))
+    model.fit(X, y, epochs=1, batch_size=64)
+    xb, tb = model.batch_buffers.get(64, *model.prepare(X, y))
+    model.train_step(xb, tb, model.stats)
+    assert model.layers[0].skipping
+
+    def steps():
+        for _ in range(50):
+            model.train_step(xb, tb, model.stats)
+
+    grew = _traced_peak(steps)
+    assert grew < 2048 < xb.nbytes

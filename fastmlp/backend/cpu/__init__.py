@@ -39,6 +39,7 @@ from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward  # noqa
 from .data import (copy, copy_from_host, empty, gather_rows, random_uniform, synchronize,  # noqa: E402
                    to_device, to_host, zeros)
 from . import dense_chain as _dense_chain  # noqa: E402
+from . import zero_tiles  # noqa: E402
 from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward  # noqa: E402
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
 from .loss import (bce_logits, bce_logits_weighted, mse, mse_weighted, softmax_forward, softmax_xent,  # noqa: E402
@@ -99,6 +100,12 @@ def prediction_stalled():
 def step_threads():
     # the thread count of one fit's steps, measured as it trains (thread_count.py)
     return thread_count.StepThreads()
+
+
+def zero_skip():
+    # a first Dense layer's training products without the batch's zeros (zero_tiles.py), or
+    # None where its register tiles don't run (no AVX-512)
+    return zero_tiles.ZeroSkip() if zero_tiles.available() else None
 
 
 def step_graphs():

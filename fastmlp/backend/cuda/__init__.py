@@ -81,6 +81,10 @@ else:
         # the host thread only launches: no thread count to choose
         return None
 
+    def zero_skip():
+        # cuBLAS multiplies the first layer's batch whole: no zeros skipped on the GPU
+        return None
+
     def step_graphs():
         # a fresh StepGraphs: a fit's training steps captured and replayed as CUDA graphs
         return graph.StepGraphs()
