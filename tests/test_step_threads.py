@@ -1,6 +1,8 @@
 """The thread count of a CPU training step (backend/cpu/thread_count.py): all the cores on a
 quiet machine, the free ones under load, FASTMLP_THREADS to fix it; the counts a fit found
 are put back after it, and a fixed count gives the same bits as before."""
+import time
+
 import numba
 import numpy as np
 import pytest
@@ -181,7 +183,7 @@ def test_the_fastest_steps_carry_over_to_the_next_fit_of_the_same_kind(monkeypat
 def test_a_fit_that_starts_beside_a_busy_thread_of_ours_starts_on_one_thread(monkeypatch):
     monkeypatch.delenv("FASTMLP_THREADS", raising=False)
     monkeypatch.setattr(thread_count, "most", lambda: 2)
-    monkeypatch.setattr(thread_count, "_last", [None, -1e9])
+    monkeypatch.setattr(thread_count, "_last", [None, -1e9, []])
     clock, cpu = Clock(), [0.0]
     for busy, first in ((set(), 2), ({"4242"}, 1)):
         st = StepThreads(look=lambda: 0, clock=clock, cpu=lambda: cpu[0], foreign=lambda: busy)
@@ -234,3 +236,23 @@ def test_the_team_is_read_again_once_it_was_freed_and_made_anew():
     alive = set(os.listdir("/proc/self/task"))
     now = thread_count.team_threads()
     assert now <= alive and {str(i) for i in fresh.tolist() if i > 0} <= now
+
+
+def test_short_fits_one_after_the_other_take_the_count_back_up(monkeypatch):
+    # a fit that starts right after one that ended on one thread starts on one thread, and
+    # the looks of such short fits add up: a PERIOD of quiet looks over several fits, each
+    # shorter than PERIOD, brings the count back to all the cores
+    monkeypatch.delenv("FASTMLP_THREADS", raising=False)
+    monkeypatch.setattr(thread_count, "most", lambda: 2)
+    monkeypatch.setattr(thread_count, "_last", [1, time.monotonic(), []])
+    clock = Clock()
+    starts = []
+    for fit in range(8):
+        st = StepThreads(look=lambda: 0, clock=clock, foreign=set)
+        st.start()
+        starts.append(st.current)
+        clock.t += thread_count.SAMPLE_S * 1.1       # one step, one look
+        st.end()
+        st.stop()
+    looks = int(np.ceil(thread_count.PERIOD / thread_count.SAMPLE_S))
+    assert starts[:looks] == [1] * looks and starts[-1] == 2
