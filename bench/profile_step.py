@@ -22,6 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fastmlp as fm  # noqa: E402
 from fastmlp.backend import cpu  # noqa: E402
+from fastmlp.backend.cpu import zero_tiles  # noqa: E402
+from fastmlp.data import load_mnist_t10k  # noqa: E402
 
 OPS = ["matmul", "matmul_pair", "bias_act_forward", "act_backward_bias_grad", "act_forward", "act_backward",
        "softmax_xent", "bce_logits", "mse", "sgd_update", "adam_update", "gather_rows", "reg_penalty",
@@ -46,8 +48,14 @@ def build(workload, batch):
                               input_shape=(1, 28, 28))
         return model, X, y, batch
     else:
-        X = rng.random((8000, 784), dtype=np.float32)
-        y = rng.integers(0, 10, 8000)
+        try:    # P2's own data, as bench/peers.py trains it: MNIST t10k's first 8,000 images
+            X, y = load_mnist_t10k()[:2]
+            X = (X.reshape(len(X), -1) / 255.0).astype(np.float32)
+        except FileNotFoundError as e:
+            print(f"MNIST t10k not found ({e}): random pixels, which have no zeros for the first "
+                  "layer to skip (backend/cpu/zero_tiles.py)")
+            X = rng.random((8000, 784), dtype=np.float32)
+            y = rng.integers(0, 10, 8000)
         dims, loss, lr = [784, 256, 256, 10], fm.SoftmaxCrossEntropy(), 0.1
     layers = []
     for i, (d, m) in enumerate(zip(dims, dims[1:])):
@@ -89,6 +97,19 @@ def instrument():
             calls[key] += 1
 
         setattr(cpu, name, timed)
+    # the first layer's products without the batch's zeros: methods of the layer's ZeroSkip
+    for name in ("plan", "forward", "weight_grad"):
+        fn = getattr(zero_tiles.ZeroSkip, name)
+        originals[("ZeroSkip", name)] = fn
+
+        def timed_method(self, *args, _fn=fn, _name=name):
+            t = time.perf_counter()
+            result = _fn(self, *args)
+            times[f"zero_skip {_name} {args[0].shape[0]}x{args[0].shape[1]}"] += time.perf_counter() - t
+            calls[f"zero_skip {_name} {args[0].shape[0]}x{args[0].shape[1]}"] += 1
+            return result
+
+        setattr(zero_tiles.ZeroSkip, name, timed_method)
     return times, calls, originals
 
 
@@ -114,7 +135,10 @@ def main(argv=None):
     model.fit(X, y, **kw)
     total = time.perf_counter() - t
     for name, fn in originals.items():
-        setattr(cpu, name, fn)
+        if isinstance(name, tuple):
+            setattr(zero_tiles.ZeroSkip, name[1], fn)
+        else:
+            setattr(cpu, name, fn)
 
     print(f"workload {args.workload}, batch {batch or X.shape[0]}, {n_steps} steps; "
           f"un-instrumented step {plain * 1e3:.3f} ms, instrumented {total / n_steps * 1e3:.3f} ms")
