@@ -31,6 +31,7 @@ the tile, the block of rows or the batch, so a row's prediction has the same
 bits alone, in any batch and on any number of threads.
 """
 import os
+from types import SimpleNamespace
 
 from llvmlite import ir
 from numba import njit, types
@@ -92,16 +93,7 @@ def _tile(mr):
             pbuf, pa, pw, pz, pb = (context.make_array(ty)(context, builder, v).data for ty, v in arrays)
             ptrs = (pbuf, builder.gep(pa, [a0]), lda, builder.gep(pw, [w0]), ldw, k, nvalid,
                     builder.gep(pz, [z0]), ldz, builder.gep(pb, [b0]), fuse)
-            # one body per width; an nvec out of 1 .. NVEC[mr] takes the widest
-            merge = builder.append_basic_block("tile.merge")
-            bodies = [builder.append_basic_block(f"tile.v{n}") for n in range(1, NVEC[mr] + 1)]
-            switch = builder.switch(nvec_v, bodies[-1])
-            for n, body in enumerate(bodies, 1):
-                switch.add_case(ir.Constant(nvec_v.type, n), body)
-                builder.position_at_end(body)
-                _emit_tile(context, builder, buf.dtype, mr, n, *ptrs)
-                builder.branch(merge)
-            builder.position_at_end(merge)
+            emit_by_width(builder, nvec_v, NVEC[mr], lambda n: _emit_tile(context, builder, buf.dtype, mr, n, *ptrs))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -109,28 +101,37 @@ def _tile(mr):
     return tile
 
 
-def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nvalid, pz, ldz, pb, fuse):
-    # the IR of one tile from the builder's block on; pbuf, pa, pw, pz, pb: pointers to buf,
-    # a[a0], w[w0], z[z0], b[b0]
+def emit_by_width(builder, nvec_v, widest, emit):
+    """One body per tile width, ``emit(n)`` for n = 1 .. widest vectors, chosen by the
+    runtime nvec_v (a value out of 1 .. widest takes the widest)."""
+    merge = builder.append_basic_block("tile.merge")
+    bodies = [builder.append_basic_block(f"tile.v{n}") for n in range(1, widest + 1)]
+    switch = builder.switch(nvec_v, bodies[-1])
+    for n, body in enumerate(bodies, 1):
+        switch.add_case(ir.Constant(nvec_v.type, n), body)
+        builder.position_at_end(body)
+        emit(n)
+        builder.branch(merge)
+    builder.position_at_end(merge)
+
+
+def vector_ir(context, builder, dtype, nvec, nvalid):
+    """What a tile's IR is written with, for ``dtype`` (float32 or float64): the vector type
+    (``vec``, ``vw`` lanes, ``size`` bytes a lane), the intrinsics (``fma``, ``masked_load``,
+    ``masked_store``, ``prefetch``), ``splat(value, type)``, ``const(n)`` (an i64), ``zero``
+    (a vector of 0), and ``masks[h]``: lane j of vector h is read when h * vw + j < nvalid
+    (emitted at the builder's position). zero_tiles.py's tiles are written with it too."""
     double = dtype == types.float64
     vw = 8 if double else 16
     real = ir.DoubleType() if double else ir.FloatType()
     name = "v8f64" if double else "v16f32"
     i32, i64, i8p = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
     vec, lanes_i64 = ir.VectorType(real, vw), ir.VectorType(i64, vw)
-    size = real.get_abi_size(context.target_data)
     module = builder.module
 
     def declare(fname, fnty):
         fn = module.globals.get(fname)
         return fn if fn is not None else ir.Function(module, fnty, name=fname)
-
-    fma = declare(f"llvm.fma.{name}", ir.FunctionType(vec, [vec, vec, vec]))
-    masked_load = declare(f"llvm.masked.load.{name}.p0{name}",
-                          ir.FunctionType(vec, [vec.as_pointer(), i32, ir.VectorType(ir.IntType(1), vw), vec]))
-    masked_store = declare(f"llvm.masked.store.{name}.p0{name}",
-                           ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32,
-                                                           ir.VectorType(ir.IntType(1), vw)]))
 
     def splat(value, ty):
         one = builder.insert_element(ir.Constant(ty, None), value, ir.Constant(i32, 0))
@@ -139,49 +140,71 @@ def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nva
     def const(n):
         return ir.Constant(i64, n)
 
-    # lane j of vector h is read when h * vw + j < nvalid
     lanes = ir.Constant(lanes_i64, list(range(vw)))
     masks = [builder.icmp_signed("<", lanes, splat(builder.sub(nvalid, const(h * vw)), lanes_i64))
              for h in range(nvec)]
-    zero = ir.Constant(vec, [0.0] * vw)
+    return SimpleNamespace(
+        vw=vw, vec=vec, i32=i32, i64=i64, i8p=i8p, size=real.get_abi_size(context.target_data),
+        fma=declare(f"llvm.fma.{name}", ir.FunctionType(vec, [vec, vec, vec])),
+        masked_load=declare(f"llvm.masked.load.{name}.p0{name}",
+                            ir.FunctionType(vec, [vec.as_pointer(), i32, ir.VectorType(ir.IntType(1), vw), vec])),
+        masked_store=declare(f"llvm.masked.store.{name}.p0{name}",
+                             ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32,
+                                                             ir.VectorType(ir.IntType(1), vw)])),
+        prefetch=declare("llvm.prefetch.p0i8", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])),
+        splat=splat, const=const, masks=masks, zero=ir.Constant(vec, [0.0] * vw))
+
+
+def emit_sums(builder, v, mr, nvec, pa, lda, pw, ldw, k, pks=None, ak=None):
+    """The loop of a tile of mr rows by nvec vectors (``v``: vector_ir's), from the builder's
+    block on: for kk in 0 .. k - 1, W's row kk (or ks[kk], read through ``pks``) loaded once,
+    times a[i * lda + kk] (or a[i * lda + ks[kk] * ak]) broadcast, into mr * nvec vector
+    accumulators. Returns (the entry block, the loop block, the sums: 0 when k is 0), the
+    builder at the block after the loop."""
+    vw, vec, i32, size, const, zero = v.vw, v.vec, v.i32, v.size, v.const, v.zero
     entry = builder.basic_block
     loop = builder.append_basic_block("tile.loop")
     done = builder.append_basic_block("tile.done")
     builder.cbranch(builder.icmp_signed(">", k, const(0)), loop, done)
 
-    # for kk in 0 .. k - 1: load W's row kk once, add a[i, kk] * it into the mr * nvec accumulators
+    # for kk in 0 .. k - 1: load W's row once, add a[i, row] * it into the accumulators
     builder.position_at_end(loop)
-    kk = builder.phi(i64)
+    kk = builder.phi(v.i64)
     kk.add_incoming(const(0), entry)
     acc = []
     for _ in range(mr * nvec):
         phi = builder.phi(vec)
         phi.add_incoming(zero, entry)
         acc.append(phi)
-    w_row = builder.gep(pw, [builder.mul(kk, ldw)])
-    wv = [builder.call(masked_load, [builder.bitcast(builder.gep(w_row, [const(h * vw)]), vec.as_pointer()),
-                                     ir.Constant(i32, size), masks[h], zero])
+    row = kk if pks is None else builder.load(builder.gep(pks, [kk]))
+    w_row = builder.gep(pw, [builder.mul(row, ldw)])
+    wv = [builder.call(v.masked_load, [builder.bitcast(builder.gep(w_row, [const(h * vw)]), vec.as_pointer()),
+                                       ir.Constant(i32, size), v.masks[h], zero])
           for h in range(nvec)]
-    # and ask for W's row kk + PREFETCH_ROWS: the rows are ldw apart, so a tile's few vectors of
-    # a row sit on another page every few rows, where the hardware's prefetchers stop. A
-    # prefetch never faults, so the rows past W's end it names cost nothing wrong.
-    prefetch = declare("llvm.prefetch.p0i8", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-    ahead = builder.gep(pw, [builder.mul(builder.add(kk, const(PREFETCH_ROWS)), ldw)])
+    # and ask for the row PREFETCH_ROWS ahead: the rows are ldw apart, so a tile's few vectors
+    # of a row sit on another page every few rows, where the hardware's prefetchers stop. A
+    # prefetch never faults, so the rows past W's end it names cost nothing wrong (a list
+    # holds PREFETCH_ROWS readable entries past its end)
+    ahead_kk = builder.add(kk, const(PREFETCH_ROWS))
+    ahead_row = ahead_kk if pks is None else builder.load(builder.gep(pks, [ahead_kk]))
+    ahead = builder.gep(pw, [builder.mul(ahead_row, ldw)])
     for h in range(nvec):
-        builder.call(prefetch, [builder.bitcast(builder.gep(ahead, [const(h * vw)]), i8p),
-                                ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, L1, data
+        builder.call(v.prefetch, [builder.bitcast(builder.gep(ahead, [const(h * vw)]), v.i8p),
+                                  ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, L1, data
+    a_row = None if pks is None else builder.gep(pa, [builder.mul(row, ak)])
     new = []
     for i in range(mr):
-        ai = splat(builder.load(builder.gep(pa, [builder.add(builder.mul(const(i), lda), kk)])), vec)
+        at = (builder.gep(pa, [builder.add(builder.mul(const(i), lda), kk)]) if pks is None
+              else builder.gep(a_row, [builder.mul(const(i), lda)]))
+        ai = v.splat(builder.load(at), vec)
         for h in range(nvec):
-            new.append(builder.call(fma, [ai, wv[h], acc[i * nvec + h]]))
+            new.append(builder.call(v.fma, [ai, wv[h], acc[i * nvec + h]]))
     kk_next = builder.add(kk, const(1))
     kk.add_incoming(kk_next, loop)
     for phi, value in zip(acc, new):
         phi.add_incoming(value, loop)
     builder.cbranch(builder.icmp_signed("<", kk_next, k), loop, done)
 
-    # the accumulators (0 when k is 0) to buf, row i at i * LDC
     builder.position_at_end(done)
     totals = []
     for value in new:
@@ -189,6 +212,16 @@ def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nva
         total.add_incoming(zero, entry)
         total.add_incoming(value, loop)
         totals.append(total)
+    return entry, loop, totals
+
+
+def _emit_tile(context, builder, dtype, mr, nvec, pbuf, pa, lda, pw, ldw, k, nvalid, pz, ldz, pb, fuse):
+    # the IR of one tile from the builder's block on; pbuf, pa, pw, pz, pb: pointers to buf,
+    # a[a0], w[w0], z[z0], b[b0]
+    v = vector_ir(context, builder, dtype, nvec, nvalid)
+    vw, vec, i32, size = v.vw, v.vec, v.i32, v.size
+    masked_load, masked_store, const, masks, zero = v.masked_load, v.masked_store, v.const, v.masks, v.zero
+    entry, loop, totals = emit_sums(builder, v, mr, nvec, pa, lda, pw, ldw, k)
     to_buf = builder.append_basic_block("tile.buf")
     to_z = builder.append_basic_block("tile.z")
     end = builder.append_basic_block("tile.end")

@@ -24,7 +24,7 @@ from numba.extending import intrinsic
 
 from . import tile_gemm
 from .jit import cover_dependencies
-from .tile_gemm import MR, NVEC, PREFETCH_ROWS
+from .tile_gemm import MR, NVEC, PREFETCH_ROWS, emit_by_width, emit_sums, vector_ir
 
 # Worth it when at most this share of the row blocks' columns has a nonzero (P2 on MNIST: 0.46)
 SKIP_DENSITY = 0.7
@@ -50,16 +50,9 @@ def _itile(mr):
             nvec_v, a_v, a0, lda, ak, w_v, w0, ldw, ks_v, ks0, nk, nvalid, z_v, z0, ldz = args
             arrays = [(signature.args[n], v) for n, v in ((1, a_v), (5, w_v), (8, ks_v), (12, z_v))]
             pa, pw, pks, pz = (context.make_array(ty)(context, builder, v).data for ty, v in arrays)
-            merge = builder.append_basic_block("itile.merge")
-            bodies = [builder.append_basic_block(f"itile.v{n}") for n in range(1, NVEC[mr] + 1)]
-            switch = builder.switch(nvec_v, bodies[-1])
-            for n, body in enumerate(bodies, 1):
-                switch.add_case(ir.Constant(nvec_v.type, n), body)
-                builder.position_at_end(body)
-                _emit(context, builder, a.dtype, mr, n, builder.gep(pa, [a0]), lda, ak, builder.gep(pw, [w0]),
-                      ldw, builder.gep(pks, [ks0]), nk, nvalid, builder.gep(pz, [z0]), ldz)
-                builder.branch(merge)
-            builder.position_at_end(merge)
+            ptrs = (builder.gep(pa, [a0]), lda, ak, builder.gep(pw, [w0]), ldw, builder.gep(pks, [ks0]), nk,
+                    nvalid, builder.gep(pz, [z0]), ldz)
+            emit_by_width(builder, nvec_v, NVEC[mr], lambda n: _emit(context, builder, a.dtype, mr, n, *ptrs))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -68,90 +61,15 @@ def _itile(mr):
 
 
 def _emit(context, builder, dtype, mr, nvec, pa, lda, ak, pw, ldw, pks, nk, nvalid, pz, ldz):
-    # one tile's IR (tile_gemm._emit_tile's loop, its k's from pks); pa, pw, pks, pz: pointers
-    # to a[a0], w[w0], ks[ks0], z[z0]
-    double = dtype == types.float64
-    vw = 8 if double else 16
-    real = ir.DoubleType() if double else ir.FloatType()
-    name = "v8f64" if double else "v16f32"
-    i32, i64, i8p = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
-    vec, lanes_i64 = ir.VectorType(real, vw), ir.VectorType(i64, vw)
-    size = real.get_abi_size(context.target_data)
-    module = builder.module
-
-    def declare(fname, fnty):
-        fn = module.globals.get(fname)
-        return fn if fn is not None else ir.Function(module, fnty, name=fname)
-
-    fma = declare(f"llvm.fma.{name}", ir.FunctionType(vec, [vec, vec, vec]))
-    masked_load = declare(f"llvm.masked.load.{name}.p0{name}",
-                          ir.FunctionType(vec, [vec.as_pointer(), i32, ir.VectorType(ir.IntType(1), vw), vec]))
-    masked_store = declare(f"llvm.masked.store.{name}.p0{name}",
-                           ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32,
-                                                           ir.VectorType(ir.IntType(1), vw)]))
-    prefetch = declare("llvm.prefetch.p0i8", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-
-    def splat(value, ty):
-        one = builder.insert_element(ir.Constant(ty, None), value, ir.Constant(i32, 0))
-        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, vw), [0] * vw))
-
-    def const(n):
-        return ir.Constant(i64, n)
-
-    lanes = ir.Constant(lanes_i64, list(range(vw)))
-    masks = [builder.icmp_signed("<", lanes, splat(builder.sub(nvalid, const(h * vw)), lanes_i64))
-             for h in range(nvec)]
-    zero = ir.Constant(vec, [0.0] * vw)
-    entry = builder.basic_block
-    loop = builder.append_basic_block("itile.loop")
-    done = builder.append_basic_block("itile.done")
-    builder.cbranch(builder.icmp_signed(">", nk, const(0)), loop, done)
-
-    builder.position_at_end(loop)
-    kk = builder.phi(i64)
-    kk.add_incoming(const(0), entry)
-    acc = []
-    for _ in range(mr * nvec):
-        phi = builder.phi(vec)
-        phi.add_incoming(zero, entry)
-        acc.append(phi)
-    k = builder.load(builder.gep(pks, [kk]))
-    w_row = builder.gep(pw, [builder.mul(k, ldw)])
-    wv = [builder.call(masked_load, [builder.bitcast(builder.gep(w_row, [const(h * vw)]), vec.as_pointer()),
-                                     ir.Constant(i32, size), masks[h], zero])
-          for h in range(nvec)]
-    # the row PREFETCH_ROWS k's ahead (ks holds that many readable entries past the list)
-    ahead = builder.gep(pw, [builder.mul(builder.load(builder.gep(pks, [builder.add(kk, const(PREFETCH_ROWS))])),
-                                         ldw)])
-    for h in range(nvec):
-        builder.call(prefetch, [builder.bitcast(builder.gep(ahead, [const(h * vw)]), i8p),
-                                ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-    a_k = builder.gep(pa, [builder.mul(k, ak)])
-    new = []
+    # one tile's IR (tile_gemm's loop, its k's from pks), its sums stored to z; pa, pw, pks,
+    # pz: pointers to a[a0], w[w0], ks[ks0], z[z0]
+    v = vector_ir(context, builder, dtype, nvec, nvalid)
+    _, _, totals = emit_sums(builder, v, mr, nvec, pa, lda, pw, ldw, nk, pks, ak)
     for i in range(mr):
-        ai = splat(builder.load(builder.gep(a_k, [builder.mul(const(i), lda)])), vec)
+        row = builder.gep(pz, [builder.mul(v.const(i), ldz)])
         for h in range(nvec):
-            new.append(builder.call(fma, [ai, wv[h], acc[i * nvec + h]]))
-    kk_next = builder.add(kk, const(1))
-    kk.add_incoming(kk_next, loop)
-    for phi, value in zip(acc, new):
-        phi.add_incoming(value, loop)
-    builder.cbranch(builder.icmp_signed("<", kk_next, nk), loop, done)
-
-    # the sums (0 when nk is 0) to z
-    builder.position_at_end(done)
-    totals = []
-    for value in new:
-        total = builder.phi(vec)
-        total.add_incoming(zero, entry)
-        total.add_incoming(value, loop)
-        totals.append(total)
-    for i in range(mr):
-        row = builder.gep(pz, [builder.mul(const(i), ldz)])
-        for h in range(nvec):
-            builder.call(masked_store, [totals[i * nvec + h],
-                                        builder.bitcast(builder.gep(row, [const(h * vw)]), vec.as_pointer()),
-                                        ir.Constant(i32, size), masks[h]])
+            at = builder.bitcast(builder.gep(row, [v.const(h * v.vw)]), v.vec.as_pointer())
+            builder.call(v.masked_store, [totals[i * nvec + h], at, ir.Constant(v.i32, v.size), v.masks[h]])
 
 
 _I1, _I2, _I3, _I4, _I5, _I6, _I7, _I8 = (_itile(mr) for mr in range(1, MR + 1))
