@@ -58,7 +58,7 @@ def products(X, batch, calls, rng):
     z, dw = np.empty((batch, 256), np.float32), np.empty((784, 256), np.float32)
     skip = zero_tiles.ZeroSkip()
     skip.plan(xb)
-    density = float(skip.counts[:-(-batch // zero_tiles.MR)].sum()) / (-(-batch // zero_tiles.MR) * 784)
+    density = float(skip.ncols.sum()) / (skip.ncols.size * 784)
     blas = median_us(lambda: np.matmul(xb, w, out=z), calls) + median_us(lambda: np.matmul(xb.T, dz, out=dw), calls)
     return (blas, median_us(lambda: skip.plan(xb), calls), median_us(lambda: skip.forward(z, xb, w), calls),
             median_us(lambda: skip.weight_grad(dw, xb, dz), calls), density)

@@ -51,13 +51,34 @@ def test_a_batch_of_zeros_gives_zeros_and_a_dense_one_is_left_to_blas():
     skip.forward(z, x, rng.standard_normal((40, 7)).astype(np.float32))
     skip.weight_grad(dw, x, rng.standard_normal((16, 7)).astype(np.float32))
     assert not z.any() and not dw.any()
-    assert not skip.plan(rng.standard_normal((16, 40)).astype(np.float32))     # no zeros: not worth it
     # the share of the row blocks' columns with a nonzero decides
     x = np.zeros((8, 100), np.float32)
     x[0, :int(zero_tiles.SKIP_DENSITY * 100)] = 1
     assert skip.plan(x)
     x[0, :int(zero_tiles.SKIP_DENSITY * 100) + 1] = 1
     assert not skip.plan(x)
+
+
+def test_a_batch_without_zeros_to_skip_spares_the_next_ones_the_look(monkeypatch):
+    rng = np.random.default_rng(5)
+    skip = zero_tiles.ZeroSkip()
+    looks = []
+    real = zero_tiles._lists
+    monkeypatch.setattr(zero_tiles, "_lists", lambda *a: looks.append(1) or real(*a))
+    dense = rng.standard_normal((16, 40)).astype(np.float32)
+    sparse = np.zeros((16, 40), np.float32)
+    assert not skip.plan(dense) and len(looks) == 1
+    for _ in range(zero_tiles.RECHECK - 1):      # BLAS for these, without reading them
+        assert not skip.plan(sparse)
+    assert len(looks) == 1
+    assert skip.plan(sparse) and len(looks) == 2
+
+
+def test_the_lists_grow_with_the_batch_not_with_rows_times_features():
+    # a wide first layer (P1's 12,288 inputs) in batches of 64: lists of 64 rows per feature
+    # block and 12,288 columns per row block, not 12,288 entries for each of 1,536 blocks
+    (cr, cw), (rr, rw) = zero_tiles.list_shapes(64, 12288)
+    assert (cr, cw) == (8, 12288 + zero_tiles.PREFETCH_ROWS) and (rr, rw) == (1536, 64 + zero_tiles.PREFETCH_ROWS)
 
 
 def test_the_same_bits_on_any_thread_count():

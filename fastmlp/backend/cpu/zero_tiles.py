@@ -14,7 +14,7 @@ zeros, and of 8 rows together 54 % of the columns are zero in all 8. So:
 A skipped term is a zero times a finite weight or gradient: the sums are those
 of the products, term by term in ascending order (each output one chain of fused
 multiply-adds), so a batch gives the same bits on any thread count. They differ
-from BLAS's in the rounding only. ``plan`` says whether the batch's zeros make it
+from BLAS's in the rounding only. ``ZeroSkip.plan`` says whether the batch's zeros make it
 worth it (at most SKIP_DENSITY of the blocks' columns nonzero).
 """
 import numpy as np
@@ -95,10 +95,11 @@ def _run(mr, nvec, a, a0, lda, ak, w, w0, ldw, ks, ks0, nk, nvalid, z, z0, ldz):
         _I1(nvec, a, a0, lda, ak, w, w0, ldw, ks, ks0, nk, nvalid, z, z0, ldz)
 
 
-def list_shape(n, d):
-    """(rows, columns) of the int64 lists ``plan`` fills for an (n, d) batch: a list per block
-    of MR rows and per block of MR features, each with PREFETCH_ROWS entries to spare."""
-    return -(-n // MR) + -(-d // MR), max(n, d) + PREFETCH_ROWS
+def list_shapes(n, d):
+    """The shapes of the int64 lists ``plan`` fills for an (n, d) batch: a list of columns per
+    block of MR rows, (nr, d + PREFETCH_ROWS), and of rows per block of MR features,
+    (nf, n + PREFETCH_ROWS): each with PREFETCH_ROWS entries to spare."""
+    return (-(-n // MR), d + PREFETCH_ROWS), (-(-d // MR), n + PREFETCH_ROWS)
 
 
 def flag_shape(n, d):
@@ -108,17 +109,16 @@ def flag_shape(n, d):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _lists(x, flags, words, lists, counts):
+def _lists(x, flags, words, cols, ncols, rows, nrows):
     # flags[i, k] = x[i, k] != 0 for i < n, and row n + t the same for any row of row block t
     # (columns past d: 0); words: flags as uint64, one per block of MR features. Then
-    # lists[t, :counts[t]]: for row block t (t < nr), the columns where one of its rows is
-    # nonzero; for feature block f (row nr + f), the rows where one of its features is;
-    # ascending (each index written, the count moved on only for a hit: no branches).
-    # Returns the nonzero columns over all row blocks.
+    # cols[t, :ncols[t]]: the columns where one of row block t's rows is nonzero; rows[f,
+    # :nrows[f]]: the rows where one of feature block f's features is; ascending (each index
+    # written, the count moved on only for a hit: no branches). Returns the nonzero columns
+    # over all row blocks.
     n, d = x.shape
-    nr = -(-n // MR)
     width = flags.shape[1]
-    for t in prange(nr):
+    for t in prange(ncols.size):
         i0, i1 = t * MR, min(n, t * MR + MR)
         block = flags[n + t]
         block[:] = 0
@@ -132,58 +132,44 @@ def _lists(x, flags, words, lists, counts):
                 block[k] |= row[k]
         c = 0
         for k in range(d):
-            lists[t, c] = k
+            cols[t, c] = k
             c += block[k]
-        counts[t] = c
+        ncols[t] = c
         for p in range(c, c + PREFETCH_ROWS):     # readable past the list: a valid index
-            lists[t, p] = 0
-    for f in prange(width // MR):
-        t = nr + f
+            cols[t, p] = 0
+    for f in prange(nrows.size):
         c = 0
         for i in range(n):
-            lists[t, c] = i
+            rows[f, c] = i
             c += words[i, f] != 0
-        counts[t] = c
+        nrows[f] = c
         for p in range(c, c + PREFETCH_ROWS):
-            lists[t, p] = 0
-    total = 0
-    for t in range(nr):
-        total += counts[t]
-    return total
-
-
-def plan(x, flags, lists, counts):
-    """Fill the lists of x (n, d) (``list_shape``; ``flags`` of ``flag_shape``, uint8): True
-    when skipping its zeros is worth it."""
-    total = _lists(x, flags, flags.view(np.uint64), lists, counts)
-    return total <= SKIP_DENSITY * -(-x.shape[0] // MR) * x.shape[1]
+            rows[f, p] = 0
+    return ncols.sum()
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def forward(z, x, w, lists, counts):
+def forward(z, x, w, cols, ncols):
     """z (n, m) = x (n, d) @ w (d, m), each block of MR rows over its list's columns only."""
     n, d = x.shape
     m = w.shape[1]
     vw = 64 // x.itemsize
-    width_ld = lists.shape[1]
     for t in prange(-(-n // MR)):
         i0 = t * MR
         mr = min(MR, n - i0)
         width = NVEC[mr] * vw
         for j0 in range(0, m, width):
             nv = min(width, m - j0)
-            _run(mr, -(-nv // vw), x, i0 * d, d, 1, w, j0, m, lists, t * width_ld, counts[t], nv,
+            _run(mr, -(-nv // vw), x, i0 * d, d, 1, w, j0, m, cols, t * cols.shape[1], ncols[t], nv,
                  z, i0 * m + j0, m)
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def weight_grad(dw, x, dz, lists, counts):
+def weight_grad(dw, x, dz, rows, nrows):
     """dw (d, m) = x (n, d).T @ dz (n, m), each block of MR features over its list's rows only."""
     n, d = x.shape
     m = dz.shape[1]
     vw = 64 // x.itemsize
-    nr = -(-n // MR)
-    width_ld = lists.shape[1]
     for f in prange(-(-d // MR)):
         k0 = f * MR
         mr = min(MR, d - k0)
@@ -191,8 +177,13 @@ def weight_grad(dw, x, dz, lists, counts):
         for j0 in range(0, m, width):
             nv = min(width, m - j0)
             # a[i, k] = x[k, k0 + i]: the features of row k are a's column k
-            _run(mr, -(-nv // vw), x, k0, 1, d, dz, j0, m, lists, (nr + f) * width_ld, counts[nr + f], nv,
+            _run(mr, -(-nv // vw), x, k0, 1, d, dz, j0, m, rows, f * rows.shape[1], nrows[f], nv,
                  dw, k0 * m + j0, m)
+
+
+# A batch not worth skipping (no zeros to speak of: standardised features, photos) sends the
+# next RECHECK - 1 batches to BLAS without a look: the look reads the whole batch
+RECHECK = 64
 
 
 class ZeroSkip:
@@ -201,28 +192,38 @@ class ZeroSkip:
     x), buffers grown to the largest batch and reused (nothing allocated per step)."""
 
     def __init__(self):
-        self._flags = self._lists = self._counts = None
+        self._flags = self._cols = self._rows = None
+        self.wait = 0            # batches left to send to BLAS without a look
 
     def plan(self, x):
         """Whether x (n, d), C-contiguous float32 or float64, has zeros enough to skip."""
+        if self.wait:
+            self.wait -= 1
+            return False
         n, d = x.shape
-        fs, ls = flag_shape(n, d), list_shape(n, d)
+        fs, (cs, rs) = flag_shape(n, d), list_shapes(n, d)
         if self._flags is None or self._flags.shape[0] < fs[0] or self._flags.shape[1] != fs[1]:
             self._flags = np.empty(fs, dtype=np.uint8)
-        if self._lists is None or self._lists.shape[0] < ls[0] or self._lists.shape[1] < ls[1]:
-            self._lists = np.empty(ls, dtype=np.int64)
-            self._counts = np.empty(ls[0], dtype=np.int64)
-        self.flags = self._flags[:fs[0]]
-        self.lists, self.counts = self._lists[:ls[0]], self._counts[:ls[0]]
-        return plan(x, self.flags, self.lists, self.counts)
+        if self._cols is None or self._cols.shape[0] < cs[0] or self._cols.shape[1] != cs[1]:
+            self._cols, self._ncols = np.empty(cs, dtype=np.int64), np.empty(cs[0], dtype=np.int64)
+        if self._rows is None or self._rows.shape[0] != rs[0] or self._rows.shape[1] < rs[1]:
+            self._rows, self._nrows = np.empty(rs, dtype=np.int64), np.empty(rs[0], dtype=np.int64)
+        flags = self._flags[:fs[0]]
+        self.cols, self.ncols = self._cols[:cs[0]], self._ncols[:cs[0]]
+        self.rows, self.nrows = self._rows, self._nrows
+        total = _lists(x, flags, flags.view(np.uint64), self.cols, self.ncols, self.rows, self.nrows)
+        if total > SKIP_DENSITY * cs[0] * d:
+            self.wait = RECHECK - 1
+            return False
+        return True
 
     def forward(self, z, x, w):
         """z = x @ w over the columns ``plan`` found."""
-        forward(z, x, w, self.lists, self.counts)
+        forward(z, x, w, self.cols, self.ncols)
 
     def weight_grad(self, dw, x, dz):
         """dw = x.T @ dz over the rows ``plan`` found."""
-        weight_grad(dw, x, dz, self.lists, self.counts)
+        weight_grad(dw, x, dz, self.rows, self.nrows)
 
 
 cover_dependencies(__name__, tile_gemm)
