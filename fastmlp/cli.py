@@ -664,6 +664,10 @@ def cmd_info(args):
     print("MLP predictions: " + ("register tiles for blocks of up to 64 rows (AVX-512), OpenBLAS beyond"
                                  if tile_gemm.available() else
                                  "OpenBLAS (register tiles need AVX-512 and FASTMLP_TILE_GEMM unset or 1)"))
+    print("first Dense layer in training: " + (
+        "skips the batch's zeros on the register tiles when at most 70 % of each 8-row block's columns "
+        "hold a nonzero (backend/cpu/zero_tiles.py), else OpenBLAS" if tile_gemm.available() else
+        "OpenBLAS, the whole batch (skipping zeros needs the register tiles: AVX-512)"))
     print(f"numba cache dir: {numba.config.CACHE_DIR or '(beside the package: __pycache__)'}")
     devs = fm.devices()
     print(f"devices: cpu=yes cuda={'yes' if devs['cuda'] else 'no'} ({devs['cuda_reason']})")

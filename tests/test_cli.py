@@ -146,6 +146,18 @@ def test_info_says_which_pool_runs_blas_while_training(capsys, monkeypatch):
     assert rc == 0 and line.endswith(f"OpenBLAS's own pool (switched off by {blas_pool.ENV}=0)")
 
 
+def test_info_says_whether_the_first_layer_skips_zeros(capsys, monkeypatch):
+    monkeypatch.setenv("FASTMLP_TILE_GEMM", "0")      # no register tiles: nothing skipped
+    rc, stdout, _ = run(capsys, "info")
+    line = [ln for ln in stdout.splitlines() if ln.startswith("first Dense layer in training: ")][0]
+    assert rc == 0 and "the whole batch" in line and "AVX-512" in line
+    from fastmlp.backend.cpu import zero_tiles
+    monkeypatch.delenv("FASTMLP_TILE_GEMM")
+    rc, stdout, _ = run(capsys, "info")
+    line = [ln for ln in stdout.splitlines() if ln.startswith("first Dense layer in training: ")][0]
+    assert rc == 0 and ("skips the batch's zeros" in line) == zero_tiles.available()
+
+
 def test_info_says_why_the_fast_conv_path_is_off(capsys, monkeypatch):
     from fastmlp.backend.cpu import openblas
     monkeypatch.setattr(openblas, "_found", None)
