@@ -148,37 +148,35 @@ def _lists(x, flags, words, cols, ncols, rows, nrows):
     return ncols.sum()
 
 
+@njit(inline="always", nogil=True)
+def _block(out, a, a0, lda, ak, w, lists, counts, t):
+    # rows t * MR .. of out (R, M) = the tiles of a (its tile rows lda apart from a0, its k's ak
+    # apart) times w's rows (M wide), over list t only
+    m = out.shape[1]
+    vw = 64 // a.itemsize
+    mr = min(MR, out.shape[0] - t * MR)
+    width = NVEC[mr] * vw
+    for j0 in range(0, m, width):
+        nv = min(width, m - j0)
+        _run(mr, -(-nv // vw), a, a0, lda, ak, w, j0, m, lists, t * lists.shape[1], counts[t], nv,
+             out, t * MR * m + j0, m)
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def forward(z, x, w, cols, ncols):
     """z (n, m) = x (n, d) @ w (d, m), each block of MR rows over its list's columns only."""
-    n, d = x.shape
-    m = w.shape[1]
-    vw = 64 // x.itemsize
-    for t in prange(-(-n // MR)):
-        i0 = t * MR
-        mr = min(MR, n - i0)
-        width = NVEC[mr] * vw
-        for j0 in range(0, m, width):
-            nv = min(width, m - j0)
-            _run(mr, -(-nv // vw), x, i0 * d, d, 1, w, j0, m, cols, t * cols.shape[1], ncols[t], nv,
-                 z, i0 * m + j0, m)
+    d = x.shape[1]
+    for t in prange(ncols.size):
+        _block(z, x, t * MR * d, d, 1, w, cols, ncols, t)
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def weight_grad(dw, x, dz, rows, nrows):
-    """dw (d, m) = x (n, d).T @ dz (n, m), each block of MR features over its list's rows only."""
-    n, d = x.shape
-    m = dz.shape[1]
-    vw = 64 // x.itemsize
-    for f in prange(-(-d // MR)):
-        k0 = f * MR
-        mr = min(MR, d - k0)
-        width = NVEC[mr] * vw
-        for j0 in range(0, m, width):
-            nv = min(width, m - j0)
-            # a[i, k] = x[k, k0 + i]: the features of row k are a's column k
-            _run(mr, -(-nv // vw), x, k0, 1, d, dz, j0, m, rows, f * rows.shape[1], nrows[f], nv,
-                 dw, k0 * m + j0, m)
+    """dw (d, m) = x (n, d).T @ dz (n, m), each block of MR features over its list's rows only:
+    the tile's rows are x's columns k0 .. k0 + MR (1 apart), its k's x's rows (d apart)."""
+    d = x.shape[1]
+    for f in prange(nrows.size):
+        _block(dw, x, f * MR, 1, d, dz, rows, nrows, f)
 
 
 # A batch not worth skipping (no zeros to speak of: standardised features, photos) sends the
