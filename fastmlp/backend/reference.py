@@ -309,6 +309,17 @@ def gather_rows(out, x, idx):
     out[...] = x[idx]
 
 
+def zero_skip_forward(z, x, w):
+    # the first Dense layer's forward product in training (zero_tiles.ZeroSkip.forward):
+    # z (N, M) = x (N, D) @ w (D, M); the kernel leaves out terms whose x is 0
+    z[...] = x @ w
+
+
+def zero_skip_weight_grad(dw, x, dz):
+    # its weight gradient (ZeroSkip.weight_grad): dw (D, M) = x (N, D).T @ dz (N, M)
+    dw[...] = x.T @ dz
+
+
 # --- images (NCHW): convolution by im2col, max pooling, batch norm, dropout ---------
 # OH = window_output_size(H, KH, S, P), OW likewise, L = OH * OW.
 
