@@ -185,6 +185,8 @@ class SGD(Optimizer):
     def step(self, be, flat):
         if self.plain:
             self.t += 1
+            if self.momentum == 0 and flat.undo_free is not None and flat.undo_free.sgd(self._lr):
+                return   # updated in place: a bound proved the step finite (backend/cpu/in_place_sgd.py)
             be.sgd_update(flat.params, flat.prev, flat.state[0], flat.bad, flat.grads, *flat.seg,
                           self._lr, self.momentum, self.nesterov)
             return

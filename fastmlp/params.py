@@ -11,7 +11,9 @@ kernels never touch it, so it stays 0 (an Adam step there with eps=0 would be 0/
 
 ``prev`` holds the parameters before the last update and ``bad`` the number of
 parameters it made NaN or Inf (written by the update kernels), so that a
-diverging step can be undone.
+diverging step can be undone. A step proved finite before it runs may update in
+place and leave ``prev`` as it was (``undo_free``: the CPU's plain SGD steps,
+backend/cpu/in_place_sgd.py): such a step is never undone.
 """
 import numpy as np
 
@@ -47,6 +49,9 @@ class FlatParameters:
         self.param_views = self._views(self.params)
         self.grad_views = self._views(self.grads)
         self._penalty = be.zeros(1, np.float64)
+        # set by the trainer for a fit whose plain SGD steps may skip the copy to prev where a
+        # bound proves them finite (backend/cpu/in_place_sgd.py); None otherwise
+        self.undo_free = None
         # per layer: (first, stop) indices into param_views
         self.layer_ranges, k = [], 0
         for specs in layer_specs:

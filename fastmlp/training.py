@@ -143,6 +143,17 @@ class Trainer:
                 and gram_path.eligible(model, n, self.full_batch, has_extras):
             self.gram = gram_path.GramFirstLayer(model, self.X)
         self.graphs = model.step_graphs = self._step_graphs()
+        # plain SGD steps without the undo copy where a bound proves them finite
+        # (backend/cpu/in_place_sgd.py): only where the trainer reads each step's loss, nothing
+        # but the update writes the weights between two steps, and no layer state needs the
+        # undo (a callback's weights are read again at each epoch's start)
+        user_hooks = any(overrides(cb, "on_train_batch_begin") or overrides(cb, "on_train_batch_end")
+                         for cb in self.callbacks)
+        stateful = any(type(layer).state_is_finite is not Layer.state_is_finite for layer in model.layers)
+        model.flat.undo_free = None
+        if self.dist is None and self.gram is None and self.graphs is None and self.check_each_step \
+                and not user_hooks and not stateful:
+            model.flat.undo_free = be.undo_free(model.flat, model.stats)
         self.saved_at = None
         if self.graphs is not None:
             self.threads = _NoThreads()
@@ -156,6 +167,8 @@ class Trainer:
                 for epoch in range(self.initial_epoch, self.epochs):
                     for cb in cbs:
                         cb.on_epoch_begin(epoch, {})
+                    if model.flat.undo_free is not None:   # callbacks may have written the weights
+                        model.flat.undo_free.forget()
                     logs = self._epoch(epoch, start)
                     start = None
                     for cb in cbs:
@@ -198,6 +211,7 @@ class Trainer:
             raise
         finally:
             self._end_gram()
+            model.flat.undo_free = None
             self.threads.stop()
             history.threads = getattr(self.threads, "used", {})   # count -> steps run on it
         return history

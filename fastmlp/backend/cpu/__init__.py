@@ -39,6 +39,7 @@ from .conv_act_pool import conv_act_pool_backward, conv_act_pool_forward  # noqa
 from .data import (copy, copy_from_host, empty, gather_rows, random_uniform, synchronize,  # noqa: E402
                    to_device, to_host, zeros)
 from . import dense_chain as _dense_chain  # noqa: E402
+from . import in_place_sgd  # noqa: E402
 from . import zero_tiles  # noqa: E402
 from .dense import act_backward, act_backward_bias_grad, act_forward, bias_act_forward  # noqa: E402
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
@@ -106,6 +107,12 @@ def zero_skip():
     # a first Dense layer's training products without the batch's zeros (zero_tiles.py), or
     # None where its register tiles don't run (no AVX-512)
     return zero_tiles.ZeroSkip() if zero_tiles.available() else None
+
+
+def undo_free(flat, stats):
+    # a fit's plain SGD steps without the undo copy where a bound proves them finite
+    # (in_place_sgd.py); stats: the model's running loss sum, read before each update
+    return in_place_sgd.UndoFreeSGD(flat, stats)
 
 
 def step_graphs():

@@ -85,6 +85,10 @@ else:
         # cuBLAS multiplies the first layer's batch whole: no zeros skipped on the GPU
         return None
 
+    def undo_free(flat, stats):
+        # every update keeps its undo copy on the GPU (a device-side bound would cost a sync)
+        return None
+
     def step_graphs():
         # a fresh StepGraphs: a fit's training steps captured and replayed as CUDA graphs
         return graph.StepGraphs()
