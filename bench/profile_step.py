@@ -98,7 +98,7 @@ def instrument():
 
         setattr(cpu, name, timed)
     # the first layer's products without the batch's zeros: methods of the layer's ZeroSkip
-    for name in ("plan", "forward", "weight_grad"):
+    for name in ("plan", "forward", "weight_grad", "dense_forward"):
         fn = getattr(zero_tiles.ZeroSkip, name)
         originals[("ZeroSkip", name)] = fn
 

@@ -668,6 +668,9 @@ def cmd_info(args):
         "skips the batch's zeros on the register tiles when at most 70 % of each 8-row block's columns "
         "hold a nonzero (backend/cpu/zero_tiles.py), else OpenBLAS" if tile_gemm.available() else
         "OpenBLAS, the whole batch (skipping zeros needs the register tiles: AVX-512)"))
+    print("Dense forward in training: " + (
+        "register tiles for batches of up to 256 rows into 16 columns or more, OpenBLAS otherwise "
+        "(backend/cpu/zero_tiles.py)" if tile_gemm.available() else "OpenBLAS"))
     print(f"numba cache dir: {numba.config.CACHE_DIR or '(beside the package: __pycache__)'}")
     devs = fm.devices()
     print(f"devices: cpu=yes cuda={'yes' if devs['cuda'] else 'no'} ({devs['cuda_reason']})")

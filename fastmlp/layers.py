@@ -222,20 +222,27 @@ class Dense(Layer):
         self.skipping = training and not self.needs_dx and self._zeros_to_skip(x)
         if self.skipping:           # the first layer, on a batch of many zeros
             self.zeros.forward(a, x, W)
+        elif training and self._tiles(x) and self.zeros.dense_worth(*x.shape, self.out_features):
+            self.zeros.dense_forward(a, x, W)   # a small batch: the tiles beat BLAS's packing
         else:
             self.be.matmul(a, x, W)
         self.be.bias_act_forward(a, b, self.act_code, self.alpha)
         self.x, self.a = x, a
         return a
 
-    def _zeros_to_skip(self, x):
-        # whether the first layer's products in training skip x's zeros (backend zero_skip:
-        # the CPU's register tiles; most of an image's pixels are 0)
+    def _tiles(self, x):
+        # whether x may go to the register tiles (the backend's zero_skip, asked once: the
+        # CPU's, where AVX-512 runs them): a C-contiguous float array of the weights' dtype
         zeros = self.zeros
         if zeros is False:
             zeros = self.zeros = self.be.zero_skip()
         return (zeros is not None and type(x) is np.ndarray and x.ndim == 2 and x.flags.c_contiguous
-                and x.dtype in (np.float32, np.float64) and x.dtype == self.params[0].dtype and zeros.plan(x))
+                and x.dtype in (np.float32, np.float64) and x.dtype == self.params[0].dtype)
+
+    def _zeros_to_skip(self, x):
+        # whether the first layer's products in training skip x's zeros (most of an image's
+        # pixels are 0)
+        return self._tiles(x) and self.zeros.plan(x)
 
     def backward(self, da):
         # da is (N, M), overwritten with dz; returns dx (N, D) or None

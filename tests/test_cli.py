@@ -156,6 +156,8 @@ def test_info_says_whether_the_first_layer_skips_zeros(capsys, monkeypatch):
     rc, stdout, _ = run(capsys, "info")
     line = [ln for ln in stdout.splitlines() if ln.startswith("first Dense layer in training: ")][0]
     assert rc == 0 and ("skips the batch's zeros" in line) == zero_tiles.available()
+    line = [ln for ln in stdout.splitlines() if ln.startswith("Dense forward in training: ")][0]
+    assert ("register tiles for batches of up to 256 rows" in line) == zero_tiles.available()
 
 
 def test_info_says_why_the_fast_conv_path_is_off(capsys, monkeypatch):

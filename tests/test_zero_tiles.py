@@ -168,3 +168,64 @@ def test_only_the_first_layer_in_training_skips(rng):
 
 def test_the_cpu_backend_offers_it():
     assert isinstance(cpu.zero_skip(), zero_tiles.ZeroSkip)
+
+
+# ------------------------------------------------------------ any layer's forward on a small batch
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,d,m", [(64, 256, 256), (7, 50, 64), (33, 100, 17), (256, 784, 16), (1, 300, 40)])
+def test_the_dense_forward_matches_numpy_in_float64_on_any_thread_count(n, d, m, dtype):
+    rng = np.random.default_rng(n + d + m)
+    x = rng.standard_normal((n, d)).astype(dtype)
+    w = rng.standard_normal((d, m)).astype(dtype)
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    got = []
+    before = numba.get_num_threads()
+    for threads in sorted({1, before}):
+        numba.set_num_threads(threads)
+        try:
+            z = np.full((n, m), np.nan, dtype)
+            zero_tiles.ZeroSkip().dense_forward(z, x, w)
+            got.append(z)
+        finally:
+            numba.set_num_threads(before)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got[0], want, rtol=tol, atol=tol * d ** 0.5)
+    for z in got[1:]:
+        np.testing.assert_array_equal(z, got[0])
+
+
+def test_the_dense_forward_is_for_small_batches_of_wide_enough_layers():
+    worth = zero_tiles.ZeroSkip.dense_worth
+    assert worth(64, 256, 256) and worth(zero_tiles.DENSE_ROWS, 784, 16)
+    assert not worth(zero_tiles.DENSE_ROWS + 1, 784, 256)     # a big batch: BLAS
+    assert not worth(64, 256, 10)                              # a narrow head: BLAS
+    assert not worth(64, 20, 20)                               # a tiny product: BLAS
+
+
+def test_training_forwards_small_batches_on_the_tiles_with_correct_gradients(monkeypatch):
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((64, 40))                  # no zeros to skip: the dense forward
+    y = rng.integers(0, 3, 64)
+    calls = []
+    real = zero_tiles.ZeroSkip.dense_forward
+    monkeypatch.setattr(zero_tiles.ZeroSkip, "dense_forward",
+                        lambda self, z, x, w: calls.append(w.shape) or real(self, z, x, w))
+    model = fm.Sequential([fm.Dense(40, 32), fm.Tanh(), fm.Dense(32, 32), fm.ReLU(), fm.Dense(32, 3)],
+                          loss="softmax_crossentropy", dtype="float64", seed=1)
+    assert gradcheck(model, X, y) <= 1e-6
+    assert (40, 32) in calls and (32, 32) in calls and (32, 3) not in calls
+
+
+def test_a_planted_wrong_dense_forward_fails_the_gradient_check(monkeypatch):
+    rng = np.random.default_rng(7)
+    X, y = rng.standard_normal((64, 40)), rng.integers(0, 3, 64)
+    real = zero_tiles.ZeroSkip.dense_forward
+
+    def wrong(self, z, x, w):
+        real(self, z, x, w)
+        z[1] *= 1.1
+    monkeypatch.setattr(zero_tiles.ZeroSkip, "dense_forward", wrong)
+    model = fm.Sequential([fm.Dense(40, 32), fm.Tanh(), fm.Dense(32, 3)], loss="softmax_crossentropy",
+                          dtype="float64", seed=1)
+    assert gradcheck(model, X, y) > 1e-3
