@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fastmlp as fm  # noqa: E402
 from fastmlp.backend import cpu  # noqa: E402
-from fastmlp.backend.cpu import zero_tiles  # noqa: E402
+from fastmlp.backend.cpu import in_place_sgd, zero_tiles  # noqa: E402
 from fastmlp.data import load_mnist_t10k  # noqa: E402
 
 OPS = ["matmul", "matmul_pair", "bias_act_forward", "act_backward_bias_grad", "act_forward", "act_backward",
@@ -110,6 +110,19 @@ def instrument():
             return result
 
         setattr(zero_tiles.ZeroSkip, name, timed_method)
+    # plain SGD's in-place steps (backend/cpu/in_place_sgd.py): the gradient's scan and the update
+    for name in ("exponent_bits", "sgd_in_place"):
+        fn = getattr(in_place_sgd, name)
+        originals[("in_place_sgd", name)] = fn
+
+        def timed_fn(*args, _fn=fn, _name=name):
+            t = time.perf_counter()
+            result = _fn(*args)
+            times[f"in_place_sgd {_name}"] += time.perf_counter() - t
+            calls[f"in_place_sgd {_name}"] += 1
+            return result
+
+        setattr(in_place_sgd, name, timed_fn)
     return times, calls, originals
 
 
@@ -136,7 +149,7 @@ def main(argv=None):
     total = time.perf_counter() - t
     for name, fn in originals.items():
         if isinstance(name, tuple):
-            setattr(zero_tiles.ZeroSkip, name[1], fn)
+            setattr(zero_tiles.ZeroSkip if name[0] == "ZeroSkip" else in_place_sgd, name[1], fn)
         else:
             setattr(cpu, name, fn)
 
