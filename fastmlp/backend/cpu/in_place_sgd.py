@@ -18,7 +18,7 @@ in size, each operation rounding by at most a factor of (1 + 2^-23). So a step
   it wrote (at the first step of each epoch, when callbacks or the user may have written the
   weights, from one pass over them);
 - updates in place (``sgd_in_place``: optim.sgd_update's arithmetic without momentum, the
-  same bits) when each of the four terms stays below 2^(largest exponent - 6), and through
+  same bits) when each of the four terms stays below 2^(largest exponent - 5), and through
   optim.sgd_update, copy and all, when not.
 
 The trainer (fastmlp/training.py) hands a fit an ``UndoFreeSGD`` only where nothing else
@@ -166,7 +166,7 @@ class UndoFreeSGD:
         |g| < 2^g_log2: each term below 2^(largest exponent + 1 - MARGIN)."""
         if lr != self._lr:
             self._lr, self._log2_lr = lr, math.log2(lr)
-        limit, w, lr2 = self.top + 1 - MARGIN, self.w_log2, self._log2_lr
+        limit, w, lr2 = self.top - MARGIN, self.w_log2, self._log2_lr   # top: largest exponent + 1
         # the coefficients themselves finite in the dtype too (a float32 lr of 1e40 is inf)
         return (w < limit and lr2 < limit and lr2 + g_log2 < limit
                 and (not self.l1 or max(0.0, lr2) + math.log2(self.l1) < limit)
