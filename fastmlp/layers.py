@@ -219,10 +219,12 @@ class Dense(Layer):
         # x is (N, D); keeps x and the output a (N, M) for backward
         W, b = self.params
         a = self.workspace("a", (x.shape[0], self.out_features))
-        self.skipping = training and not self.needs_dx and self._zeros_to_skip(x)
-        if self.skipping:           # the first layer, on a batch of many zeros
+        tiles = training and self._tiles(x)
+        # the first layer skips the zeros of a batch that has many (most of an image's pixels are 0)
+        self.skipping = tiles and not self.needs_dx and self.zeros.plan(x)
+        if self.skipping:
             self.zeros.forward(a, x, W)
-        elif training and self._tiles(x) and self.zeros.dense_worth(*x.shape, self.out_features):
+        elif tiles and self.zeros.dense_worth(*x.shape, self.out_features):
             self.zeros.dense_forward(a, x, W)   # a small batch: the tiles beat BLAS's packing
         else:
             self.be.matmul(a, x, W)
@@ -238,11 +240,6 @@ class Dense(Layer):
             zeros = self.zeros = self.be.zero_skip()
         return (zeros is not None and type(x) is np.ndarray and x.ndim == 2 and x.flags.c_contiguous
                 and x.dtype in (np.float32, np.float64) and x.dtype == self.params[0].dtype)
-
-    def _zeros_to_skip(self, x):
-        # whether the first layer's products in training skip x's zeros (most of an image's
-        # pixels are 0)
-        return self._tiles(x) and self.zeros.plan(x)
 
     def backward(self, da):
         # da is (N, M), overwritten with dz; returns dx (N, D) or None

@@ -69,8 +69,11 @@ def test_exponent_bits_bound_every_value_and_flag_nan_and_inf(dtype):
             e = in_place_sgd.log2_bound(bits, dtype)
             top = np.abs(flat.grads).max()
             assert top < 2.0 ** e <= 2 * top
+            inside = np.concatenate([flat.grads[a:b] for a, b in zip(lo, hi)])
+            assert e == reference.exponent_bound(inside)            # the NumPy spec
     flat.grads[...] = 0
-    assert in_place_sgd.log2_bound(in_place_sgd.exponent_bits(flat.grads, lo, hi), dtype) is not None
+    e = in_place_sgd.log2_bound(in_place_sgd.exponent_bits(flat.grads, lo, hi), dtype)
+    assert e == reference.exponent_bound(flat.grads) == np.finfo(dtype).minexp
     for bad in (np.nan, np.inf, -np.inf):
         flat.grads[hi[-1] - 1] = bad
         assert in_place_sgd.log2_bound(in_place_sgd.exponent_bits(flat.grads, lo, hi), dtype) is None

@@ -192,6 +192,15 @@ def _finish_update(params, prev, bad, new, inside):
     bad[0] += np.count_nonzero(~np.isfinite(new[inside]))
 
 
+def exponent_bound(a):
+    # the bound in_place_sgd.py reads (exponent_bits, then log2_bound): the least e, at least
+    # the dtype's smallest normal exponent, with every |a| < 2^e; None when a has a NaN or Inf
+    if not np.isfinite(a).all():
+        return None
+    top, least = np.abs(a).max(initial=0), int(np.finfo(a.dtype).minexp)
+    return max(int(np.frexp(top)[1]), least) if top > 0 else least
+
+
 def sgd_update(params, prev, buf, bad, grads, seg_start, seg_stop, seg_l1, seg_l2,
                lr, momentum, nesterov):
     """torch.optim.SGD step over the segments of the flat buffer, L1/L2 added to the gradient.
@@ -311,7 +320,8 @@ def gather_rows(out, x, idx):
 
 def zero_skip_forward(z, x, w):
     # the first Dense layer's forward product in training (zero_tiles.ZeroSkip.forward):
-    # z (N, M) = x (N, D) @ w (D, M); the kernel leaves out terms whose x is 0
+    # z (N, M) = x (N, D) @ w (D, M); the kernel leaves out terms whose x is 0. Also the spec
+    # of ZeroSkip.dense_forward, any layer's forward on a small batch, which leaves out none
     z[...] = x @ w
 
 

@@ -209,6 +209,7 @@ class ZeroSkip:
 
     def __init__(self):
         self._flags = self._cols = self._rows = None
+        self._full = None        # dense_forward's lists: every column, for each row block
         self.wait = 0            # batches left to send to BLAS without a look
 
     def plan(self, x):
@@ -244,12 +245,12 @@ class ZeroSkip:
 
     def dense_forward(self, z, x, w):
         """z = x @ w (x (n, d) C-contiguous, n at most DENSE_ROWS) on the tiles, every
-        column of every row block: lists of all d columns, made once a shape."""
+        column of every row block: lists of all d columns, made for the largest batch."""
         n, d = x.shape
         nr = -(-n // MR)
-        full = getattr(self, "_full", None)
+        full = self._full
         if full is None or full[0].shape[0] < nr or full[0].shape[1] != d + PREFETCH_ROWS:
-            cols = np.zeros((-(-max(n, DENSE_ROWS) // MR), d + PREFETCH_ROWS), dtype=np.int64)
+            cols = np.zeros((nr, d + PREFETCH_ROWS), dtype=np.int64)
             cols[:, :d] = np.arange(d)
             full = self._full = (cols, np.full(cols.shape[0], d, dtype=np.int64))
         forward(z, x, w, full[0][:nr], full[1][:nr])
