@@ -152,26 +152,29 @@ class DenseChain:
 
     def plan_rows(self, n):
         """(the row blocks of an n-row kernel call, whether they call BLAS, how many threads it
-        keeps busy: its row blocks, or its layers' column parts when it calls no BLAS)."""
+        keeps busy: its row blocks, or when it calls no BLAS its layers' column parts or its
+        row phase's blocks; the first layer of that row phase, dense_chain.row_phase's)."""
         found = self._edges.get(n)
         if found is None:
-            edges = self.kernels.row_edges(n, self.threads)
-            blas = self.kernels.uses_blas(edges)
-            busy = edges.size - 1 if blas else self.kernels.parallel_parts(n, self.layout, self.threads)
-            found = edges, blas, busy
+            kernels = self.kernels
+            edges = kernels.row_edges(n, self.threads)
+            blas = kernels.uses_blas(edges)
+            first = kernels.row_phase(n, self.layout, self.dtype.itemsize, self.threads)
+            busy = edges.size - 1 if blas else kernels.parallel_parts(n, self.layout, self.threads, first)
+            found = edges, blas, busy, first
             if len(self._edges) < 64:     # the usual batch sizes, kept
                 self._edges[n] = found
         return found
 
-    def run(self, X, edges, blas, parallel):
+    def run(self, X, plan, parallel):
         """Probabilities of X (a ``request``) in one kernel call: ``predict`` of one batch,
-        with its plan_rows (edges, blas) and ``parallel`` given."""
+        with its plan_rows and ``parallel`` given."""
         n = X.shape[0]
         out = np.empty((n, self.out_features), dtype=self.dtype)
-        self._forward(out, X, self._scratch(n), edges, blas, parallel, 0)
+        self._forward(out, X, self._scratch(n), plan, parallel, 0)
         return out
 
-    def _forward(self, out, xb, scratch, edges, blas, parallel, start):
+    def _forward(self, out, xb, scratch, plan, parallel, start):
         # out = the chain on xb (rows start .. of the caller's X) in one kernel call.
         # ``parallel``: the call may run on the caller's team of Numba threads; it does when
         # the team is awake or worth waking (backend/cpu/team_wake.py) and the cores are free
@@ -185,9 +188,9 @@ class DenseChain:
                 mode = SERIAL
         if mode == WAKE:
             with pinned_away():
-                ok = self._kernel(out, xb, scratch, edges, True, blas)
+                ok = self._kernel(out, xb, scratch, plan, True)
         else:
-            ok = self._kernel(out, xb, scratch, edges, mode == PARALLEL, blas)
+            ok = self._kernel(out, xb, scratch, plan, mode == PARALLEL)
         if parallel:
             end = time.perf_counter()
             team.done(mode, t, end)
@@ -197,9 +200,10 @@ class DenseChain:
             raise ValueError(f"expected finite values in X, got NaN or Inf (in rows {start} to "
                              f"{start + xb.shape[0] - 1})")
 
-    def _kernel(self, out, xb, scratch, edges, parallel, blas):
+    def _kernel(self, out, xb, scratch, plan, parallel):
+        edges, blas, _, first = plan
         return self.kernels.dense_chain_forward(out, xb, self.params, self.layout, self.alphas, self.final,
-                                                scratch, edges, parallel, blas, self.threads)
+                                                scratch, edges, parallel, blas, self.threads, first)
 
     def timed(self, n, seconds):
         """A parallel kernel call of n rows took ``seconds``: far longer than it should (is_stall),
@@ -226,6 +230,5 @@ class DenseChain:
         for start in range(0, n, b):
             stop = min(n, start + b)
             xb = X[start:stop] if read is None else read(start, stop)
-            edges, blas, _ = self.plan_rows(stop - start)
-            self._forward(out[start:stop], xb, scratch, edges, blas, parallel, start)
+            self._forward(out[start:stop], xb, scratch, self.plan_rows(stop - start), parallel, start)
         return out

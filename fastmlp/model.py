@@ -359,11 +359,12 @@ class Sequential:
     def _predict_request(self, chain, X):
         # a server's usual request (chain.request): one kernel call, nothing else on the way
         # (P2 at one row, in one process: 21-23 against 25 us through _predict_chain)
-        edges, blas, busy = chain.plan_rows(X.shape[0])
+        plan = chain.plan_rows(X.shape[0])
+        blas = plan[1]
         entered = self._enter(training=False, hold_blas=blas)
         try:
             # on the cores when it may (the chain asks for them only if it would use them)
-            return chain.run(X, edges, blas, busy > 1 and self.be.inference_parallel())
+            return chain.run(X, plan, plan[2] > 1 and self.be.inference_parallel())
         finally:
             if entered:
                 self._leave(training=False, hold_blas=blas)

@@ -144,7 +144,8 @@ def test_parallel_and_serial_blocks_give_the_same_bits(dtype, widths):
             out = np.empty((257, 10), dtype)
             edges = dense_chain.row_edges(257, 4)
             dense_chain.dense_chain_forward(out, x, chain.params, chain.layout, chain.alphas, chain.final,
-                                            chain._scratch(257), edges, parallel, dense_chain.uses_blas(edges), 4)
+                                            chain._scratch(257), edges, parallel, dense_chain.uses_blas(edges), 4,
+                                            len(chain.layout))
             outs.append(out)
     finally:
         blas_threads.release()
@@ -173,8 +174,9 @@ def test_column_parts_cover_each_layer_once():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_column_parts_give_the_bits_of_row_blocks(dtype):
     # a tiles-only call cuts each layer's columns over the threads (widths not multiples of
-    # COLUMN_STEP included); every part count, parallel or not, gives the bits of the row
-    # blocks on the tiles, and the layer path's values
+    # COLUMN_STEP included) up to its row phase, then runs the row blocks; every part count,
+    # every first layer of the row phase, parallel or not, gives the bits of the row blocks
+    # on the tiles, and the layer path's values
     sizes = (300, 100, 37, 10)
     model = fm.Sequential([fm.Dense(a, b, activation="tanh") for a, b in zip(sizes[:-2], sizes[1:-1])] +
                           [fm.Dense(sizes[-2], sizes[-1])], loss="softmax_crossentropy", dtype=dtype, seed=5)
@@ -189,14 +191,61 @@ def test_column_parts_give_the_bits_of_row_blocks(dtype):
                                              chain._scratch(n), edges, True,
                                              dense_chain._GEMM[np.dtype(dtype).char])
         for parts in (1, 2, 3, 4):
-            for parallel in (False, True):
-                out = np.full((n, 10), np.nan, dtype)
-                scratch = np.full((2, n * chain.widest), np.nan, dtype)   # nothing left from the last call
-                dense_chain.dense_chain_forward(out, x, chain.params, chain.layout, chain.alphas, chain.final,
-                                                scratch, edges, parallel, False, parts)
-                np.testing.assert_array_equal(out, rows, err_msg=f"{n} rows, {parts} parts, parallel {parallel}")
+            for first in range(len(sizes)):
+                for parallel in (False, True):
+                    out = np.full((n, 10), np.nan, dtype)
+                    scratch = np.full((2, n * chain.widest), np.nan, dtype)   # nothing left from the last call
+                    dense_chain.dense_chain_forward(out, x, chain.params, chain.layout, chain.alphas, chain.final,
+                                                    scratch, dense_chain.row_edges(n, parts), parallel, False,
+                                                    parts, first)
+                    np.testing.assert_array_equal(out, rows, err_msg=f"{n} rows, {parts} parts, row phase from "
+                                                                     f"layer {first}, parallel {parallel}")
         np.testing.assert_allclose(rows, model._predict(x, None), rtol=1e-5 if dtype == "float32" else 1e-12,
                                    atol=1e-6 if dtype == "float32" else 1e-12)
+
+
+def test_row_phase_rows_keep_to_their_blocks():
+    # a row phase's block writes rows lo .. hi of every layer it runs (strided_rows), whatever
+    # the layer's width: no cell another block's rows own, in the other layers either
+    for n in (16, 50, 64):
+        for threads in (2, 3, 4):
+            edges = dense_chain.row_edges(n, threads)
+            for widest, widths in ((20, (20, 7, 5)), (9, (3, 9, 1, 9))):
+                for spare in (0, 5):
+                    scratch = np.arange(n * widest + spare * n, dtype=np.float64)
+                    owned = []
+                    for lo, hi in zip(edges[:-1], edges[1:]):
+                        cells = set()
+                        for m in widths:
+                            rows = dense_chain.strided_rows(scratch, n, m)[lo:hi]
+                            assert rows.shape == (hi - lo, m)
+                            cells.update(rows.ravel().tolist())
+                        owned.append(cells)
+                    for a in range(len(owned)):
+                        for b in range(a + 1, len(owned)):
+                            assert not owned[a] & owned[b], (n, threads, widths)
+
+
+def _layout(*sizes):
+    # a layer_layout of Dense layers of these widths (offsets don't matter to the rules)
+    return np.array([(0, d, m, 0, 1) for d, m in zip(sizes[:-1], sizes[1:])], dtype=np.int64)
+
+
+def test_row_phase_rule():
+    p2 = _layout(784, 256, 256, 10)
+    assert dense_chain.row_phase(32, p2, 4, 2) == 1          # the 784x256 layer by columns
+    assert dense_chain.row_phase(8, p2, 4, 2) == 3           # one row block: no row phase
+    assert dense_chain.row_phase(32, p2, 4, 1) == 3
+    assert dense_chain.row_phase(32, _layout(100, 128, 128, 128, 5), 4, 2) == 0   # all small: by rows
+    # the layers after the first over ROW_PHASE_BYTES: only the last ones fit
+    assert dense_chain.row_phase(32, _layout(100, 1024, 1024, 10), 4, 2) == 2
+    assert dense_chain.row_phase(32, _layout(100, 1024, 1024, 10), 8, 2) == 2
+    assert dense_chain.row_phase(32, _layout(100, 2048, 2048, 2048), 4, 2) == 3   # none fits
+    # how many threads the call keeps busy: its column parts, or its row phase's blocks
+    assert dense_chain.parallel_parts(32, p2, 2, 1) == 2
+    assert dense_chain.parallel_parts(1, p2, 2, 3) == 2                          # 784x256 cut in two
+    assert dense_chain.parallel_parts(1, _layout(50, 64, 5), 2, 2) == 1
+    assert dense_chain.parallel_parts(64, _layout(50, 64, 5), 4, 0) == 4        # 4 row blocks
 
 
 def test_one_thread_at_a_time_runs_parallel_predictions(monkeypatch):
@@ -328,16 +377,16 @@ def test_a_parallel_call_is_timed_and_a_serial_one_is_not(monkeypatch):
     chain = model._dense_chain
     seen = []
     monkeypatch.setattr(chain, "timed", lambda n, s: seen.append((n, s)))
-    edges, blas, _ = chain.plan_rows(32)
+    plan = chain.plan_rows(32)
     # the team awake (team_wake.py decides whether it is: tested below): the parallel call only
     monkeypatch.setattr(team_wake.TeamWake, "plan", lambda self, now: team_wake.PARALLEL)
     for parallel in (True, False):
-        chain.run(x, edges, blas, parallel)
+        chain.run(x, plan, parallel)
     assert len(seen) == 1 and seen[0][0] == 32 and 0 < seen[0][1] < 1
     # a call that wakes the team is no yardstick, nor one the team's state sends to this thread
     for mode in (team_wake.WAKE, team_wake.SERIAL):
         monkeypatch.setattr(team_wake.TeamWake, "plan", lambda self, now, mode=mode: mode)
-        chain.run(x, edges, blas, True)
+        chain.run(x, plan, True)
     assert len(seen) == 1
 
 

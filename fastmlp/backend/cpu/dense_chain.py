@@ -5,10 +5,14 @@ then the output's softmax, sigmoid or copy, without coming back to Python
 between layers, in one of two ways:
 
 - On the register tiles (tile_gemm.py, a CPU with AVX-512), when the batch is
-  small enough that every row block below has at most TILE_ROWS rows: layer
-  after layer over all the rows, each layer's columns cut into parts, one per
-  thread (``column_parts``). Each thread reads only its own columns of W, and
-  a layer starts when the last one is done (the end of a parallel region).
+  small enough that every row block below has at most TILE_ROWS rows: first a
+  column phase, layer after layer over all the rows, each layer's columns cut
+  into parts, one per thread (``column_parts``), so that each thread reads only
+  its own columns of a large W; a layer starts when the last one is done (the
+  end of a parallel region). Then, from the layer where the rest of the chain's
+  weights are small enough to be read whole by every core (``row_phase``), a
+  row phase: the row blocks below in one parallel region, each running those
+  layers and the output step on its own rows.
 - Otherwise as blocks of rows (``row_edges``: multiples of 8 rows, one per
   thread the machine plans for), each block running all its layers: on the
   tiles for a block of at most TILE_ROWS rows, else NumPy's OpenBLAS on one
@@ -54,6 +58,18 @@ TILES = tile_gemm.available()
 # 2 ** 16, 18.8-19.3; its 784x256 layer whole too at 2 ** 18, 18.2-19.2).
 COLUMN_STEP = 16
 PARALLEL_MACS = 1 << 17
+# A tiles-only call runs its hidden layers after the first as row blocks, all of them in one
+# parallel region, once their weights take at most ROW_PHASE_BYTES: each core then reads them
+# whole from its own cache, where cutting their columns would have each core read the half of
+# every input row that the other core has just written, and end a parallel region at every
+# layer. The first layer's input is the caller's X, which no core has written, so it stays
+# cut by columns unless the whole chain's weights take at most ALL_ROWS_BYTES. Interleaved
+# medians on the project's Intel Xeon, us a call at 32 rows, the rule's choice against columns
+# only: P2 784-256-256-10 60.9 / 66.0 (all three layers by rows 66.2); 784-512-512-10 157.5 /
+# 160.5; 100-128-128-128-5 15.0 / 25.0; 400-400-10 43.0 / 43.9; 1024-128-10 34.9 / 35.5 (all
+# by rows 34.5); 3072-1024-256-10 1169 / 1230.
+ROW_PHASE_BYTES = 3 << 19
+ALL_ROWS_BYTES = 1 << 19
 
 
 _GEMM = {"f": openblas.gemm_for(np.float32), "d": openblas.gemm_for(np.float64)}
@@ -156,21 +172,32 @@ def column_parts(n, d, m, parts):
     return width, -(-m // width)
 
 
-def _dense_chain_columns(out, x, params, layout, alphas, final, scratch, parts):
-    # out (N, M_last) = final(the chain on x (N, D)) on the tiles, layer after layer, each
-    # layer's columns cut into column_parts: all N rows of a layer before the next one (the
-    # end of a parallel region between them); layer l writes buffer l % 2 of scratch as (N, M).
+@njit(inline="always", nogil=True)
+def strided_rows(scratch, n, m):
+    """The (n, m) layer output of a tiles-only call in one scratch buffer (1-D, at least
+    n * W long for W >= m): row i at scratch[i * W], W = len(scratch) // n, whatever the
+    layer's width, so the rows of one block of a row phase stay its own in every layer."""
+    w = scratch.size // n
+    return scratch[:n * w].reshape((n, w))[:, :m]
+
+
+def _dense_chain_tiles(out, x, params, layout, alphas, final, scratch, parts, first, edges):
+    # out (N, M_last) = final(the chain on x (N, D)) on the tiles. The column phase, layers
+    # 0 .. first - 1: all N rows of a layer before the next one (the end of a parallel region
+    # between them), its columns cut into column_parts. The row phase, layers first .. last:
+    # the row blocks at ``edges`` in one parallel region, each running those layers and the
+    # final step on its own rows. Layer l writes buffer l % 2 of scratch (strided_rows).
     # False, and nothing computed, when x holds a NaN or Inf
     if _nonfinite(x):
         return False
     n = x.shape[0]
     a = x
     last = layout.shape[0] - 1
-    for l in range(last + 1):
+    for l in range(first):
         w_off, d, m, b_off, code = layout[l]
         w = params[w_off:w_off + d * m].reshape((d, m))
         b = params[b_off:b_off + m]
-        z = out if l == last else scratch[l % 2][:n * m].reshape((n, m))
+        z = out if l == last else strided_rows(scratch[l % 2], n, m)
         width, count = column_parts(n, d, m, parts)
         if count > 1:
             for t in prange(count):
@@ -180,11 +207,25 @@ def _dense_chain_columns(out, x, params, layout, alphas, final, scratch, parts):
             buf = np.empty(tile_gemm.MR * tile_gemm.LDC, dtype=out.dtype)
             tile_gemm.dense_rows(z, a, w, b, code, alphas[l], buf)
         a = z
-    _final_rows(out, final, 0, n)
+    if first > last:
+        _final_rows(out, final, 0, n)
+        return True
+    for t in prange(edges.size - 1):
+        lo, hi = edges[t], edges[t + 1]
+        buf = np.empty(tile_gemm.MR * tile_gemm.LDC, dtype=out.dtype)
+        rows = a[lo:hi]
+        for l in range(first, last + 1):
+            w_off, d, m, b_off, code = layout[l]
+            w = params[w_off:w_off + d * m].reshape((d, m))
+            b = params[b_off:b_off + m]
+            z = out[lo:hi] if l == last else strided_rows(scratch[l % 2], n, m)[lo:hi]
+            tile_gemm.dense_rows(z, rows, w, b, code, alphas[l], buf)
+            rows = z
+        _final_rows(out, final, lo, hi)
     return True
 
 
-dense_chain_columns_twins = twins(_dense_chain_columns)
+dense_chain_tiles_twins = twins(_dense_chain_tiles)
 
 
 def layer_layout(params, dense):
@@ -201,29 +242,55 @@ def uses_blas(edges):
     return not TILES or int(np.diff(edges).max()) > TILE_ROWS
 
 
-def parallel_parts(n, layout, parts):
-    """How many threads a tiles-only call of n rows keeps busy at once (1: no parallel region)."""
-    return max(column_parts(n, d, m, parts)[1] for _, d, m, _, _ in layout.tolist())
+def row_phase(n, layout, itemsize, threads):
+    """The first layer that a tiles-only call of n rows runs in its row phase, as the row
+    blocks of row_edges(n, threads): 0 when all the layers' weights (``itemsize`` bytes an
+    element) take at most ALL_ROWS_BYTES, else the first layer after the input layer from
+    which the rest take at most ROW_PHASE_BYTES; the number of layers (no row phase) when
+    the batch is a single block or no such layer exists."""
+    count = layout.shape[0]
+    if row_edges(n, threads).size <= 2:
+        return count
+    sizes = [d * m * itemsize for _, d, m, _, _ in layout.tolist()]
+    if sum(sizes) <= ALL_ROWS_BYTES:
+        return 0
+    first, total = count, 0
+    for l in range(count - 1, 0, -1):
+        total += sizes[l]
+        if total > ROW_PHASE_BYTES:
+            break
+        first = l
+    return first
 
 
-def dense_chain_forward(out, x, params, layout, alphas, final, scratch, edges, parallel, blas, parts):
+def parallel_parts(n, layout, parts, first):
+    """How many threads a tiles-only call of n rows keeps busy at once (1: no parallel
+    region): its column phase's parts, or its row phase's blocks (``first``: row_phase's)."""
+    busy = [column_parts(n, d, m, parts)[1] for _, d, m, _, _ in layout[:first].tolist()]
+    if first < layout.shape[0]:
+        busy.append(row_edges(n, parts).size - 1)
+    return max(busy)
+
+
+def dense_chain_forward(out, x, params, layout, alphas, final, scratch, edges, parallel, blas, parts, first):
     """out (N, M) = final(chain(x)) for x (N, D) C-contiguous in the dtype of params, the flat
     buffer the layers' weights are views of (``layer_layout``); alphas (L,) their activations'
-    alpha; scratch (2, >= N * widest hidden M).
+    alpha; scratch (2, >= N * widest hidden M); edges: row_edges(N, parts).
 
     ``blas``, uses_blas(edges): a row block calls BLAS; then the call runs as the row blocks
-    at ``edges`` (from row_edges), and NumPy's OpenBLAS must be held to one thread meanwhile
-    (blas.begin_inference). Otherwise every layer runs on the tiles, its columns cut into
-    ``column_parts`` for ``parts`` threads: each thread reads its own columns of W, where row
-    blocks on two cores would each read all of W (P2's 32 rows: 89-91 against 97-101 us, on
-    the project's Intel Xeon). ``parallel``: the blocks or the column parts on Numba's
-    threads, else one after the other on this one; the same arithmetic either way.
-    Returns False, having computed nothing, when x holds a NaN or Inf."""
+    at ``edges``, and NumPy's OpenBLAS must be held to one thread meanwhile
+    (blas.begin_inference). Otherwise every layer runs on the tiles: layers 0 .. first - 1
+    (``first``: row_phase's) each with its columns cut into ``column_parts`` for ``parts``
+    threads, every thread reading only its own columns of W; the layers from ``first`` on,
+    whose weights are small enough to be read whole on every core, as the row blocks at
+    ``edges``, each running them all on its rows in one parallel region. ``parallel``: the
+    parts and blocks on Numba's threads, else one after the other on this one; the same
+    arithmetic either way. Returns False, having computed nothing, when x holds a NaN or Inf."""
     if blas:
         kernels = dense_chain_twins.parallel if parallel and edges.size > 2 else dense_chain_twins.serial
         return kernels(out, x, params, layout, alphas, final, scratch, edges, TILES, _GEMM[out.dtype.char])
-    kernels = dense_chain_columns_twins.parallel if parallel else dense_chain_columns_twins.serial
-    return kernels(out, x, params, layout, alphas, final, scratch, parts)
+    kernels = dense_chain_tiles_twins.parallel if parallel else dense_chain_tiles_twins.serial
+    return kernels(out, x, params, layout, alphas, final, scratch, parts, first, edges)
 
 
 cover_dependencies(__name__, activation, loss, openblas, tile_gemm, _codes)
