@@ -8,7 +8,9 @@ then one call of backend/cpu/dense_chain.py per EVAL_BATCH rows, which runs
 the GEMMs, the biases, the activations and the output softmax / sigmoid
 without coming back to Python. Any other model, device or BLAS takes the
 layer-by-layer path (Sequential._predict); both give the same probabilities
-to the rounding of the GEMMs.
+to the rounding of the GEMMs. A model whose last layers are such a chain (a
+CNN's head after its Flatten) hands them over from that path: the layers
+before run one by one, the chain in one kernel call (``plan_tail``, ``finish``).
 
 Threads: a prediction running alone spreads its column parts or row blocks
 over the cores (from one Python thread at a time: blas.inference_parallel);
@@ -95,6 +97,24 @@ class DenseChain:
     @classmethod
     def plan(cls, model):
         """The DenseChain of ``model``, or None when its layers, loss, device or BLAS can't take it."""
+        return cls._of(model, model.layers)
+
+    @classmethod
+    def plan_tail(cls, model):
+        """(start, the DenseChain of model.layers[start:]) for a model whose last layers, from
+        ``start`` > 0 on, are a chain of Dense layers (a CNN's head, after its Flatten): its
+        layer-by-layer prediction hands them the (N, D) output of the layers before ``start``
+        (``finish``). None when there is no such tail, or it can't run as a chain."""
+        for start in range(1, len(model.layers)):      # the longest such tail
+            if type(model.layers[start]) is Dense:
+                chain = cls._of(model, model.layers[start:])
+                if chain is not None:
+                    return start, chain
+        return None
+
+    @classmethod
+    def _of(cls, model, layers):
+        # the DenseChain of ``layers`` (the model's, or its last ones), or None
         be = model.be
         if be.dense_chain_kernels() is None:
             return None
@@ -104,7 +124,7 @@ class DenseChain:
         if final is None:
             return None
         dense = []
-        for layer in model.layers:
+        for layer in layers:
             if type(layer) is Dense:
                 dense.append(layer)
             elif isinstance(layer, Activation) and layer.fused:
@@ -113,7 +133,7 @@ class DenseChain:
                 continue
             else:
                 return None
-        if not dense or model.layers[0] is not dense[0]:
+        if not dense or layers[0] is not dense[0]:
             return None
         if any(a.out_features != b.in_features for a, b in zip(dense, dense[1:])):
             return None
@@ -217,6 +237,14 @@ class DenseChain:
             self._stalled()     # (not the chain's first parallel call: Numba's team may be starting)
         elif fastest is None and len(self._fastest) < 64 or fastest is not None and seconds < fastest:
             self._fastest[n] = seconds     # the usual row counts, as plan_rows keeps them
+
+    def finish(self, out, h, parallel):
+        """out = the probabilities of the model whose last layers this chain is (plan_tail),
+        from h (N, D), the output of the layers before them, in one kernel call (on Numba's
+        threads if ``parallel``); False, nothing written, when h holds a NaN or Inf."""
+        if not self.takes(h):
+            h = np.ascontiguousarray(h, dtype=self.dtype)
+        return self._kernel(out, h, self._scratch(h.shape[0]), self.plan_rows(h.shape[0]), parallel)
 
     def predict(self, X, batch, parallel, read=None):
         """Probabilities (N, M) of X (C-contiguous, the model's dtype; the kernel checks its

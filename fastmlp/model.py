@@ -74,6 +74,8 @@ class Sequential:
         self._numba_thread_gemms = bool(plan_fusion(self.layers)) and bool(self.be.fused_conv_chunks)
         self._init_params()
         self._dense_chain = DenseChain.plan(self)   # how predict runs in one kernel call, or None
+        # else (start, a DenseChain of the layers from start on): a CNN's head in one kernel call
+        self._dense_tail = None if self._dense_chain is not None else DenseChain.plan_tail(self)
         self.stats = self.be.zeros(2, np.float64)   # the epoch's [loss sum, correct count]
         self.batch_buffers = BatchBuffers(self.be, self.dtype)
         self._model_workspaces = WorkspacePool()    # d loss / d logits and probabilities, per thread
@@ -131,10 +133,11 @@ class Sequential:
                     self.build(tuple(X_shape[1:]))
 
     # ------------------------------------------------------------------ the step
-    def forward(self, x, training):
-        """Logits (N, M) of x on the device; each layer keeps what its backward needs."""
+    def forward(self, x, training, layers=None):
+        """Logits (N, M) of x on the device; each layer keeps what its backward needs.
+        ``layers``: those of the model's layers only (x is the input of the first)."""
         self.be.use_numba_thread_gemms(self._numba_thread_gemms)
-        for layer in self.layers:
+        for layer in self.layers if layers is None else layers:
             x = layer.forward(x, training)
         return x
 
@@ -350,8 +353,11 @@ class Sequential:
         try:
             if chain is not None:
                 return self._predict_chain(chain, X, batch_size)
+            tail = self._dense_tail
+            if tail is not None and not tail[1].current(self):
+                tail = self._dense_tail = DenseChain.plan_tail(self)
             with self.be.prediction_call():    # on the cores if they're awake (team_wake.py)
-                return self._predict(X, batch_size)
+                return self._predict(X, batch_size, tail)
         finally:
             if entered:
                 self._leave(training=False, hold_blas=hold_blas)
@@ -384,7 +390,9 @@ class Sequential:
         parallel = chain.blocks(min(X.shape[0], batch)) > 1 and self.be.inference_parallel()
         return chain.predict(X, batch, parallel, read)
 
-    def _predict(self, X, batch_size):
+    def _predict(self, X, batch_size, tail=None):
+        # layer by layer; ``tail``: plan_tail's (start, chain), the layers from start on in
+        # the chain's one kernel call (unless what reaches them holds a NaN or Inf)
         be = self.be
         X, _ = self.prepare(X)
         n = X.shape[0]
@@ -392,7 +400,14 @@ class Sequential:
         out = np.empty((n,) + self.output_shape, dtype=self.dtype)
         outputs = self.loss if self.loss is not None else _RAW_OUTPUTS
         for start in range(0, n, b):
-            logits = self.forward(rows(be, X, start, start + b, self.dtype), False)
+            xb = rows(be, X, start, start + b, self.dtype)
+            if tail is None:
+                logits = self.forward(xb, False)
+            else:
+                h = self.forward(xb, False, self.layers[:tail[0]])
+                if tail[1].finish(out[start:start + h.shape[0]], h, be.inference_parallel()):
+                    continue
+                logits = self.forward(h, False, self.layers[tail[0]:])
             if be.host_arrays:   # straight into the result
                 outputs.probabilities(be, out[start:start + logits.shape[0]], logits)
             else:

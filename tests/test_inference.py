@@ -489,3 +489,74 @@ def test_the_owner_of_parallel_predictions_hands_them_over(monkeypatch):
     np.testing.assert_array_equal(seen[1][1], before)
     np.testing.assert_array_equal(model.predict(x), before)
     assert blas.inference_parallel() and blas._team_owner[0] is threading.current_thread()   # it ended
+
+
+# ------------------------------------------------------------ a CNN's head as a chain
+
+def _cnn(dtype, head=None, loss="softmax_crossentropy"):
+    if head is None:
+        head = [fm.Dense(4 * 4 * 4, 16, activation="relu"), fm.Dropout(0.2), fm.Dense(16, 3)]
+    layers = [fm.Conv2D(1, 4, 3, padding=1), fm.ReLU(), fm.MaxPool2D(2), fm.Flatten(), *head]
+    model = fm.Sequential(layers, loss=loss, dtype=dtype, seed=4, input_shape=(1, 8, 8))
+    rng = np.random.default_rng(4)
+    model.set_weights([w + 0.1 * rng.standard_normal(w.shape) for w in model.get_weights()])
+    return model
+
+
+@needs_chain
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("loss", ["softmax_crossentropy", "binary_crossentropy", "mse"])
+def test_a_cnn_head_runs_as_one_chain_after_the_layers_before_it(dtype, loss, monkeypatch):
+    # the layers before the head one by one, then the head's Dense layers, their activations
+    # and the output step in one kernel call: the layer path's probabilities
+    model = _cnn(dtype, loss=loss)
+    assert model._dense_chain is None
+    start, tail = model._dense_tail
+    assert start == 4 and [d.out_features for d in tail.dense] == [16, 3]
+    calls = []
+    real = DenseChain.finish
+    monkeypatch.setattr(DenseChain, "finish", lambda self, *a: calls.append(a[1].shape) or real(self, *a))
+    rng = np.random.default_rng(5)
+    tol = 1e-12 if dtype == "float64" else 2e-6
+    for n, batch in ((1, None), (7, None), (33, None), (300, None), (45, 16)):
+        x = rng.standard_normal((n, 1, 8, 8)).astype(dtype)
+        calls.clear()
+        p = model.predict(x, batch_size=batch)
+        assert calls and sum(c[0] for c in calls) == n and all(c[1] == 64 for c in calls)
+        logits = model.forward(x, False)               # the whole model, layer by layer
+        want = np.empty_like(p)
+        model.loss.probabilities(model.be, want, logits)
+        np.testing.assert_allclose(p, want, rtol=tol, atol=tol)
+        assert np.array_equal(model.predict_classes(x, batch_size=batch), model.predict_classes(x[:n]))
+
+
+@needs_chain
+def test_the_longest_dense_tail_is_the_chain():
+    # a head broken by a layer of another kind: the Dense layers after it; none at the end: no tail
+    model = _cnn("float32", head=(fm.Dense(64, 16), fm.BatchNorm(16), fm.ReLU(), fm.Dense(16, 3)))
+    start, tail = model._dense_tail
+    assert type(model.layers[start]) is fm.Dense and start == len(model.layers) - 1
+    x = np.random.default_rng(6).standard_normal((9, 1, 8, 8)).astype(np.float32)
+    logits = model.forward(x, False)
+    want = np.empty((9, 3), np.float32)
+    model.loss.probabilities(model.be, want, logits)
+    np.testing.assert_allclose(model.predict(x), want, rtol=2e-6, atol=2e-6)
+    assert _cnn("float32", head=(fm.Dense(64, 3), fm.BatchNorm(3)))._dense_tail is None
+    assert _model("relu", "mse", "float32")._dense_tail is None      # the whole model is a chain
+
+
+@needs_chain
+def test_a_head_fed_inf_falls_back_to_the_layer_path():
+    # activations that overflowed before the head: the chain refuses them (it checks its
+    # input), and the layers run one by one, as a model without a chain would
+    model = _cnn("float32")
+    w = model.get_weights()
+    w[0] = np.full_like(w[0], 3e38)
+    model.set_weights(w)
+    x = np.ones((5, 1, 8, 8), np.float32)
+    want = np.empty((5, 3), np.float32)
+    with np.errstate(all="ignore"):
+        model.loss.probabilities(model.be, want, model.forward(x, False))
+        got = model.predict(x)
+    assert not np.isfinite(want).all()
+    np.testing.assert_array_equal(got, want)
