@@ -104,26 +104,32 @@ def test_row_blocks_are_whole_multiples_of_eight_rows():
             assert len(e) - 1 == max(1, min(threads, n // dense_chain.ALIGN))
 
 
-def test_blocks_keep_to_their_own_scratch_spans():
-    # every layer of block t, whatever its width, stays inside block t's span of a scratch
-    # buffer, so blocks running at once never write what another block reads
+def _blocks_keep_apart(view, shapes):
+    # for every batch, thread count and set of layer widths: the cells that ``view(scratch, n,
+    # lo, hi, m)`` gives block lo .. hi in all the layers, no cell of another block's
     for n in (16, 50, 64, 209):
         for threads in (2, 3, 4):
             edges = dense_chain.row_edges(n, threads)
-            for widest, widths in ((20, (20, 7, 5)), (256, (256, 256)), (9, (3, 9, 1, 9))):
+            for widest, widths in shapes:
                 for spare in (0, 5):          # a buffer kept from a larger batch is longer
                     scratch = np.arange(n * widest + spare * n, dtype=np.float64)
                     owned = []
                     for lo, hi in zip(edges[:-1], edges[1:]):
                         cells = set()
                         for m in widths:
-                            span = dense_chain.block_span(scratch, n, lo, hi, m)
+                            span = view(scratch, n, lo, hi, m)
                             assert span.shape == (hi - lo, m)
                             cells.update(span.ravel().tolist())
                         owned.append(cells)
                     for a in range(len(owned)):
                         for b in range(a + 1, len(owned)):
                             assert not owned[a] & owned[b], (n, threads, widths)
+
+
+def test_blocks_keep_to_their_own_scratch_spans():
+    # every layer of block t, whatever its width, stays inside block t's span of a scratch
+    # buffer, so blocks running at once never write what another block reads
+    _blocks_keep_apart(dense_chain.block_span, ((20, (20, 7, 5)), (256, (256, 256)), (9, (3, 9, 1, 9))))
 
 
 @needs_chain
@@ -207,23 +213,8 @@ def test_column_parts_give_the_bits_of_row_blocks(dtype):
 def test_row_phase_rows_keep_to_their_blocks():
     # a row phase's block writes rows lo .. hi of every layer it runs (strided_rows), whatever
     # the layer's width: no cell another block's rows own, in the other layers either
-    for n in (16, 50, 64):
-        for threads in (2, 3, 4):
-            edges = dense_chain.row_edges(n, threads)
-            for widest, widths in ((20, (20, 7, 5)), (9, (3, 9, 1, 9))):
-                for spare in (0, 5):
-                    scratch = np.arange(n * widest + spare * n, dtype=np.float64)
-                    owned = []
-                    for lo, hi in zip(edges[:-1], edges[1:]):
-                        cells = set()
-                        for m in widths:
-                            rows = dense_chain.strided_rows(scratch, n, m)[lo:hi]
-                            assert rows.shape == (hi - lo, m)
-                            cells.update(rows.ravel().tolist())
-                        owned.append(cells)
-                    for a in range(len(owned)):
-                        for b in range(a + 1, len(owned)):
-                            assert not owned[a] & owned[b], (n, threads, widths)
+    _blocks_keep_apart(lambda scratch, n, lo, hi, m: dense_chain.strided_rows(scratch, n, m)[lo:hi],
+                       ((20, (20, 7, 5)), (9, (3, 9, 1, 9)), (256, (256, 10))))
 
 
 def _layout(*sizes):
