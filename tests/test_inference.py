@@ -519,6 +519,17 @@ def test_a_cnn_head_runs_as_one_chain_after_the_layers_before_it(dtype, loss, mo
         model.loss.probabilities(model.be, want, logits)
         np.testing.assert_allclose(p, want, rtol=tol, atol=tol)
         assert np.array_equal(model.predict_classes(x, batch_size=batch), model.predict_classes(x[:n]))
+        # and the NumPy float64 spec of the head, from what the layers before it hand over
+        h = model.forward(x, False, model.layers[:start]).astype(np.float64)
+        w = [a.astype(np.float64) for a in model.get_weights()[-4:]]
+        z = np.maximum(h @ w[0] + w[1], 0) @ w[2] + w[3]
+        if loss == "softmax_crossentropy":
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            z = e / e.sum(axis=1, keepdims=True)
+        elif loss == "binary_crossentropy":
+            z = 1 / (1 + np.exp(-z))
+        np.testing.assert_allclose(p, z, rtol=1e-12 if dtype == "float64" else 1e-5,
+                                   atol=1e-12 if dtype == "float64" else 1e-6)
 
 
 @needs_chain
