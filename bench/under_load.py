@@ -104,6 +104,10 @@ def main(argv=None):
                 results[(load, workload)] = med
                 print(f"{load:6s} {workload:5s} " + "  ".join(f"{s}: {med[s]:9,.0f}" for s in settings)
                       + f"  samples/s; auto / best fixed ({best}) = {ratio:.2f}; auto ran {chosen}")
+                # every run, in the order they ran: a VM's neighbours can halve a run's speed
+                # for seconds, and these show whether a median leans on such a run
+                for s in settings:
+                    print(f"{'':13s}{s:>4s} runs: " + ", ".join(f"{r['samples_per_s']:,.0f}" for r in runs[s]))
                 pairs += [(f"{load}_{workload}_auto", f"{med['auto']:.0f}"),
                           (f"{load}_{workload}_best_fixed", f"{med[best]:.0f}"),
                           (f"{load}_{workload}_ratio", f"{ratio:.3f}")]
