@@ -26,7 +26,7 @@ from fastmlp.cli import main as fastmlp_main
 
 
 def main(argv=None):
-    # the same run as ``fastmlp compare`` (fastmlp/cli.py), which takes every option above
+    # the same run as ``fastmlp compare`` (fastmlp/cli/compare.py), which takes every option above
     return fastmlp_main(["compare"] + list(sys.argv[1:] if argv is None else argv))
 
 

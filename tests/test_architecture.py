@@ -138,3 +138,21 @@ def test_parameters_exist_at_construction(kind):
                          optimizer="sgd", seed=0,
                          input_shape={"dense": (4,), "conv": (3, 9, 9), "batchnorm": (6,)}[kind])
     assert all(np.array_equal(a, b) for a, b in zip(same.get_weights(), weights))
+
+
+def test_every_command_is_a_module_of_the_cli_package():
+    """fastmlp/cli/: a module a command (add(sub) and run(args)), all of them in COMMANDS and
+    in the parser under their own names; errors, options, sources and runs are shared."""
+    import argparse
+
+    from fastmlp import cli
+    shared = {"errors", "options", "sources", "runs"}
+    files = {p.stem for p in (PKG / "cli").glob("*.py")} - {"__init__"} - shared
+    registered = [m.__name__.rsplit(".", 1)[1] for m in cli.COMMANDS]
+    assert sorted(registered) == sorted(files)
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == registered
+    for module in cli.COMMANDS:
+        name = module.__name__.rsplit(".", 1)[1]
+        assert sub.choices[name].get_default("func") is module.run
