@@ -432,7 +432,9 @@ def test_world_of_one_without_mpiexec_trains_as_without_comm(monkeypatch):
     for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(comm_module, "_WORLD", None)
+    assert comm_module.joined() is None
     comm = fm.distributed.init()
+    assert comm_module.joined() is comm and fm.distributed.init() is comm
     assert (comm.rank, comm.size, comm.is_root, comm.local_rank) == (0, 1, True, 0)
     assert comm.sum([1.5, 2.0]).tolist() == [1.5, 2.0] and comm.allgather("x") == ["x"] and comm.bcast(3) == 3
     ns = common()

@@ -47,7 +47,7 @@ def build_parser():
 def _world():
     """The data-parallel world this command joined (fastmlp.distributed.init), if larger than one."""
     from ..distributed import comm
-    world = comm._WORLD
+    world = comm.joined()
     return world if world is not None and world.size > 1 else None
 
 

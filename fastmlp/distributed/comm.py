@@ -172,6 +172,11 @@ def init(deterministic=False):
     return comm
 
 
+def joined():
+    """The world ``init`` joined, or None where no call of it has yet."""
+    return _WORLD
+
+
 def _select_gpu(comm):
     """One GPU per rank: local rank modulo the GPUs CuPy sees (nothing without CuPy)."""
     if importlib.util.find_spec("cupy") is None:
